@@ -1,0 +1,365 @@
+"""Typed configuration: dataclasses, loadable from YAML, overridable with dotted ``key=value``.
+
+Every value is checked when the config is built, so a typo or an impossible setting stops a run
+at start-up with a message naming the key, instead of an hour into training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["cifar10", "folder", "synthetic"] = "cifar10"
+    # cifar10: the CIFAR-10 JPEG tarball (or its extracted folder); folder: an ImageFolder root.
+    path: str = "../shared/data/cifar10-jpg.tar.gz"
+    image_size: int = 32
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    hflip: bool = True
+    batch_size: int = 128
+    num_workers: int = 2
+    subset: int = 0  # train on the first N images of a seeded shuffle (0 = all)
+    synthetic_size: int = 512
+    cache_dir: str = ""  # decoded CIFAR arrays go here; "" = ~/.cache/iwm
+
+
+@dataclass
+class AugConfig:
+    """The photometric transformation between the views (what the world model learns).
+
+    Both views are colour-jittered, independently (the action carries the difference); only the
+    source x gets the destructive ones (grayscale, blur, solarisation). ``strength`` scales
+    every range and probability at once: 0 is the identity transform (I-JEPA), 1 the values
+    below, >1 stronger (probabilities saturate at 1).
+    """
+
+    strength: float = 1.0
+    jitter_prob: float = 0.8  # source x
+    target_jitter_prob: float = 0.8  # target y
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.2
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = 0.2
+
+
+@dataclass
+class MaskConfig:
+    """I-JEPA multi-block masking on the patch grid."""
+
+    num_targets: int = 4
+    target_scale: tuple[float, float] = (0.15, 0.2)
+    target_aspect: tuple[float, float] = (0.75, 1.5)
+    context_scale: tuple[float, float] = (0.85, 1.0)
+    min_context: int = 4  # fewest context tokens a sample may keep
+
+
+@dataclass
+class ModelConfig:
+    """The ViT encoder. ``size`` picks width/depth/heads; nonzero fields override it."""
+
+    size: Literal["tiny", "small", "base", "large", "huge"] = "tiny"
+    patch_size: int = 4
+    embed_dim: int = 0
+    depth: int = 0
+    num_heads: int = 0
+
+
+@dataclass
+class PredictorConfig:
+    depth: int = 6
+    width: int = 192
+    num_heads: int = 0  # 0 = width // 64 (at least 1)
+    conditioning: Literal["none", "sequence", "feature"] = "feature"
+    cond_tokens: int = 1  # tokens a_x->y is embedded to under sequence conditioning
+    # True: each target block gets its own predictor pass (I-JEPA); False: all blocks in one
+    # pass, about num_targets times cheaper, as the mask tokens of all blocks share the context.
+    per_block: bool = True
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 10
+    max_steps: int = 0  # >0 stops after this many optimizer steps (the schedules span them)
+    lr: float = 1e-3
+    start_lr: float = 1e-4
+    final_lr: float = 1e-6
+    warmup: float = 0.1  # fraction of the run spent warming the learning rate up
+    weight_decay: float = 0.04
+    final_weight_decay: float = 0.4
+    betas: tuple[float, float] = (0.9, 0.999)
+    ema: tuple[float, float] = (0.996, 1.0)
+    clip_grad: float = 1.0  # 0 = no clipping
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/iwm"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    log_every: int = 10
+    ckpt_every: int = 500  # steps between periodic checkpoints (latest is written with them)
+    keep: int = 3  # periodic checkpoints kept
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    knn: bool = True  # kNN on the CIFAR-10 test split at the end of a cifar10 run
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_train: int = 10000  # size of the labelled bank drawn from the train split (0 = all)
+    knn_test: int = 0  # test images scored (0 = all)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+VIT_SIZES: dict[str, tuple[int, int, int]] = {  # name -> (embed_dim, depth, heads), as timm
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+}
+
+
+def encoder_dims(m: ModelConfig) -> tuple[int, int, int]:
+    dim, depth, heads = VIT_SIZES[m.size]
+    return (m.embed_dim or dim, m.depth or depth, m.num_heads or heads)
+
+
+# ----------------------------------------------------------------------------------------------
+# building and checking
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key}: got {value!r}; allowed values are {', '.join(map(str, choices))}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} numbers like [0.1, 1.0], got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")  # a bug in this module
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise ConfigError(f"{key}: unknown key; known keys here are {', '.join(sorted(names))}")
+        current = getattr(obj, k)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{key}: expected a section (mapping), got {v!r}")
+            _apply(current, v, prefix=f"{key}.")
+        else:
+            setattr(obj, k, _coerce(key, v, hints[k]))
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _check_range(key: str, pair: tuple[float, float], lo: float, hi: float) -> None:
+    a, b = pair
+    _check(lo <= a <= b <= hi, key, f"need {lo} <= low <= high <= {hi}, got {list(pair)}")
+
+
+def validate(cfg: Config) -> Config:
+    """Range and consistency checks across keys. Raises ConfigError naming the key."""
+    d, a, m, mo, p, o, r, e = cfg.data, cfg.aug, cfg.mask, cfg.model, cfg.predictor, cfg.optim, cfg.run, cfg.eval
+    _check(d.image_size > 0, "data.image_size", "must be a positive number of pixels")
+    _check(d.batch_size > 0, "data.batch_size", "must be at least 1")
+    _check(d.num_workers >= 0, "data.num_workers", "must be 0 (load in the main process) or more")
+    _check(d.subset >= 0, "data.subset", "must be 0 (all images) or a positive count")
+    _check(d.synthetic_size > 0, "data.synthetic_size", "must be at least 1")
+    _check_range("data.crop_scale", d.crop_scale, 1e-3, 1.0)
+    _check(d.dataset == "synthetic" or bool(d.path), "data.path", "set the path to the images")
+
+    _check(a.strength >= 0, "aug.strength", "must be >= 0 (0 = identity, as I-JEPA)")
+    for name in ("jitter_prob", "target_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+        _check(0 <= getattr(a, name) <= 1, f"aug.{name}", "a probability must lie in [0, 1]")
+    for name in ("brightness", "contrast", "saturation"):
+        _check(0 <= getattr(a, name) < 1, f"aug.{name}", "jitter range must lie in [0, 1)")
+    _check(0 <= a.hue <= 0.5, "aug.hue", "hue range must lie in [0, 0.5]")
+    _check(a.strength * max(a.brightness, a.contrast, a.saturation) < 1, "aug.strength",
+           "strength x brightness/contrast/saturation must stay below 1 (factors must be > 0)")
+    _check(a.strength * a.hue <= 0.5, "aug.strength", "strength x hue must stay <= 0.5")
+    _check_range("aug.blur_sigma", a.blur_sigma, 1e-3, 100.0)
+
+    _check(mo.patch_size > 0, "model.patch_size", "must be a positive number of pixels")
+    _check(d.image_size % mo.patch_size == 0, "model.patch_size",
+           f"must divide data.image_size ({d.image_size}); try {_divisors(d.image_size)}")
+    dim, depth, heads = encoder_dims(mo)
+    _check(dim > 0 and depth > 0 and heads > 0, "model", "embed_dim, depth and num_heads must be >= 0")
+    _check(dim % heads == 0, "model.num_heads", f"must divide the embedding width {dim}")
+
+    _check(p.depth >= 1, "predictor.depth", "must be at least 1")
+    _check(p.width > 0, "predictor.width", "must be positive")
+    ph = p.num_heads or max(1, p.width // 64)
+    _check(p.width % ph == 0, "predictor.num_heads", f"must divide predictor.width ({p.width})")
+    _check(p.cond_tokens >= 1, "predictor.cond_tokens", "must be at least 1")
+
+    grid = d.image_size // mo.patch_size
+    n = grid * grid
+    _check(m.num_targets >= 1, "mask.num_targets", "must be at least 1")
+    _check_range("mask.target_scale", m.target_scale, 0.0, 1.0)
+    _check_range("mask.context_scale", m.context_scale, 0.0, 1.0)
+    _check_range("mask.target_aspect", m.target_aspect, 1e-2, 100.0)
+    _check(m.target_aspect[0] > 0, "mask.target_aspect", "aspect ratios must be > 0")
+    _check(round(m.target_scale[0] * n) >= 1, "mask.target_scale",
+           f"the smallest target block must cover at least one of the {n} patches")
+    _check(1 <= m.min_context < n, "mask.min_context", f"must lie in [1, {n - 1}] for a {grid}x{grid} grid")
+    _check(m.num_targets * m.target_scale[0] < 1.0, "mask.num_targets",
+           "targets this large and many leave no context; lower mask.num_targets or mask.target_scale")
+    _check(m.context_scale[1] * n >= m.min_context, "mask.context_scale",
+           "the context block is smaller than mask.min_context tokens")
+
+    _check(o.epochs >= 1 or o.max_steps >= 1, "optim.epochs", "train for at least one epoch or set optim.max_steps")
+    _check(o.max_steps >= 0, "optim.max_steps", "must be >= 0 (0 = run optim.epochs)")
+    for name in ("lr", "start_lr", "final_lr"):
+        _check(getattr(o, name) >= 0, f"optim.{name}", "a learning rate must be >= 0")
+    _check(o.lr > 0, "optim.lr", "must be > 0")
+    _check(0 <= o.warmup < 1, "optim.warmup", "a fraction of the run in [0, 1)")
+    _check(o.weight_decay >= 0 and o.final_weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _check_range("optim.betas", o.betas, 0.0, 0.99999)
+    _check_range("optim.ema", o.ema, 0.0, 1.0)
+    _check(o.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 = off)")
+
+    _check(r.log_every >= 1, "run.log_every", "must be at least 1")
+    _check(r.ckpt_every >= 1, "run.ckpt_every", "must be at least 1")
+    _check(r.keep >= 1, "run.keep", "keep at least one periodic checkpoint")
+    _check(r.device == "auto" or r.device.split(":")[0] in ("cpu", "cuda", "mps"), "run.device",
+           "allowed values are auto, cpu, cuda, cuda:N, mps")
+    _check(bool(r.out_dir), "run.out_dir", "set a directory for the run")
+
+    _check(e.knn_k >= 1, "eval.knn_k", "must be at least 1")
+    _check(e.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
+    _check(e.knn_train >= 0 and e.knn_test >= 0, "eval.knn_train", "counts must be >= 0 (0 = all)")
+    return cfg
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(k) for k in range(2, n) if n % k == 0 and k <= 32)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: write it as key=value, e.g. optim.lr=0.001")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: the key is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key}: cannot read value {raw!r} ({err})") from None
+    if value is None:
+        value = raw
+    return key.split("."), value
+
+
+def from_dict(values: dict[str, Any] | None, overrides: typing.Sequence[str] = ()) -> Config:
+    cfg = Config()
+    if values:
+        if not isinstance(values, dict):
+            raise ConfigError("config file: the top level must be a mapping of sections (data:, model:, ...)")
+        _apply(cfg, values)
+    for text in overrides:
+        path, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(path):
+            nested = {part: nested}
+        _apply(cfg, nested)
+    return validate(cfg)
+
+
+def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Config from a YAML file (or the defaults) with dotted overrides applied on top."""
+    values = None
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config: no such file {str(p)!r}")
+        try:
+            values = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--config: {p} is not valid YAML ({err})") from None
+    return from_dict(values, overrides)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+__all__ = ["Config", "ConfigError", "load", "from_dict", "save", "validate", "encoder_dims",
+           "DataConfig", "AugConfig", "MaskConfig", "ModelConfig", "PredictorConfig",
+           "OptimConfig", "RunConfig", "EvalConfig"]

@@ -1,0 +1,221 @@
+"""Image sources: an ImageFolder (class sub-folders or a flat folder), the CIFAR-10 JPEG
+tarball (decoded once and cached as uint8 arrays), and a small synthetic set for tests.
+
+Each dataset yields ``(view, label)``: the target view y as a uint8 (3, S, S) tensor and an
+integer label (-1 where there is none). Photometric work happens later, batched, on the
+device; data workers only decode and crop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ..config import DataConfig
+from .views import center_view, sample_generator, target_view
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class ViewDataset(Dataset):
+    """Base: subclasses give ``load(i) -> uint8 (3, H, W)`` and ``labels``."""
+
+    labels: np.ndarray
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.3, 1.0), hflip: bool = True,
+                 seed: int = 0, train: bool = True):
+        self.size, self.scale, self.hflip, self.seed, self.train = size, scale, hflip, seed, train
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load(self, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.load(i)
+        if self.train:
+            view = target_view(img, self.size, self.scale, self.hflip, sample_generator(self.seed, self.epoch, i))
+        else:
+            view = center_view(img, self.size)
+        return view, int(self.labels[i])
+
+
+class ArrayDataset(ViewDataset):
+    """Images held in memory as one uint8 array (N, H, W, 3)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, size: int, **kw):
+        super().__init__(size, **kw)
+        self.images = images
+        self.labels = labels
+
+    def load(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.images[i]).permute(2, 0, 1)
+
+
+class ImageFolder(ViewDataset):
+    """A folder of images, read lazily with PIL. Class sub-folders give labels; a flat folder
+    gives label -1. Files that cannot be decoded are skipped (logged with their path)."""
+
+    def __init__(self, root: str | Path, size: int, **kw):
+        super().__init__(size, **kw)
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.path: {str(root)!r} is not a directory of images")
+        subdirs = sorted(d for d in root.iterdir() if d.is_dir())
+        files: list[Path] = []
+        labels: list[int] = []
+        self.classes = [d.name for d in subdirs]
+        for label, d in enumerate(subdirs):
+            found = _images_in(d)
+            files += found
+            labels += [label] * len(found)
+        flat = _images_in(root, recursive=False)
+        files += flat
+        labels += [-1] * len(flat)
+        if not files:
+            raise FileNotFoundError(f"data.path: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+        self.files = files
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def load(self, i: int) -> torch.Tensor:
+        for k in range(len(self.files)):  # a broken file hands over to the next one
+            path = self.files[(i + k) % len(self.files)]
+            try:
+                with Image.open(path) as im:
+                    im.draft("RGB", (self.size * 2, self.size * 2))  # JPEG: decode big images small
+                    arr = np.asarray(im.convert("RGB"))
+                return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+            except Exception as err:  # noqa: BLE001 - any undecodable file is skipped, not fatal
+                log.warning("skipping unreadable image %s (%s)", path, err)
+        raise RuntimeError("no readable image in the data set")
+
+
+def _images_in(d: Path, recursive: bool = True) -> list[Path]:
+    it = d.rglob("*") if recursive else d.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-10 (JPEG copy)
+
+
+def _cache_path(src: Path, cache_dir: str) -> Path:
+    st = src.stat()
+    key = hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iwm"
+    return root / f"cifar10-{key}.npz"
+
+
+def _decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _read_cifar(src: Path) -> dict[str, np.ndarray]:
+    found: dict[str, list[tuple[str, int, np.ndarray]]] = {"train": [], "test": []}
+    index = {c: k for k, c in enumerate(CIFAR10_CLASSES)}
+
+    def add(rel: str, data: bytes) -> None:
+        parts = Path(rel).parts
+        for j, part in enumerate(parts[:-2]):
+            if part in found and parts[j + 1] in index:
+                found[part].append((rel, index[parts[j + 1]], _decode(data)))
+                return
+
+    if src.is_dir():
+        for p in sorted(src.rglob("*.jpg")):
+            add(str(p.relative_to(src)), p.read_bytes())
+    else:
+        with tarfile.open(src) as tar:
+            for m in tar:
+                if m.isfile() and m.name.lower().endswith((".jpg", ".jpeg", ".png")):
+                    add(m.name, tar.extractfile(m).read())
+    out = {}
+    for split, items in found.items():
+        if not items:
+            raise FileNotFoundError(f"data.path: {src} holds no CIFAR-10 '{split}/<class>/*.jpg' images")
+        items.sort(key=lambda t: t[0])
+        out[f"{split}_x"] = np.stack([t[2] for t in items])
+        out[f"{split}_y"] = np.asarray([t[1] for t in items], dtype=np.int64)
+    return out
+
+
+def load_cifar10(path: str | Path, cache_dir: str = "") -> dict[str, np.ndarray]:
+    """{'train_x' (50000, 32, 32, 3) uint8, 'train_y', 'test_x', 'test_y'} from the tarball
+    or its extracted folder; decoded once, then read from the cache."""
+    src = Path(path)
+    if not src.exists():
+        raise FileNotFoundError(
+            f"data.path: {str(src)!r} does not exist; point it at cifar10-jpg.tar.gz (or its extracted folder)")
+    cache = _cache_path(src, cache_dir)
+    if cache.is_file():
+        with np.load(cache) as z:
+            return {k: z[k] for k in z.files}
+    arrays = _read_cifar(src)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, cache)
+    return arrays
+
+
+# ----------------------------------------------------------------------------------------------
+# synthetic
+
+
+def synthetic_images(n: int, size: int = 32, num_classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Coloured oriented gratings, one orientation/frequency/colour family per class, with
+    random phase and noise: structured enough that a few steps of training lower the loss."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base_colors = rng.uniform(0.2, 0.9, (num_classes, 3))
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        angle = np.pi * c / num_classes
+        freq = 2 + 2 * c
+        phase = rng.uniform(0, 2 * np.pi)
+        wave = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy) + phase)
+        color = np.clip(base_colors[c] + rng.normal(0, 0.1, 3), 0, 1)
+        img = wave[..., None] * color + rng.normal(0, 0.03, (size, size, 3))
+        images[i] = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    return images, labels.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build_dataset(cfg: DataConfig, seed: int, split: str = "train", augment: bool | None = None) -> ViewDataset:
+    """The dataset a config names. Views are random crops for training (``augment``, the
+    default on the train split) and centred, unaugmented images otherwise."""
+    train = split == "train"
+    kw = dict(scale=cfg.crop_scale, hflip=cfg.hflip, seed=seed, train=train if augment is None else augment)
+    if cfg.dataset == "synthetic":
+        images, labels = synthetic_images(cfg.synthetic_size, cfg.image_size, seed=seed + (0 if train else 1))
+        return ArrayDataset(images, labels, cfg.image_size, **kw)
+    if cfg.dataset == "cifar10":
+        arrays = load_cifar10(cfg.path, cfg.cache_dir)
+        ds = ArrayDataset(arrays[f"{split}_x"], arrays[f"{split}_y"], cfg.image_size, **kw)
+        ds.classes = list(CIFAR10_CLASSES)
+        return ds
+    root = Path(cfg.path)
+    if (root / split).is_dir():  # an ImageFolder with train/ and test/ (or val/) sub-folders
+        root = root / split
+    return ImageFolder(root, cfg.image_size, **kw)

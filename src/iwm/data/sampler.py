@@ -1,0 +1,40 @@
+"""Epoch-seeded sampling that can start mid-epoch, so a resumed run sees the same data order.
+
+The order is defined for the *global* batch: global batch k is ``perm[k*G:(k+1)*G]`` with
+G = batch x world, and process r takes its r-th slice. So one process and N processes with the
+same global batch train on the same images at every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ResumableSampler(Sampler[int]):
+    def __init__(self, n: int, batch: int, seed: int = 0, rank: int = 0, world: int = 1):
+        if n < batch * world:
+            raise ValueError(f"data: {n} images cannot fill one global batch of {batch * world}; "
+                             "lower data.batch_size")
+        self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch * self.world)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        glob = self.batch * self.world
+        for k in range(self.start, self.batches_per_epoch):
+            lo = k * glob + self.rank * self.batch
+            yield from perm[lo:lo + self.batch].tolist()
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start) * self.batch

@@ -1,0 +1,45 @@
+"""k-nearest-neighbour classification on frozen features (cosine similarity, votes weighted
+by exp(similarity / T), as in DINO's evaluation)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def knn_predict(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, k: int = 20,
+                temperature: float = 0.07, num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
+    """Predicted labels (M,) for test features (M, D) from a labelled bank (N, D), (N,)."""
+    num_classes = num_classes or int(train_y.max()) + 1
+    k = min(k, train_f.shape[0])
+    bank = F.normalize(train_f.float(), dim=1)
+    out = []
+    for q in F.normalize(test_f.float(), dim=1).split(chunk):
+        sim, idx = (q @ bank.T).topk(k, dim=1)
+        votes = torch.zeros(q.shape[0], num_classes)
+        votes.scatter_add_(1, train_y[idx], (sim / temperature).exp())
+        out.append(votes.argmax(dim=1))
+    return torch.cat(out)
+
+
+def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                 k: int = 20, temperature: float = 0.07) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    pred = knn_predict(train_f, train_y, test_f, k, temperature, int(max(train_y.max(), test_y.max())) + 1)
+    return (pred == test_y).float().mean().item()
+
+
+def knn_eval(encoder, cfg, device: torch.device | str = "cpu", progress: bool = False) -> dict:
+    """kNN top-1 of ``encoder`` on the config's data: a bank of ``eval.knn_train`` centred
+    train images, scored on ``eval.knn_test`` test images (the whole test split by default)."""
+    from ..data import build_dataset
+    from .features import extract, subset
+
+    e = cfg.eval
+    train = subset(build_dataset(cfg.data, cfg.run.seed, "train", augment=False), e.knn_train, seed=1)
+    test = subset(build_dataset(cfg.data, cfg.run.seed, "test"), e.knn_test, seed=2)
+    train_f, train_y = extract(encoder, train, device, progress=progress, desc="kNN bank")
+    test_f, test_y = extract(encoder, test, device, progress=progress, desc="kNN test")
+    acc = knn_accuracy(train_f, train_y, test_f, test_y, e.knn_k, e.knn_temperature)
+    return {"top1": acc, "k": e.knn_k, "bank": len(train), "test": len(test)}

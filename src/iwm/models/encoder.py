@@ -1,0 +1,50 @@
+"""The ViT encoder: timm's VisionTransformer, so its weights load in timm as they are.
+
+No class token and fixed 2-D sin-cos positions (as I-JEPA); :meth:`Encoder.tokens` runs the
+blocks on a subset of patches, which is how the context encoder sees only the context.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import build_sincos2d_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+
+from ..config import Config, encoder_dims
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, N, D), idx (B, K) -> (B, K, D)."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class Encoder(VisionTransformer):
+    def __init__(self, img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int):
+        super().__init__(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                         num_heads=num_heads, num_classes=0, global_pool="avg", class_token=False)
+        self.grid = img_size // patch_size
+        pos = build_sincos2d_pos_embed([self.grid, self.grid], embed_dim)
+        self.pos_embed.data.copy_(pos.unsqueeze(0))
+        self.pos_embed.requires_grad_(False)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    def tokens(self, img: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised images (B, 3, H, W) -> patch tokens (B, N or K, D) after the final norm;
+        with ``keep`` (B, K) only those patches go through the blocks."""
+        x = self.patch_embed(img) + self.pos_embed
+        if keep is not None:
+            x = gather_tokens(x, keep)
+        x = self.blocks(self.norm_pre(x))
+        return self.norm(x)
+
+    def pooled(self, img: torch.Tensor) -> torch.Tensor:
+        """Mean of the patch tokens: the image representation probes and kNN use."""
+        return self.tokens(img).mean(dim=1)
+
+
+def build_encoder(cfg: Config) -> Encoder:
+    dim, depth, heads = encoder_dims(cfg.model)
+    return Encoder(cfg.data.image_size, cfg.model.patch_size, dim, depth, heads)

@@ -1,0 +1,58 @@
+"""The IWM objective: context encoder + predictor regress the EMA target encoder's tokens."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..masks import Masks
+from .encoder import Encoder, gather_tokens
+from .predictor import Predictor
+
+
+class IWM(nn.Module):
+    """Holds the three networks. ``forward`` returns the loss of one batch.
+
+    The target encoder starts as a copy of the encoder, never receives gradients and follows
+    it by an exponential moving average (:meth:`update_target`).
+    """
+
+    def __init__(self, encoder: Encoder, predictor: Predictor, per_block: bool = True):
+        super().__init__()
+        self.per_block = per_block
+        self.encoder = encoder
+        self.predictor = predictor
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+
+    @torch.no_grad()
+    def targets(self, y: torch.Tensor) -> torch.Tensor:
+        """Target tokens of y, layer-normed without affine parameters (as I-JEPA)."""
+        t = self.target_encoder.tokens(y)
+        return F.layer_norm(t, t.shape[-1:])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, action: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """x, y: normalised source and target views (B, 3, H, W); action a_x->y (B, A).
+        With ``per_block`` each target block is predicted in its own predictor pass (I-JEPA);
+        otherwise the mask tokens of all blocks go through one pass."""
+        b, t, _ = masks.targets.shape
+        target = self.targets(y)
+        context = self.encoder.tokens(x, masks.context)
+        if self.per_block:
+            rep = lambda z: z.repeat_interleave(t, 0)  # noqa: E731
+            tidx = masks.targets.flatten(0, 1)
+            pred = self.predictor(rep(context), rep(masks.context), tidx, rep(action))
+            truth = gather_tokens(rep(target), tidx)
+        else:
+            tidx = masks.targets.flatten(1)
+            pred = self.predictor(context, masks.context, tidx, action)
+            truth = gather_tokens(target, tidx)
+        return F.mse_loss(pred.float(), truth.float())
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        src = [p.detach() for p in self.encoder.parameters()]
+        dst = list(self.target_encoder.parameters())
+        torch._foreach_lerp_(dst, src, 1.0 - momentum)

@@ -1,0 +1,85 @@
+"""The predictor p_phi: the world model.
+
+It sees the encoded context of x, mask tokens at the target positions m_a (a shared learned
+token plus the target's positional embedding) and the action a_x->y, and predicts the target
+encoder's tokens of y at those positions. How a_x->y enters is the paper's Table 1 knob:
+
+- ``none``: not at all (the predictor cannot know the transformation);
+- ``sequence``: embedded by an MLP into ``cond_tokens`` extra tokens of the sequence;
+- ``feature``: concatenated to the features of every mask token, then projected back to the
+  predictor width.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from ..config import Config, encoder_dims
+from ..photometric import ACTION_DIM
+from .encoder import gather_tokens
+
+
+class Predictor(nn.Module):
+    def __init__(self, grid: int, enc_dim: int, width: int, depth: int, num_heads: int,
+                 conditioning: str = "feature", action_dim: int = ACTION_DIM, cond_tokens: int = 1):
+        super().__init__()
+        self.conditioning = conditioning
+        self.action_dim = action_dim
+        self.cond_tokens = cond_tokens
+        self.embed = nn.Linear(enc_dim, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.register_buffer("pos_embed", build_sincos2d_pos_embed([grid, grid], width).unsqueeze(0),
+                             persistent=False)
+        if conditioning == "sequence":
+            self.cond = nn.Sequential(nn.Linear(action_dim, width), nn.GELU(), nn.Linear(width, width * cond_tokens))
+        elif conditioning == "feature":
+            self.cond = nn.Sequential(nn.Linear(width + action_dim, width), nn.GELU(), nn.Linear(width, width))
+        elif conditioning != "none":
+            raise ValueError(f"conditioning must be none, sequence or feature, got {conditioning!r}")
+        self.blocks = nn.Sequential(*[
+            Block(width, num_heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=nn.LayerNorm) for _ in range(depth)
+        ])
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, enc_dim)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.apply(_init)
+
+    def forward(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor,
+                action: torch.Tensor | None = None) -> torch.Tensor:
+        """context (B, Nc, D) encoder tokens at patches context_idx (B, Nc); target_idx (B, Nt);
+        action a_x->y (B, ACTION_DIM). Returns predicted target tokens (B, Nt, D)."""
+        b, nt = target_idx.shape
+        pos = self.pos_embed.expand(b, -1, -1).to(context.dtype)
+        x = self.embed(context) + gather_tokens(pos, context_idx)
+        m = self.mask_token.to(x.dtype) + gather_tokens(pos, target_idx)
+        parts = [x, m]
+        if self.conditioning != "none":
+            if action is None:
+                raise ValueError(f"a {self.conditioning}-conditioned predictor needs the action a_x->y")
+            a = action.to(x.dtype)
+            if self.conditioning == "feature":
+                parts[1] = self.cond(torch.cat([m, a.unsqueeze(1).expand(-1, nt, -1)], dim=-1))
+            else:
+                parts.insert(0, self.cond(a).view(b, self.cond_tokens, -1))
+        x = self.blocks(torch.cat(parts, dim=1))
+        return self.proj(self.norm(x[:, -nt:]))
+
+
+def _init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def build_predictor(cfg: Config) -> Predictor:
+    p = cfg.predictor
+    enc_dim = encoder_dims(cfg.model)[0]
+    return Predictor(cfg.data.image_size // cfg.model.patch_size, enc_dim, p.width, p.depth,
+                     p.num_heads or max(1, p.width // 64), p.conditioning, ACTION_DIM, p.cond_tokens)

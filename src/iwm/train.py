@@ -1,0 +1,322 @@
+"""The pretraining loop: data -> crops -> two views (photometric) -> masks -> model -> loss.
+
+Everything random in a step (photometric parameters, masks) is drawn from a generator seeded
+by (seed, step), and the data order by (seed, epoch); so a resumed run, or a run split over
+several processes with the same global batch, trains on exactly the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from . import config as config_mod
+from .checkpoint import LATEST, load_checkpoint, load_weights, save_checkpoint
+from .config import Config
+from .data import ResumableSampler, build_dataset, normalize
+from .masks import MultiBlockMasker
+from .models import IWM, build_encoder, build_predictor
+from .photometric import PhotometricSampler, apply, blur_kernel_size
+from .schedules import ema_momentum, learning_rate, weight_decay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    losses: list[tuple[int, float]]
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------------------
+# set-up helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full fp32."""
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
+
+
+def build_model(cfg: Config) -> IWM:
+    torch.manual_seed(cfg.run.seed)  # the same seed gives the same initial weights
+    return IWM(build_encoder(cfg), build_predictor(cfg), cfg.predictor.per_block)
+
+
+def build_optimizer(model: IWM, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over encoder and predictor; biases, norms and 1-d tensors get no weight decay."""
+    decay, no_decay = [], []
+    for module in (model.encoder, model.predictor):
+        for p in module.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+                             fused=fused)
+
+
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One pretraining run in one directory; re-creating it on the same directory resumes."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.rank, self.world = dist_info()
+        self.device = resolve_device(cfg.run.device)
+        self.amp_dtype = resolve_precision(cfg.run.precision, self.device)
+        self.run_dir = Path(cfg.run.out_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+        self.dataset = build_dataset(cfg.data, cfg.run.seed, "train")
+        n = len(self.dataset)
+        if cfg.data.subset:
+            n = min(n, cfg.data.subset)
+        self.sampler = ResumableSampler(n, cfg.data.batch_size, cfg.run.seed, self.rank, self.world)
+        self.loader = DataLoader(self.dataset, batch_size=cfg.data.batch_size, sampler=self.sampler,
+                                 num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                                 drop_last=True, persistent_workers=False)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.total_steps = cfg.optim.max_steps or cfg.optim.epochs * self.steps_per_epoch
+
+        self.model = build_model(cfg).to(self.device)
+        self.net: torch.nn.Module = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        grid = cfg.data.image_size // cfg.model.patch_size
+        self.masker = MultiBlockMasker(cfg.mask, grid)
+        self.photometric = PhotometricSampler(cfg.aug)
+        self.kernel_size = blur_kernel_size(cfg.aug, cfg.data.image_size)
+        self.step = 0
+        self.losses: list[tuple[int, float]] = []
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "encoder": self.model.encoder.state_dict(),
+            "predictor": self.model.predictor.state_dict(),
+            "target_encoder": self.model.target_encoder.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "losses": torch.tensor(self.losses, dtype=torch.float64).reshape(-1, 2),
+            "config": self.cfg.to_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_weights(self.model.encoder, state["encoder"], "encoder")
+        load_weights(self.model.predictor, state["predictor"], "predictor")
+        load_weights(self.model.target_encoder, state["target_encoder"], "target encoder")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.losses = [(int(s), float(v)) for s, v in state["losses"].tolist()]
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def save(self, periodic: bool) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.state_dict(), self.ckpt_dir, self.step, self.cfg.run.keep, periodic)
+        if self.world > 1:
+            dist.barrier()
+
+    def maybe_resume(self) -> bool:
+        latest = self.ckpt_dir / LATEST
+        if not latest.is_file():
+            return False
+        self.load_state_dict(load_checkpoint(latest, map_location=self.device))
+        return True
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def make_batch(self, crops: torch.Tensor, step: int):
+        """uint8 crops (this process's slice of the global batch) -> model inputs x, y, a_x->y,
+        masks. Parameters and masks are drawn for the whole global batch, then sliced, so that
+        every process count sees the same ones."""
+        b = crops.shape[0]
+        g = step_generator(self.cfg.run.seed, step)
+        glob = b * self.world
+        source, target = self.photometric.sample_pair(glob, g)
+        masks = self.masker(glob, g)
+        sl = slice(self.rank * b, (self.rank + 1) * b)
+        source, target = source[sl].to(self.device), target[sl].to(self.device)
+        masks = type(masks)(masks.context[sl], masks.targets[sl]).to(self.device)
+        c = crops.to(self.device, non_blocking=True).float().div_(255.0)
+        # the transformations run where the model lives, batched
+        x = apply(c, source, self.kernel_size)
+        y = apply(c, target, self.kernel_size)
+        return normalize(x), normalize(y), source.action(target), masks
+
+    def train_step(self, crops: torch.Tensor) -> torch.Tensor:
+        o, total = self.cfg.optim, self.total_steps
+        lr = learning_rate(o, self.step, total)
+        wd = weight_decay(o, self.step, total)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if group["apply_wd"]:
+                group["weight_decay"] = wd
+        x, y, action, masks = self.make_batch(crops, self.step)
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else nullcontext())
+        with autocast:
+            loss = self.net(x, y, action, masks)
+        self.scaler.scale(loss).backward()
+        if o.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], o.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.update_target(ema_momentum(o, self.step, total))
+        self.step += 1
+        return loss.detach()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self, until: int | None = None) -> TrainResult:
+        """Train to the last step (or stop after step ``until``), checkpointing on the way
+        and at the end."""
+        cfg = self.cfg
+        stop = min(until or self.total_steps, self.total_steps)
+        resumed = self.maybe_resume()
+        writer = None
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_mod.save(cfg, self.run_dir / "config.yaml")
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            log.info("%s run in %s: %d steps (%d per epoch) on %s, %s", "resuming" if resumed else "starting",
+                     self.run_dir, self.total_steps, self.steps_per_epoch, self.device,
+                     self.amp_dtype or "fp32")
+        bar = None
+        if self.rank == 0 and cfg.run.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True)
+        metrics = open(self.run_dir / "metrics.jsonl", "a") if self.rank == 0 else None
+        t_start = time.perf_counter()
+        t_log, step_log = t_start, self.step
+        pending: list[tuple[int, torch.Tensor]] = []
+        try:
+            while self.step < stop:
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                self.sampler.set_epoch(epoch, start)
+                self.dataset.set_epoch(epoch)
+                for crops, _ in self.loader:
+                    pending.append((self.step, self.train_step(crops)))
+                    if self.step % cfg.run.log_every == 0 or self.step == stop:
+                        now = time.perf_counter()
+                        rate = (self.step - step_log) * cfg.data.batch_size * self.world / (now - t_log)
+                        self._log(pending, rate, writer, metrics, bar)
+                        pending, t_log, step_log = [], now, self.step
+                    if self.step % cfg.run.ckpt_every == 0 and self.step < stop:
+                        self.save(periodic=True)
+                    if self.step >= stop:
+                        break
+            self.save(periodic=True)
+        finally:
+            if bar is not None:
+                bar.close()
+            if metrics is not None:
+                metrics.close()
+            if writer is not None:
+                writer.close()
+        if self.rank == 0:
+            plot_losses(self.losses, self.run_dir / "loss.png")
+        final = self.losses[-1][1] if self.losses else float("nan")
+        return TrainResult(self.run_dir, self.step, final, self.losses, time.perf_counter() - t_start)
+
+    def _log(self, pending, rate, writer, metrics, bar) -> None:
+        # The only host-device sync of the loop: losses stay on the device between logs.
+        values = torch.stack([v for _, v in pending]).float().cpu().tolist()
+        if self.world > 1:
+            t = torch.tensor(values, device=self.device)
+            dist.all_reduce(t)
+            values = (t / self.world).tolist()
+        for (s, _), v in zip(pending, values):
+            self.losses.append((s + 1, v))
+        loss = values[-1]
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at step {self.step}; lower optim.lr or check the data")
+        if self.rank != 0:
+            return
+        o, total = self.cfg.optim, self.total_steps
+        rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss,
+               "lr": learning_rate(o, self.step - 1, total), "wd": weight_decay(o, self.step - 1, total),
+               "momentum": ema_momentum(o, self.step - 1, total), "images_per_s": rate}
+        metrics.write(json.dumps(rec) + "\n")
+        metrics.flush()
+        for k in ("loss", "lr", "wd", "momentum", "images_per_s"):
+            writer.add_scalar(f"train/{k}", rec[k], self.step)
+        if bar is not None:
+            bar.update(self.step - bar.n)
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+
+
+def plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    if losses:
+        steps, values = zip(*losses)
+        ax.plot(steps, values, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (L2 to target tokens)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def pretrain(cfg: Config) -> TrainResult:
+    """Train (or resume) the run ``cfg.run.out_dir`` to its last step."""
+    return Trainer(cfg).fit()

@@ -1,0 +1,53 @@
+import pytest
+
+from iwm import config
+from iwm.cli import resolve_config
+from iwm.config import ConfigError
+
+
+def test_shipped_configs_load():
+    for name in ("cifar10_equi", "cifar10_inv", "cifar10_ijepa", "imagenet_vitb16"):
+        cfg = config.load(resolve_config(name))
+        assert cfg.data.image_size % cfg.model.patch_size == 0
+    assert config.load(resolve_config("cifar10_ijepa")).aug.strength == 0.0
+    inv, equi = config.load(resolve_config("cifar10_inv")), config.load(resolve_config("cifar10_equi"))
+    assert inv.predictor.depth < equi.predictor.depth
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = config.from_dict(None, ["optim.lr=5e-4", "data.crop_scale=[0.5, 1.0]", "run.progress=false",
+                                  "predictor.conditioning=sequence"])
+    assert cfg.optim.lr == 5e-4 and cfg.data.crop_scale == (0.5, 1.0)
+    assert cfg.run.progress is False and cfg.predictor.conditioning == "sequence"
+    path = tmp_path / "c.yaml"
+    config.save(cfg, path)
+    assert config.load(path) == cfg
+
+
+@pytest.mark.parametrize("override,key", [
+    ("optim.lrr=1", "optim.lrr"),
+    ("optim.lr=fast", "optim.lr"),
+    ("optim.lr=-1", "optim.lr"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.batch_size=1.5", "data.batch_size"),
+    ("predictor.conditioning=token", "predictor.conditioning"),
+    ("model.patch_size=5", "model.patch_size"),
+    ("aug.grayscale_prob=1.5", "aug.grayscale_prob"),
+    ("mask.num_targets=8", "mask.num_targets"),
+    ("run.device=tpu", "run.device"),
+    ("nosection.x=1", "nosection"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(None, [override])
+    assert str(err.value).startswith(key)
+
+
+def test_conditioning_error_lists_choices():
+    with pytest.raises(ConfigError, match="none, sequence, feature"):
+        config.from_dict(None, ["predictor.conditioning=token"])
+
+
+def test_unknown_shipped_config():
+    with pytest.raises(ConfigError, match="cifar10_equi"):
+        resolve_config("nope")

@@ -1,0 +1,32 @@
+import torch
+
+from iwm.config import MaskConfig
+from iwm.masks import MultiBlockMasker
+
+
+def test_sizes_and_no_overlap():
+    cfg = MaskConfig(num_targets=4, target_scale=(0.15, 0.2), context_scale=(0.85, 1.0), min_context=10)
+    grid = 14
+    masks = MultiBlockMasker(cfg, grid)(32, torch.Generator().manual_seed(0))
+    b, t, nt = masks.targets.shape
+    assert (b, t) == (32, 4)
+    assert 0.05 * grid * grid <= nt <= 0.3 * grid * grid  # scale 0.15-0.2 of 196, rounding aside
+    assert masks.context.shape[0] == 32 and masks.context.shape[1] >= 10
+    for i in range(b):
+        ctx = set(masks.context[i].tolist())
+        assert len(ctx) == masks.context.shape[1]  # no duplicates
+        for j in range(t):
+            tgt = masks.targets[i, j].tolist()
+            assert len(set(tgt)) == nt
+            assert ctx.isdisjoint(tgt)
+        assert max(ctx) < grid * grid and masks.targets.max() < grid * grid
+
+
+def test_seeded():
+    m = MultiBlockMasker(MaskConfig(min_context=4), 8)
+    a = m(8, torch.Generator().manual_seed(1))
+    b = m(8, torch.Generator().manual_seed(1))
+    c = m(8, torch.Generator().manual_seed(2))
+    assert torch.equal(a.context, b.context) and torch.equal(a.targets, b.targets)
+    assert not (a.context.shape == c.context.shape and torch.equal(a.context, c.context)
+                and torch.equal(a.targets, c.targets))

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from iwm import config
+from iwm.masks import MultiBlockMasker
+from iwm.models import IWM, Predictor, build_encoder, build_predictor
+from iwm.photometric import ACTION_DIM
+
+
+def _predictor(conditioning):
+    torch.manual_seed(0)
+    return Predictor(grid=4, enc_dim=32, width=32, depth=2, num_heads=2, conditioning=conditioning).eval()
+
+
+@pytest.mark.parametrize("conditioning,changes", [("none", False), ("sequence", True), ("feature", True)])
+def test_predictor_depends_on_action_only_when_conditioned(conditioning, changes):
+    p = _predictor(conditioning)
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.randn(3, 5, 32, generator=g)
+    ctx_idx = torch.tensor([[0, 1, 2, 3, 4]] * 3)
+    tgt_idx = torch.tensor([[10, 11, 14]] * 3)
+    a1 = torch.zeros(3, ACTION_DIM)
+    a2 = torch.rand(3, ACTION_DIM, generator=g)
+    out1 = p(ctx, ctx_idx, tgt_idx, a1)
+    out2 = p(ctx, ctx_idx, tgt_idx, a2)
+    assert out1.shape == (3, 3, 32)
+    assert (not torch.allclose(out1, out2, atol=1e-6)) == changes
+
+
+def test_target_encoder_gets_no_gradient_and_follows_ema(tiny_overrides):
+    cfg = config.from_dict(None, tiny_overrides)
+    torch.manual_seed(0)
+    model = IWM(build_encoder(cfg), build_predictor(cfg))
+    assert all(not p.requires_grad for p in model.target_encoder.parameters())
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 3, 16, 16, generator=g), torch.randn(4, 3, 16, 16, generator=g)
+    masks = MultiBlockMasker(cfg.mask, 4)(4, g)
+    loss = model(x, y, torch.rand(4, ACTION_DIM, generator=g), masks)
+    loss.backward()
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+    with torch.no_grad():  # move the encoder, then check theta_bar <- m theta_bar + (1 - m) theta
+        for p in model.encoder.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+    before = [p.clone() for p in model.target_encoder.parameters()]
+    model.update_target(0.9)
+    for tb, t, after in zip(before, model.encoder.parameters(), model.target_encoder.parameters()):
+        assert torch.allclose(after, 0.9 * tb + 0.1 * t, atol=1e-6)
+
+
+def test_encoder_is_a_timm_vit_with_masked_forward(tiny_overrides):
+    import timm.models.vision_transformer as tv
+
+    cfg = config.from_dict(None, tiny_overrides)
+    enc = build_encoder(cfg).eval()
+    assert isinstance(enc, tv.VisionTransformer)
+    img = torch.randn(2, 3, 16, 16)
+    full = enc.tokens(img)
+    assert full.shape == (2, 16, 32)
+    keep = torch.tensor([[0, 3, 5], [1, 2, 15]])
+    assert enc.tokens(img, keep).shape == (2, 3, 32)
+    assert not enc.pos_embed.requires_grad

@@ -1,0 +1,45 @@
+import json
+
+import torch
+
+from iwm import config
+from iwm.train import Trainer, pretrain
+
+
+def test_few_steps_lower_the_loss(tiny_overrides):
+    cfg = config.from_dict(None, tiny_overrides + ["optim.max_steps=40", "optim.lr=0.002", "optim.warmup=0.1",
+                                                   "data.synthetic_size=128"])
+    res = pretrain(cfg)
+    first = sum(v for _, v in res.losses[:5]) / 5
+    last = sum(v for _, v in res.losses[-5:]) / 5
+    assert res.steps == 40
+    assert last < 0.8 * first
+    run = res.run_dir
+    assert (run / "config.yaml").is_file() and (run / "loss.png").stat().st_size > 0
+    assert list((run / "tensorboard").iterdir())
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == list(range(1, 41))
+    assert {"step", "loss", "lr", "momentum", "images_per_s"} <= set(recs[0])
+
+
+def _params(trainer):
+    return {k: v.clone() for k, v in trainer.state_dict()["encoder"].items()}
+
+
+def test_resume_continues_with_identical_state(tmp_path, tiny_overrides):
+    base = tiny_overrides + ["optim.max_steps=6", "run.ckpt_every=2", "data.synthetic_size=40"]
+    straight = Trainer(config.from_dict(None, base + [f"run.out_dir={tmp_path / 'a'}"]))
+    full = straight.fit()
+
+    split = config.from_dict(None, base + [f"run.out_dir={tmp_path / 'b'}"])
+    first = Trainer(split).fit(until=3)  # stops mid-epoch (5 batches per epoch), checkpoints
+    assert first.steps == 3
+    resumed = Trainer(split)
+    res = resumed.fit()  # a new trainer on the same directory picks up at step 3
+    assert res.steps == 6
+    assert res.losses == full.losses  # bitwise on the CPU, first three from the checkpoint
+    for name in ("encoder", "predictor", "target_encoder"):
+        a, b = straight.state_dict()[name], resumed.state_dict()[name]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    oa, ob = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(oa[i]["exp_avg_sq"], ob[i]["exp_avg_sq"]) for i in oa)
