@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from iwm import config
@@ -43,3 +44,11 @@ def test_resume_continues_with_identical_state(tmp_path, tiny_overrides):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     oa, ob = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     assert all(torch.equal(oa[i]["exp_avg_sq"], ob[i]["exp_avg_sq"]) for i in oa)
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path, tiny_overrides):
+    base = tiny_overrides + ["optim.max_steps=4"]
+    full = pretrain(config.from_dict(None, base + [f"run.out_dir={tmp_path / 'full'}"]))
+    accum = pretrain(config.from_dict(None, base + [f"run.out_dir={tmp_path / 'acc'}", "optim.accum_steps=2"]))
+    a, b = [v for _, v in full.losses], [v for _, v in accum.losses]
+    assert a == pytest.approx(b, rel=1e-4)

@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
+from . import viz
+from .downstream import cli as downstream_cli
 from .config import ConfigError
+from .eval import mrr as eval_mrr
 
 SHIPPED = Path(__file__).parent / "configs"
 
@@ -30,7 +33,7 @@ def resolve_config(name: str | None) -> Path | None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from .train import pretrain
+    from .train import PREEMPTED_EXIT_CODE, NonFiniteError, Preempted, pretrain
 
     cfg_path = resolve_config(args.config)
     run_dir_cfg = None
@@ -42,7 +45,14 @@ def _pretrain(args: argparse.Namespace) -> int:
                 run_dir_cfg = cand if cand.is_file() else None
     cfg = config_mod.load(cfg_path or run_dir_cfg, args.overrides)
     _setup_distributed(cfg)
-    result = pretrain(cfg)
+    try:
+        result = pretrain(cfg)
+    except Preempted as stop:
+        print(f"iwm: {stop}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    except NonFiniteError as err:
+        print(f"iwm: error: {err}", file=sys.stderr)
+        return 3
     print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}, run in {result.run_dir}")
     return 0
 
@@ -111,11 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default="cpu")
     k.add_argument("overrides", nargs="*", help="e.g. eval.knn_k=10 data.path=...")
     k.set_defaults(fn=_knn)
+    eval_mrr.add_cli(esub)
 
     p = sub.add_parser("export", help="write a run's weights as safetensors")
     p.add_argument("run")
     p.add_argument("out")
     p.set_defaults(fn=_export)
+    viz.add_cli(sub)
+    downstream_cli.add_cli(sub)
     return ap
 
 

@@ -30,7 +30,7 @@ class DataConfig:
     hflip: bool = True
     batch_size: int = 128
     num_workers: int = 2
-    subset: int = 0  # train on the first N images of a seeded shuffle (0 = all)
+    subset: int = 0  # train on a seeded random subset of N images (0 = all)
     synthetic_size: int = 512
     cache_dir: str = ""  # decoded CIFAR arrays go here; "" = ~/.cache/iwm
 
@@ -105,6 +105,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     ema: tuple[float, float] = (0.996, 1.0)
     clip_grad: float = 1.0  # 0 = no clipping
+    accum_steps: int = 1  # split each batch into this many micro-batches (same result, less memory)
 
 
 @dataclass
@@ -116,7 +117,9 @@ class RunConfig:
     log_every: int = 10
     ckpt_every: int = 500  # steps between periodic checkpoints (latest is written with them)
     keep: int = 3  # periodic checkpoints kept
+    max_skips: int = 5  # consecutive steps with a non-finite loss/gradient skipped before stopping
     progress: bool = True
+    compile: bool = False  # torch.compile the model (worth it on GPUs for long runs)
 
 
 @dataclass
@@ -293,10 +296,13 @@ def validate(cfg: Config) -> Config:
     _check_range("optim.betas", o.betas, 0.0, 0.99999)
     _check_range("optim.ema", o.ema, 0.0, 1.0)
     _check(o.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 = off)")
+    _check(o.accum_steps >= 1 and d.batch_size % o.accum_steps == 0, "optim.accum_steps",
+           f"must be >= 1 and divide data.batch_size ({d.batch_size})")
 
     _check(r.log_every >= 1, "run.log_every", "must be at least 1")
     _check(r.ckpt_every >= 1, "run.ckpt_every", "must be at least 1")
     _check(r.keep >= 1, "run.keep", "keep at least one periodic checkpoint")
+    _check(r.max_skips >= 0, "run.max_skips", "must be >= 0 (0 = stop at the first non-finite step)")
     _check(r.device == "auto" or r.device.split(":")[0] in ("cpu", "cuda", "mps"), "run.device",
            "allowed values are auto, cpu, cuda, cuda:N, mps")
     _check(bool(r.out_dir), "run.out_dir", "set a directory for the run")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,12 +26,29 @@ from . import config as config_mod
 from .checkpoint import LATEST, load_checkpoint, load_weights, save_checkpoint
 from .config import Config
 from .data import ResumableSampler, build_dataset, normalize
-from .masks import MultiBlockMasker
+from .eval.features import subset
+from .masks import Masks, MultiBlockMasker
 from .models import IWM, build_encoder, build_predictor
 from .photometric import PhotometricSampler, apply, blur_kernel_size
 from .schedules import ema_momentum, learning_rate, weight_decay
 
 log = logging.getLogger(__name__)
+
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "stopped on request, checkpointed, run me again"
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGUSR1 arrived: the step finished, a checkpoint was written, the run stopped."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by signal {signal.Signals(signum).name} after step {step}; "
+                         "checkpoint written, run the same command to resume")
+        self.signum, self.step = signum, step
+
+
+class NonFiniteError(FloatingPointError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
 
 
 @dataclass
@@ -105,11 +123,11 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
 
         self.dataset = build_dataset(cfg.data, cfg.run.seed, "train")
-        n = len(self.dataset)
-        if cfg.data.subset:
-            n = min(n, cfg.data.subset)
-        self.sampler = ResumableSampler(n, cfg.data.batch_size, cfg.run.seed, self.rank, self.world)
-        self.loader = DataLoader(self.dataset, batch_size=cfg.data.batch_size, sampler=self.sampler,
+        source: torch.utils.data.Dataset = self.dataset
+        if 0 < cfg.data.subset < len(self.dataset):  # a seeded random subset, not the first files
+            source = subset(self.dataset, cfg.data.subset, cfg.run.seed)
+        self.sampler = ResumableSampler(len(source), cfg.data.batch_size, cfg.run.seed, self.rank, self.world)
+        self.loader = DataLoader(source, batch_size=cfg.data.batch_size, sampler=self.sampler,
                                  num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                                  drop_last=True, persistent_workers=False)
         self.steps_per_epoch = self.sampler.batches_per_epoch
@@ -120,6 +138,8 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.run.compile:
+            self.net = torch.compile(self.net)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
@@ -127,8 +147,15 @@ class Trainer:
         self.masker = MultiBlockMasker(cfg.mask, grid)
         self.photometric = PhotometricSampler(cfg.aug)
         self.kernel_size = blur_kernel_size(cfg.aug, cfg.data.image_size)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.fused = bool(self.optimizer.defaults.get("fused"))
         self.step = 0
         self.losses: list[tuple[int, float]] = []
+        # non-finite steps, counted on the device so that checking them costs no sync per step
+        self.skipped = torch.zeros((), device=self.device)
+        self.consecutive = torch.zeros((), device=self.device)
+        self.worst_run = torch.zeros((), device=self.device)  # longest streak of skipped steps
+        self.stop_signal: int | None = None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -184,7 +211,7 @@ class Trainer:
         masks = self.masker(glob, g)
         sl = slice(self.rank * b, (self.rank + 1) * b)
         source, target = source[sl].to(self.device), target[sl].to(self.device)
-        masks = type(masks)(masks.context[sl], masks.targets[sl]).to(self.device)
+        masks = Masks(masks.context[sl], masks.targets[sl]).to(self.device)
         c = crops.to(self.device, non_blocking=True).float().div_(255.0)
         # the transformations run where the model lives, batched
         x = apply(c, source, self.kernel_size)
@@ -202,15 +229,33 @@ class Trainer:
         x, y, action, masks = self.make_batch(crops, self.step)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else nullcontext())
-        with autocast:
-            loss = self.net(x, y, action, masks)
-        self.scaler.scale(loss).backward()
-        if o.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], o.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        # gradient accumulation: micro-batches of the same batch, one optimizer step; DDP
+        # all-reduces on the last micro-batch only
+        n = o.accum_steps
+        micro = x.shape[0] // n
+        loss = torch.zeros((), device=self.device)
+        for i in range(n):
+            sl = slice(i * micro, (i + 1) * micro)
+            sync_now = i == n - 1 or self.world == 1
+            with autocast, (nullcontext() if sync_now else self.net.no_sync()):
+                part = self.net(x[sl], y[sl], action[sl], Masks(masks.context[sl], masks.targets[sl])) / n
+            self.scaler.scale(part).backward()
+            loss += part.detach()
+        self.scaler.unscale_(self.optimizer)  # a no-op unless fp16
+        norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip_grad if o.clip_grad > 0 else float("inf"))
+        bad = (~torch.isfinite(norm) | ~torch.isfinite(loss.detach())).float()
+        if self.scaler.is_enabled():  # fp16: the scaler skips non-finite steps itself
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.fused:  # the fused kernel skips the update where found_inf, with no host sync
+            self.optimizer.found_inf = bad
+            self.optimizer.step()
+        elif not bad.item():  # unfused (CPU): a sync costs nothing here
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.skipped += bad
+        self.consecutive = (self.consecutive + bad) * bad
+        self.worst_run = torch.maximum(self.worst_run, self.consecutive)
         self.model.update_target(ema_momentum(o, self.step, total))
         self.step += 1
         return loss.detach()
@@ -238,10 +283,11 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True)
-        metrics = open(self.run_dir / "metrics.jsonl", "a") if self.rank == 0 else None
+        metrics = self._open_metrics() if self.rank == 0 else None
         t_start = time.perf_counter()
         t_log, step_log = t_start, self.step
         pending: list[tuple[int, torch.Tensor]] = []
+        handlers = self._catch_signals()
         try:
             while self.step < stop:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
@@ -249,17 +295,24 @@ class Trainer:
                 self.dataset.set_epoch(epoch)
                 for crops, _ in self.loader:
                     pending.append((self.step, self.train_step(crops)))
-                    if self.step % cfg.run.log_every == 0 or self.step == stop:
+                    at_log = self.step % cfg.run.log_every == 0 or self.step == stop
+                    if at_log:
                         now = time.perf_counter()
                         rate = (self.step - step_log) * cfg.data.batch_size * self.world / (now - t_log)
                         self._log(pending, rate, writer, metrics, bar)
                         pending, t_log, step_log = [], now, self.step
+                        self._check_finite()
+                    if self._signalled(at_log):
+                        self.save(periodic=False)
+                        raise Preempted(self.stop_signal, self.step)
                     if self.step % cfg.run.ckpt_every == 0 and self.step < stop:
                         self.save(periodic=True)
                     if self.step >= stop:
                         break
             self.save(periodic=True)
         finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
             if bar is not None:
                 bar.close()
             if metrics is not None:
@@ -271,6 +324,46 @@ class Trainer:
         final = self.losses[-1][1] if self.losses else float("nan")
         return TrainResult(self.run_dir, self.step, final, self.losses, time.perf_counter() - t_start)
 
+    def _open_metrics(self):
+        """metrics.jsonl for appending, without the records of steps after the checkpoint we
+        resumed from (a killed run may have logged steps it will now redo)."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.is_file():
+            keep = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.step]
+            path.write_text("".join(line + "\n" for line in keep))
+        return open(path, "a")
+
+    def _catch_signals(self) -> dict:
+        """SIGTERM / SIGUSR1 (what SLURM sends before preempting) ask for a clean stop."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def ask_stop(signum, frame):
+            self.stop_signal = signum
+
+        return {sig: signal.signal(sig, ask_stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def _signalled(self, at_log: bool) -> bool:
+        if self.world == 1:
+            return self.stop_signal is not None
+        if not at_log:  # processes agree on stopping at log steps only, to keep steps sync-free
+            return False
+        flag = torch.tensor(float(self.stop_signal or 0), device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.stop_signal = int(flag.item()) or None
+        return self.stop_signal is not None
+
+    def _check_finite(self) -> None:
+        worst = int(self.worst_run.item())
+        if worst > self.cfg.run.max_skips:
+            self.save(periodic=False)  # skipped steps never touched the weights: this state is sound
+            raise NonFiniteError(
+                f"{worst} consecutive steps had a non-finite loss or gradient (run.max_skips="
+                f"{self.cfg.run.max_skips}), {int(self.skipped.item())} in all, last at step {self.step}; the "
+                f"weights from before the fault are in {self.ckpt_dir / LATEST}. Lower optim.lr, set "
+                "optim.clip_grad, use run.precision=fp32, or check the data.")
+
     def _log(self, pending, rate, writer, metrics, bar) -> None:
         # The only host-device sync of the loop: losses stay on the device between logs.
         values = torch.stack([v for _, v in pending]).float().cpu().tolist()
@@ -281,14 +374,13 @@ class Trainer:
         for (s, _), v in zip(pending, values):
             self.losses.append((s + 1, v))
         loss = values[-1]
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {self.step}; lower optim.lr or check the data")
         if self.rank != 0:
             return
         o, total = self.cfg.optim, self.total_steps
         rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss,
                "lr": learning_rate(o, self.step - 1, total), "wd": weight_decay(o, self.step - 1, total),
-               "momentum": ema_momentum(o, self.step - 1, total), "images_per_s": rate}
+               "momentum": ema_momentum(o, self.step - 1, total), "images_per_s": rate,
+               "skipped_steps": int(self.skipped.item())}
         metrics.write(json.dumps(rec) + "\n")
         metrics.flush()
         for k in ("loss", "lr", "wd", "momentum", "images_per_s"):

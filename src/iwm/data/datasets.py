@@ -93,18 +93,35 @@ class ImageFolder(ViewDataset):
             raise FileNotFoundError(f"data.path: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
         self.files = files
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.skipped: dict[Path, str] = {}  # path -> why, in this process (each worker keeps its own)
 
     def load(self, i: int) -> torch.Tensor:
         for k in range(len(self.files)):  # a broken file hands over to the next one
             path = self.files[(i + k) % len(self.files)]
+            if path in self.skipped:
+                continue
             try:
-                with Image.open(path) as im:
-                    im.draft("RGB", (self.size * 2, self.size * 2))  # JPEG: decode big images small
-                    arr = np.asarray(im.convert("RGB"))
-                return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+                return read_rgb(path, self.size)
             except Exception as err:  # noqa: BLE001 - any undecodable file is skipped, not fatal
-                log.warning("skipping unreadable image %s (%s)", path, err)
-        raise RuntimeError("no readable image in the data set")
+                self.skipped[path] = f"{type(err).__name__}: {err}"
+                log.warning("skipping unreadable image %s (%s); %d skipped so far in this process",
+                            path, self.skipped[path], len(self.skipped))
+        raise RuntimeError(f"no readable image among the {len(self.files)} files of the data set")
+
+
+def read_rgb(path: Path, size: int = 0) -> torch.Tensor:
+    """Any PIL-readable image -> uint8 RGB (3, H, W). 16-bit images are scaled to 8 bits (a
+    plain RGB conversion would clip them white); palette, gray, RGBA and CMYK are converted."""
+    with Image.open(path) as im:
+        if size:
+            im.draft("RGB", (size * 2, size * 2))  # JPEG: decode big images at a reduced scale
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+            arr16 = np.asarray(im, dtype=np.float64)
+            im = Image.fromarray(np.clip(arr16 / 257.0, 0, 255).astype(np.uint8), mode="L")
+        arr = np.asarray(im.convert("RGB"))
+    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"unexpected decoded shape {arr.shape}")
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 def _images_in(d: Path, recursive: bool = True) -> list[Path]:

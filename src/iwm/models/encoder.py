@@ -21,7 +21,8 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 class Encoder(VisionTransformer):
     def __init__(self, img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int):
         super().__init__(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                         num_heads=num_heads, num_classes=0, global_pool="avg", class_token=False)
+                         num_heads=num_heads, num_classes=0, global_pool="avg", class_token=False,
+                         fc_norm=False)  # keep timm's final norm on the tokens (I-JEPA's output)
         self.grid = img_size // patch_size
         pos = build_sincos2d_pos_embed([self.grid, self.grid], embed_dim)
         self.pos_embed.data.copy_(pos.unsqueeze(0))

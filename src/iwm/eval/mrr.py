@@ -1,0 +1,322 @@
+"""Mean reciprocal rank (MRR): does the predictor apply the transformation a_x->y?
+
+Per evaluation image c (centred, unaugmented):
+
+- a bank of K target views y_k = J(c, t_k), jitter only, with jitter forced on so the entries
+  differ; encoded by the target encoder and layer-normed as :meth:`IWM.targets` does;
+- one source transformation s, x = apply(c, s), edited per *family* (``all``: as sampled from
+  the training distribution; ``jitter``: no destructive op; ``grayscale``/``blur``/``solarize``:
+  that op forced on, the others off), so the families share the same jitter;
+- one I-JEPA multi-block mask: the context encoder sees x at the context patches and the
+  predictor predicts the target blocks with a_x->y = s.action(t_k), for every k;
+- the true entry k is ranked among the bank by squared L2 distance to the prediction at the
+  target positions, summed over tokens; RR = 1/rank and MRR is its mean over images and k.
+
+Ties count against the prediction: rank = 1 + #{j != k : d(k, j) <= d(k, k)}, so a predictor
+that cannot tell the bank entries apart gets rank K, not 1. Distances are computed in float64;
+two that differ by less than 1e-9 of the squared norms (below what float32 tokens resolve) tie.
+
+The baseline ``mrr_action_zeroed`` runs the same predictor with a_x->y = 0: one prediction for
+every k, so its ranks are a permutation of 1..K and it sits at chance, sum_r (1/r) / K, unless
+the action is ignored anyway; the gap to it is what the conditioning adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from ..config import AugConfig
+from ..data import build_dataset, normalize
+from ..data.views import center_view
+from ..masks import Masks, MultiBlockMasker
+from ..models import gather_tokens
+from ..photometric import PhotometricParams, PhotometricSampler, apply, blur_kernel_size
+from .features import subset
+
+if TYPE_CHECKING:
+    from ..api import Run
+
+FAMILIES = ("all", "jitter", "grayscale", "blur", "solarize")
+DESTRUCTIVE = ("grayscale", "blur", "solarize")
+TIE_RTOL = 1e-9
+
+
+# ----------------------------------------------------------------------------------------------
+# ranking
+
+
+def squared_distances(pred: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """(P, ...) predictions, (K, ...) bank -> (P, K) squared L2 distances in float64."""
+    p, b = pred.flatten(1).double(), bank.flatten(1).double()
+    pp, bb = p.pow(2).sum(1), b.pow(2).sum(1)
+    return (pp[:, None] + bb[None, :] - 2.0 * p @ b.T).clamp_(min=0.0)
+
+
+def reciprocal_ranks(pred: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """pred[k] predicts bank[k] (both (K, ...)) -> 1 / rank of bank[k] among the bank, (K,)
+    float64; ties with the true entry count against it (see the module docstring)."""
+    d = squared_distances(pred, bank)
+    p, b = pred.flatten(1).double(), bank.flatten(1).double()
+    # rounding of the expanded form grows with the norms; entries this close are a tie
+    tol = TIE_RTOL * (p.pow(2).sum(1) + b.pow(2).sum(1).max())
+    true = d.diagonal()
+    rank = (d <= (true + tol)[:, None]).sum(1)  # counts k itself: 1 + closer or tied others
+    return 1.0 / rank.double()
+
+
+def chance_mrr(k: int) -> float:
+    """MRR of uniformly random ranks among k: sum_{r=1..k} (1/r) / k."""
+    return sum(1.0 / r for r in range(1, k + 1)) / k
+
+
+# ----------------------------------------------------------------------------------------------
+# the probe: bank, sources, masks and predictions for one image (shared with the figure)
+
+
+def bank_aug(aug: AugConfig) -> AugConfig:
+    """The same transformations, with every bank entry jittered (so the entries differ)."""
+    return dataclasses.replace(aug, target_jitter_prob=1.0)
+
+
+def family_params(source: PhotometricParams, family: str) -> PhotometricParams:
+    """A sampled source transformation edited to belong to ``family`` (jitter kept as sampled)."""
+    if family == "all":
+        return source
+    if family != "jitter" and family not in DESTRUCTIVE:
+        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    flags = {op: torch.full_like(getattr(source, op), op == family) for op in DESTRUCTIVE}
+    return dataclasses.replace(source, **flags)
+
+
+def image_generator(seed: int, index: int) -> torch.Generator:
+    # one stream per image: its numbers do not depend on how many images or families run
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
+@dataclasses.dataclass
+class Trial:
+    """What one evaluation image is scored with."""
+
+    image: torch.Tensor  # (1, 3, S, S) float in [0, 1]
+    bank_params: PhotometricParams  # (K,)
+    bank_images: torch.Tensor  # (K, 3, S, S) float
+    bank_tokens: torch.Tensor  # (K, Nt, D) layer-normed target tokens at the target positions
+    source: PhotometricParams  # (1,) as sampled; edit with family_params
+    masks: Masks  # context (1, Nc), targets (1, T, Nt_block)
+
+
+class Probe:
+    """The run's networks plus the samplers of the protocol, on one device.
+
+    Moves the run's networks to ``device`` (in place)."""
+
+    def __init__(self, run: Run, aug: AugConfig | None = None, device: str | torch.device = "cpu", chunk: int = 256):
+        cfg = run.config
+        self.aug = aug or cfg.aug
+        self.device = torch.device(device)
+        self.encoder = run.encoder.to(self.device).eval()
+        self.target_encoder = run.target_encoder.to(self.device).eval()
+        self.predictor = run.predictor.to(self.device).eval()
+        self.per_block = cfg.predictor.per_block
+        self.source_sampler = PhotometricSampler(self.aug)
+        self.bank_sampler = PhotometricSampler(bank_aug(self.aug))
+        self.masker = MultiBlockMasker(cfg.mask, cfg.data.image_size // cfg.model.patch_size)
+        self.kernel_size = blur_kernel_size(self.aug, cfg.data.image_size)
+        self.chunk = chunk
+
+    def bank_is_degenerate(self, bank_size: int, seed: int) -> bool:
+        """True when the bank's transformations are all the identity (strength 0 or empty
+        jitter ranges): every entry is the same image and ranks mean nothing."""
+        t = self.bank_sampler.sample(max(bank_size, 2), torch.Generator().manual_seed(seed), target=True)
+        return all(bool((v == v[0]).all()) for v in (t.brightness, t.contrast, t.saturation, t.hue))
+
+    @torch.no_grad()
+    def trial(self, image: torch.Tensor, bank_size: int, g: torch.Generator) -> Trial:
+        """uint8 (3, S, S) image -> its bank, source transformation and mask, drawn from ``g``."""
+        t = self.bank_sampler.sample(bank_size, g, target=True)
+        source = self.source_sampler.sample(1, g)
+        masks = self.masker(1, g).to(self.device)
+        c = image.to(self.device).float().div(255.0).unsqueeze(0)
+        tidx = masks.targets.flatten(1)
+        views, tokens = [], []
+        for sl in _chunks(bank_size, self.chunk):
+            y = apply(c.expand(sl.stop - sl.start, -1, -1, -1), t[sl].to(self.device), self.kernel_size)
+            z = self.target_encoder.tokens(normalize(y))
+            z = F.layer_norm(z, z.shape[-1:])  # what the predictor was trained to regress
+            views.append(y)
+            tokens.append(gather_tokens(z, tidx.expand(z.shape[0], -1)))
+        return Trial(c, t, torch.cat(views), torch.cat(tokens), source, masks)
+
+    def source_view(self, trial: Trial, source: PhotometricParams) -> torch.Tensor:
+        return apply(trial.image, source.to(self.device), self.kernel_size)
+
+    @torch.no_grad()
+    def predict(self, trial: Trial, source: PhotometricParams, actions: torch.Tensor) -> torch.Tensor:
+        """Predicted target tokens (B, Nt, D) of the source view under ``source`` for each of
+        the actions (B, A); each target block in its own pass when the run was trained so."""
+        m = trial.masks
+        ctx = self.encoder.tokens(normalize(self.source_view(trial, source)), m.context)
+        nblocks = m.targets.shape[1]
+        out = []
+        for sl in _chunks(actions.shape[0], max(1, self.chunk // (nblocks if self.per_block else 1))):
+            a = actions[sl].to(self.device)
+            if self.per_block:  # rows: sample 0 block 0..T-1, sample 1 block 0..T-1, ...
+                a = a.repeat_interleave(nblocks, 0)
+                tidx = m.targets[0].repeat(a.shape[0] // nblocks, 1)
+            else:
+                tidx = m.targets.flatten(1).expand(a.shape[0], -1)
+            n = a.shape[0]
+            p = self.predictor(ctx.expand(n, -1, -1), m.context.expand(n, -1), tidx, a)
+            out.append(p.reshape(sl.stop - sl.start, -1, p.shape[-1]))
+        return torch.cat(out)
+
+    def actions(self, trial: Trial, source: PhotometricParams) -> torch.Tensor:
+        """a_x->y_k for every bank entry k, (K, A)."""
+        k = len(trial.bank_params)
+        return source[torch.zeros(k, dtype=torch.long)].action(trial.bank_params)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+# ----------------------------------------------------------------------------------------------
+# the protocol
+
+
+def eval_images(run: Run, num_images: int, seed: int) -> torch.Tensor:
+    """uint8 (N, 3, S, S): a seeded subset of the run's test split, centred, unaugmented."""
+    ds = subset(build_dataset(run.config.data, run.config.run.seed, "test", augment=False), num_images, seed)
+    return torch.stack([ds[i][0] for i in range(min(num_images, len(ds)))])
+
+
+def _prepare_images(run: Run, images: torch.Tensor | None, num_images: int, seed: int) -> torch.Tensor:
+    if images is None:
+        return eval_images(run, num_images, seed)
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    return torch.stack([center_view(im, run.config.data.image_size) for im in images])
+
+
+def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 64, bank_size: int = 256,
+                families: tuple[str, ...] | list[str] = FAMILIES, seed: int = 0, device: str | torch.device = "cpu",
+                progress: bool = False, aug: AugConfig | None = None, chunk: int = 256) -> dict:
+    """MRR of a run's world model (see the module docstring).
+
+    ``images``: uint8 (N, 3, H, W) to use instead of ``num_images`` from the test split.
+    ``aug``: the transformations (source and bank); default the run's own. Returns
+    ``{"families": {name: {"mrr", "mrr_action_zeroed", "count"}}, "chance", "meaningful",
+    "note", "settings"}``; the networks are moved to ``device``.
+    """
+    if bank_size < 2 or (images is None and num_images < 1):
+        raise ValueError(f"need bank_size >= 2 and num_images >= 1, got {bank_size} and {num_images}")
+    for f in families:
+        family_params(PhotometricParams.identity(1), f)  # refuse an unknown family up front
+    probe = Probe(run, aug, device, chunk)
+    imgs = _prepare_images(run, images, num_images, seed)
+    settings = {"num_images": len(imgs), "bank_size": bank_size, "seed": seed, "families": list(families),
+                "step": run.step, "checkpoint": str(run.path), "aug": dataclasses.asdict(probe.aug),
+                "per_block": probe.per_block}
+    result = {"families": {}, "chance": chance_mrr(bank_size), "meaningful": True, "note": "", "settings": settings}
+    if run.config.predictor.conditioning == "none":
+        result["note"] = "predictor.conditioning=none: the predictor never sees a_x->y (expect chance)"
+    if probe.bank_is_degenerate(bank_size, seed):
+        result["meaningful"] = False
+        result["note"] = ("the bank transformations are all the identity (aug.strength=0, e.g. I-JEPA): every "
+                          "bank entry is the same image, so MRR is not meaningful; pass a bank AugConfig "
+                          "(aug=..., or --strength 1 on the command line)")
+        result["families"] = {f: {"mrr": None, "mrr_action_zeroed": None, "count": 0} for f in families}
+        return result
+
+    sums = {f: [0.0, 0.0, 0] for f in families}
+    it = range(len(imgs))
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="MRR", unit="image", leave=False, dynamic_ncols=True)
+    for i in it:
+        trial = probe.trial(imgs[i], bank_size, image_generator(seed, i))
+        for f in families:
+            s = family_params(trial.source, f)
+            a = probe.actions(trial, s)
+            pred = probe.predict(trial, s, torch.cat([a, torch.zeros_like(a[:1])]))  # last row: a = 0
+            acc = sums[f]
+            acc[0] += reciprocal_ranks(pred[:-1], trial.bank_tokens).sum().item()
+            acc[1] += reciprocal_ranks(pred[-1:].expand_as(pred[:-1]), trial.bank_tokens).sum().item()
+            acc[2] += bank_size
+    result["families"] = {f: {"mrr": a / n, "mrr_action_zeroed": z / n, "count": n}
+                          for f, (a, z, n) in sums.items()}
+    return result
+
+
+def format_table(result: dict) -> str:
+    """One row per family: MRR and MRR with a_x->y zeroed."""
+    s = result["settings"]
+    rows = ["| family    | MRR    | MRR, a_x->y zeroed |", "|-----------|--------|--------------------|"]
+    num = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    for f, r in result["families"].items():
+        rows.append(f"| {f:<9} | {num(r['mrr']):<6} | {num(r['mrr_action_zeroed']):<18} |")
+    rows.append(f"{s['num_images']} images x {s['bank_size']} bank entries, seed {s['seed']}; "
+                f"chance (random ranks) {result['chance']:.4f}")
+    if result["note"]:
+        rows.append(f"note: {result['note']}")
+    return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def run_dir(run: Run) -> Path:
+    """The directory holding the run's config.yaml (checkpoints/latest.pt -> two levels up)."""
+    ckpt = Path(run.path)
+    for d in (ckpt.parent, ckpt.parent.parent):
+        if (d / "config.yaml").is_file():
+            return d
+    return ckpt.parent  # a lone checkpoint: write next to it
+
+
+def strength_aug(run: Run, strength: float | None) -> AugConfig | None:
+    """The run's transformations at another strength (None: the run's own)."""
+    return None if strength is None else dataclasses.replace(run.config.aug, strength=strength)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ..api import load
+
+    run = load(args.run, device=args.device)
+    try:
+        res = compute_mrr(run, num_images=args.images, bank_size=args.bank, seed=args.seed, device=args.device,
+                          progress=not args.no_progress, aug=strength_aug(run, args.strength))
+    except ValueError as err:  # bad counts: a message, not a traceback
+        print(f"iwm: error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(res))
+    out = Path(args.out) if args.out else run_dir(run) / "mrr.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``mrr`` under the ``iwm eval`` sub-commands."""
+    p = subparsers.add_parser("mrr", help="mean reciprocal rank of the world model (paper's MRR)")
+    p.add_argument("run", help="run directory or checkpoint")
+    p.add_argument("--images", type=int, default=64, help="test images (default 64)")
+    p.add_argument("--bank", type=int, default=256, help="augmented targets per image (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--strength", type=float, default=None,
+                   help="rank against the run's aug config at this strength (e.g. 1 for an I-JEPA run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", default=None, help="JSON file (default <run_dir>/mrr.json)")
+    p.set_defaults(fn=_main)

@@ -1,0 +1,123 @@
+"""The paper's Figure 1: what the world model predicts, shown through the bank of targets.
+
+One row per (image, transformation family): the source view x, the transformation a_x->y in
+words, the true target y, then the bank entries nearest to the prediction (nearest first; the
+true target outlined). The bank, source transformation and mask are those of
+:mod:`iwm.eval.mrr` for the same seed and bank size; bank entry 0 is the row's true target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..eval.mrr import (DESTRUCTIVE, FAMILIES, Probe, eval_images, family_params, image_generator,
+                        reciprocal_ranks, run_dir, squared_distances, strength_aug)
+
+if TYPE_CHECKING:
+    from ..api import Run
+    from ..config import AugConfig
+
+log = logging.getLogger(__name__)
+
+CELL = 1.25  # inches per image cell
+HEADER = 0.3  # inches above the first row for column titles
+DPI = 100
+LEADING = 3  # columns before the neighbours: source, transformation, target
+
+
+def describe_action(a: torch.Tensor) -> str:
+    """a_x->y (A,) -> "jitter b+0.21 c-0.10 s+0.05 h+0.03, grayscale" (ops to undo last)."""
+    b, c, s, h = a[:4].tolist()
+    undo = [name for name, flag in zip(DESTRUCTIVE, a[4:].tolist()) if flag > 0]
+    return ", ".join([f"jitter b{b:+.2f} c{c:+.2f} s{s:+.2f} h{h:+.2f}", *undo])
+
+
+def _show(ax, img: torch.Tensor, outline: str | None = None) -> None:
+    ax.imshow(img.clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(outline is not None)
+        if outline:
+            spine.set_edgecolor(outline)
+            spine.set_linewidth(3)
+
+
+def retrieval_figure(run: Run, out_path: str | Path, num_images: int = 4, num_neighbours: int = 4, bank_size: int = 64,
+                     seed: int = 0, device: str | torch.device = "cpu", families: tuple[str, ...] = FAMILIES,
+                     aug: AugConfig | None = None) -> Path:
+    """Write the figure as a PNG of (LEADING + num_neighbours) x CELL by
+    (rows x CELL + HEADER) inches at DPI, rows = num_images x len(families); returns its path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    num_neighbours = min(num_neighbours, bank_size)
+    probe = Probe(run, aug, device)
+    if probe.bank_is_degenerate(bank_size, seed):
+        log.warning("the bank transformations are all the identity: every neighbour is the same image")
+    imgs = eval_images(run, num_images, seed)
+    rows, cols = len(imgs) * len(families), LEADING + num_neighbours
+    height = rows * CELL + HEADER
+    fig = Figure(figsize=(cols * CELL, height), dpi=DPI)
+    FigureCanvasAgg(fig)  # render with Agg whatever the session's backend
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - HEADER / height, wspace=0.08, hspace=0.08)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    titles = ["source x", "a_x->y", "target y"] + [f"neighbour {j + 1}" for j in range(num_neighbours)]
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title, fontsize=8)
+    row = 0
+    for i in range(len(imgs)):
+        trial = probe.trial(imgs[i], bank_size, image_generator(seed, i))
+        for family in families:
+            s = family_params(trial.source, family)
+            actions = probe.actions(trial, s)
+            pred = probe.predict(trial, s, actions)  # all K, so the rank is the MRR's rank
+            rank = round(1.0 / reciprocal_ranks(pred, trial.bank_tokens)[0].item())
+            order = squared_distances(pred[:1], trial.bank_tokens)[0].argsort(stable=True)
+            ax = axes[row]
+            _show(ax[0], probe.source_view(trial, s)[0])
+            ax[1].axis("off")
+            text = f"[{family}]\n" + textwrap.fill(describe_action(actions[0]), 20) + f"\ntrue rank {rank}/{bank_size}"
+            ax[1].text(0.5, 0.5, text, ha="center", va="center", fontsize=7, transform=ax[1].transAxes)
+            _show(ax[2], trial.bank_images[0])
+            for j, k in enumerate(order[:num_neighbours].tolist()):
+                _show(ax[LEADING + j], trial.bank_images[k], "lime" if k == 0 else None)
+            row += 1
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    return out
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ..api import load
+
+    run = load(args.run, device=args.device)
+    out = Path(args.out) if args.out else run_dir(run) / "retrieval.png"
+    retrieval_figure(run, out, args.images, args.neighbours, args.bank, args.seed, args.device,
+                     aug=strength_aug(run, args.strength))
+    print(f"wrote {out}")
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``viz`` (with its ``retrieval`` figure) under the top-level sub-commands."""
+    v = subparsers.add_parser("viz", help="figures of a run")
+    vsub = v.add_subparsers(dest="figure", required=True)
+    p = vsub.add_parser("retrieval", help="nearest neighbours of predictions in the bank (paper's Figure 1)")
+    p.add_argument("run", help="run directory or checkpoint")
+    p.add_argument("--out", default=None, help="PNG file (default <run_dir>/retrieval.png)")
+    p.add_argument("--images", type=int, default=4, help="test images (one row per image and family)")
+    p.add_argument("--neighbours", type=int, default=4, help="nearest bank entries shown")
+    p.add_argument("--bank", type=int, default=64, help="augmented targets per image")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--strength", type=float, default=None,
+                   help="use the run's aug config at this strength (e.g. 1 for an I-JEPA run)")
+    p.set_defaults(fn=_main)

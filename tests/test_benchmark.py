@@ -1,0 +1,28 @@
+"""The benchmark's code paths run (on the CPU, tiny); its numbers are not checked here."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from conftest import TINY
+
+_spec = importlib.util.spec_from_file_location(
+    "pretrain_throughput", Path(__file__).parents[1] / "benchmarks" / "pretrain_throughput.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def test_benchmark_case_and_flop_count(tmp_path):
+    overrides = [o for o in TINY if not o.startswith(("data.dataset", "data.synthetic_size", "data.num_workers"))]
+    res = bench.bench_case("tiny", overrides, "cpu", steps=2, out_dir=tmp_path, synthetic_size=64)
+    assert res["images_per_s"] > 0 and res["aug_speedup"] > 0
+    assert abs(res["data_pct"] + res["augment_pct"] + res["model_pct"] - 100) < 1e-6
+    assert "| tiny |" in bench.table([res])
+    from iwm import config
+    from iwm.train import Trainer
+
+    t = Trainer(config.from_dict(None, TINY + [f"run.out_dir={tmp_path / 'f'}"]))
+    crops = next(iter(t.loader))[0]
+    assert bench.step_flops(t, crops) > 0
+    assert bench.peak_bf16_flops(torch.device("cpu"), n=64) > 0

@@ -1,0 +1,161 @@
+"""Faults provoked on purpose: kills, preemption signals, non-finite steps, broken images."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from iwm import config
+from iwm.checkpoint import load_checkpoint
+from iwm.data import ImageFolder
+from iwm.train import PREEMPTED_EXIT_CODE, NonFiniteError, Trainer
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "iwm.cli", "pretrain", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _losses(run_dir):
+    return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _wait_for(pred, proc, timeout=120):
+    t0 = time.time()
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read()[-2000:]}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out waiting for the run")
+        time.sleep(0.05)
+
+
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, tiny_overrides):
+    base = [o for o in tiny_overrides if not o.startswith("run.out_dir")]
+    base += ["optim.max_steps=60", "run.ckpt_every=5", "data.synthetic_size=40"]
+    straight = tmp_path / "straight"
+    assert _cli(base + [f"run.out_dir={straight}"]).wait() == 0
+
+    killed = tmp_path / "killed"
+    proc = _cli(base + [f"run.out_dir={killed}"])
+    ckpt = killed / "checkpoints" / "step-00000015.pt"
+    _wait_for(ckpt.exists, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(_losses(killed))
+    assert done < 60, "the run finished before it was killed; the test proves nothing"
+    assert _cli(base + [f"run.out_dir={killed}"]).wait() == 0
+    assert _losses(killed) == _losses(straight)  # same floats, bit for bit, one record per step
+    a = load_checkpoint(straight / "checkpoints" / "latest.pt")
+    b = load_checkpoint(killed / "checkpoints" / "latest.pt")
+    for part in ("encoder", "predictor", "target_encoder"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
+
+def test_sigterm_checkpoints_and_exits_with_distinct_status(tmp_path, tiny_overrides):
+    run = tmp_path / "run"
+    proc = _cli([*tiny_overrides, "optim.max_steps=100000", "run.ckpt_every=100000"])
+    _wait_for(lambda: (run / "metrics.jsonl").is_file() and len(_losses(run)) >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == PREEMPTED_EXIT_CODE
+    assert "resume" in proc.stderr.read()
+    state = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert state["step"] == len(_losses(run)) >= 3  # the step in flight finished and was saved
+    t = Trainer(config.from_dict(None, tiny_overrides + ["optim.max_steps=100000"]))
+    assert t.maybe_resume() and t.step == state["step"]
+
+
+def _nan_at(trainer, bad_calls):
+    forward, calls = trainer.model.forward, {"n": 0}
+
+    def flaky(*args):
+        calls["n"] += 1
+        loss = forward(*args)
+        return loss * float("nan") if calls["n"] in bad_calls else loss
+
+    trainer.model.forward = flaky
+
+
+def test_nonfinite_steps_are_skipped(tiny_overrides):
+    t = Trainer(config.from_dict(None, tiny_overrides + ["optim.max_steps=1"]))
+    before = {k: v.clone() for k, v in t.model.encoder.state_dict().items()}
+    _nan_at(t, {1})
+    t.fit()
+    after = t.model.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the bad step changed nothing
+    assert int(t.skipped) == 1
+
+    t = Trainer(config.from_dict(None, tiny_overrides + ["optim.max_steps=6", "run.out_dir=" +
+                                                         str(t.run_dir.parent / "b")]))
+    _nan_at(t, {2, 3})
+    res = t.fit()
+    assert res.steps == 6 and int(t.skipped) == 2
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+
+
+def test_persistent_nonfinite_stops_with_clear_message_and_sound_checkpoint(tiny_overrides):
+    t = Trainer(config.from_dict(None, tiny_overrides + ["optim.max_steps=20", "run.max_skips=3"]))
+    _nan_at(t, set(range(3, 100)))
+    with pytest.raises(NonFiniteError, match="run.max_skips"):
+        t.fit()
+    state = load_checkpoint(t.ckpt_dir / "latest.pt")
+    assert all(torch.isfinite(v).all() for v in state["encoder"].values())
+    assert state["step"] < 20
+
+
+def _hostile_folder(root):
+    root.mkdir()
+    rgb = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(root / "good.jpg")
+    data = (root / "good.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.png").write_text("this is not an image")
+    Image.fromarray(rgb[..., 0]).save(root / "gray.png")
+    Image.fromarray(rgb).convert("RGBA").save(root / "rgba.png")
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg")
+    Image.fromarray(rgb).convert("P").save(root / "palette.gif")
+    Image.fromarray((rgb[..., 1].astype(np.uint16) * 257)).save(root / "sixteen.png")
+    Image.fromarray(rgb[:2, :3]).save(root / "tiny.png")
+    Image.fromarray(np.tile(rgb, (40, 40, 1))).save(root / "huge.jpg")  # 1920 x 2560
+    return root
+
+
+def test_hostile_images_are_converted_or_skipped(tmp_path, caplog):
+    ds = ImageFolder(_hostile_folder(tmp_path / "imgs"), size=16, seed=0)
+    with caplog.at_level(logging.WARNING):
+        views = [ds[i][0] for i in range(len(ds))]
+    assert all(v.shape == (3, 16, 16) and v.dtype == torch.uint8 for v in views)
+    assert {p.name for p in ds.skipped} == {"truncated.jpg", "empty.jpg", "notes.png"}
+    for name in ("truncated.jpg", "empty.jpg", "notes.png"):
+        assert name in caplog.text
+    sixteen = ds.files.index(tmp_path / "imgs" / "sixteen.png")
+    from iwm.data.datasets import read_rgb
+
+    img = read_rgb(ds.files[sixteen])
+    assert 0 < img.float().mean() < 250  # scaled to 8 bits, not clipped white
+
+
+def test_training_survives_hostile_images(tmp_path, tiny_overrides):
+    root = _hostile_folder(tmp_path / "imgs")
+    cfg = config.from_dict(None, tiny_overrides + ["data.dataset=folder", f"data.path={root}", "data.batch_size=4",
+                                                   "optim.max_steps=4"])
+    assert Trainer(cfg).fit().steps == 4
+
+
+def test_missing_or_empty_data_is_a_clear_error(tmp_path, tiny_overrides):
+    (tmp_path / "empty").mkdir()
+    for path, msg in ((tmp_path / "nope", "not a directory"), (tmp_path / "empty", "no images")):
+        cfg = config.from_dict(None, tiny_overrides + ["data.dataset=folder", f"data.path={path}"])
+        with pytest.raises(FileNotFoundError, match=msg):
+            Trainer(cfg)
