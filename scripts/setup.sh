@@ -8,7 +8,6 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 stamp=.venv/.iwm-installed
 if [[ ! -f $stamp || requirements.txt -nt $stamp || pyproject.toml -nt $stamp ]]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r requirements.txt
   .venv/bin/python -m pip install --quiet --no-deps -e .
   touch "$stamp"

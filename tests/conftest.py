@@ -18,3 +18,12 @@ TINY = [
 @pytest.fixture
 def tiny_overrides(tmp_path):
     return TINY + [f"run.out_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}"]
+
+
+@pytest.fixture
+def one_thread():
+    """Tensors in these tests are tiny: extra threads only add overhead, badly on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -30,13 +30,7 @@ from iwm.models import Predictor
 from iwm.train import Trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tensors here are tiny: extra threads only add overhead, badly so on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ from iwm.viz import retrieval
 from iwm.viz import add_cli as add_viz_cli
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tensors here are tiny: extra threads only add overhead, badly so on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -36,6 +36,12 @@ class Run:
     def device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 
+    def to(self, device: str | torch.device) -> "Run":
+        """Move the three networks to ``device`` (in place); returns the run."""
+        for m in (self.encoder, self.target_encoder, self.predictor):
+            m.to(device)
+        return self
+
     def _input(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device)
         if images.dtype == torch.uint8:

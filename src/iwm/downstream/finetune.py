@@ -130,8 +130,7 @@ def run_protocols(run: Run, protocols: Sequence[str], train_ds: Dataset, test_ds
         if p not in PROTOCOLS:
             raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
     if device is not None:
-        for m in (run.encoder, run.target_encoder, run.predictor):
-            m.to(device)
+        run.to(device)
     device = run.device
     classes = count_classes(train_ds, test_ds)
     rows = []

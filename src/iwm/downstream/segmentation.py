@@ -141,8 +141,7 @@ def run_segmentation(run: Run, sources: Sequence[str], train_ds: SegFolder, eval
         if s not in SOURCES:
             raise ValueError(f"unknown token source {s!r}; choose from {', '.join(SOURCES)}")
     if device is not None:
-        for m in (run.encoder, run.target_encoder, run.predictor):
-            m.to(device)
+        run.to(device)
     device = run.device
     rows = []
     for s in sources:
