@@ -1,0 +1,342 @@
+"""The world-model study of the paper's Tables 1 and 2, measured on CIFAR-10 (or any data the
+overrides name): which conditioning lets the predictor learn a world model, and how the
+strength of the transformations and the depth of the predictor change it.
+
+Every run of :data:`GRID` is pretrained (or found already trained in ``runs_dir/<name>``),
+then measured: MRR of its world model (family ``all`` and per family, with the zeroed-action
+baseline) and kNN top-1 of its target encoder. The numbers go to ``runs_dir/study.json`` and
+to a markdown page with the tables, the paper's qualitative claims beside them, and a plot.
+The page states no conclusion: a placeholder per table is left for whoever reads the numbers.
+
+    iwm study world-model --steps 800 --out docs/results/world_model.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from . import config as config_mod
+from .checkpoint import LATEST, load_checkpoint
+from .config import Config, ConfigError, encoder_dims
+from .eval.knn import knn_eval
+from .eval.mrr import FAMILIES, compute_mrr, strength_aug
+from .train import pretrain, resolve_device
+
+SHIPPED = Path(__file__).parent / "configs"
+VERDICT = "<!-- verdict: fill in after reading the numbers -->"
+STRENGTHS = {"weak": 0.5, "strong": 1.0}
+DEPTHS = (1, 2, 4)
+CONDITIONINGS = ("none", "sequence", "feature")
+
+
+class GridRun(NamedTuple):
+    name: str  # directory under runs_dir
+    config: str  # shipped config name
+    overrides: tuple[str, ...]  # applied after the study's extra overrides
+    tables: tuple[str, ...]  # "table1", "table2", "reference"
+
+
+def _equi(conditioning: str, strength: float, depth: int) -> tuple[str, ...]:
+    return (f"predictor.conditioning={conditioning}", f"aug.strength={strength}", f"predictor.depth={depth}")
+
+
+def _grid() -> list[GridRun]:
+    runs = [GridRun(f"cond_{c}", "cifar10_equi", _equi(c, STRENGTHS["strong"], max(DEPTHS)), ("table1",))
+            for c in CONDITIONINGS if c != "feature"]
+    for label, s in STRENGTHS.items():
+        for d in DEPTHS:
+            tables = ("table2",)
+            if label == "strong" and d == max(DEPTHS):  # the Table 1 feature run: trained once
+                tables = ("table1", "table2")
+            runs.append(GridRun(f"{label}_d{d}", "cifar10_equi", _equi("feature", s, d), tables))
+    runs.append(GridRun("ijepa", "cifar10_ijepa", (), ("reference",)))
+    return runs
+
+
+GRID: list[GridRun] = _grid()
+
+
+def _setting(run: GridRun, key: str) -> str:
+    for o in run.overrides:
+        k, _, v = o.partition("=")
+        if k == key:
+            return v
+    raise KeyError(f"{run.name} sets no {key}")
+
+
+def table1_rows() -> list[tuple[str, GridRun]]:
+    """(conditioning, run) in the order none, sequence, feature."""
+    rows = {_setting(r, "predictor.conditioning"): r for r in GRID if "table1" in r.tables}
+    return [(c, rows[c]) for c in CONDITIONINGS]
+
+
+def table2_cells() -> dict[tuple[str, int], GridRun]:
+    """(strength label, predictor depth) -> run."""
+    label = {str(v): k for k, v in STRENGTHS.items()}
+    return {(label[_setting(r, "aug.strength")], int(_setting(r, "predictor.depth"))): r
+            for r in GRID if "table2" in r.tables}
+
+
+def run_config(run: GridRun, runs_dir: Path, steps: int, extra_overrides: list[str], device: str) -> Config:
+    """The run's config: shipped config, then the study's extra overrides, then the grid's
+    (so that extras cannot undo what a table varies), then steps, directory and device."""
+    overrides = [*extra_overrides, *run.overrides, f"optim.max_steps={steps}",
+                 f"run.out_dir={Path(runs_dir) / run.name}", f"run.device={device}"]
+    return config_mod.load(SHIPPED / f"{run.config}.yaml", overrides)
+
+
+def _training_part(cfg_dict: dict) -> dict:
+    """What decides the trained weights: everything but the run and eval sections."""
+    return {k: v for k, v in config_mod.from_dict(cfg_dict).to_dict().items() if k not in ("run", "eval")}
+
+
+def _trained_steps(cfg: Config) -> int:
+    """Steps of the run already in cfg.run.out_dir (0 if none); refuses a run trained with
+    other settings, which reusing would silently mislabel."""
+    latest = Path(cfg.run.out_dir) / "checkpoints" / LATEST
+    if not latest.is_file():
+        return 0
+    state = load_checkpoint(latest)
+    if _training_part(state["config"]) != _training_part(cfg.to_dict()):
+        raise ConfigError(f"{cfg.run.out_dir} holds a run trained with other settings; use another --runs-dir "
+                          "or remove that run")
+    return int(state["step"])
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"CPU, {torch.get_num_threads()} threads"
+    return str(device)
+
+
+def measure(run: GridRun, cfg: Config, mrr_images: int, mrr_bank: int, device: torch.device) -> dict:
+    """MRR (all families) and kNN top-1 of the trained run in cfg.run.out_dir."""
+    from .api import load
+
+    loaded = load(cfg.run.out_dir, device=device)
+    # I-JEPA trains with the identity: rank against the strong transformations instead
+    aug = strength_aug(loaded, STRENGTHS["strong"]) if "reference" in run.tables else None
+    res = compute_mrr(loaded, num_images=mrr_images, bank_size=mrr_bank, families=FAMILIES, seed=0,
+                      device=device, aug=aug)
+    knn = knn_eval(loaded.target_encoder, cfg, device)
+    return {"mrr": res["families"]["all"]["mrr"], "mrr_action_zeroed": res["families"]["all"]["mrr_action_zeroed"],
+            "families": res["families"], "chance": res["chance"], "mrr_note": res["note"],
+            "mrr_settings": {k: res["settings"][k] for k in ("num_images", "bank_size", "seed", "aug")},
+            "knn_top1": knn["top1"], "knn": {k: v for k, v in knn.items() if k != "top1"}, "step": loaded.step}
+
+
+def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_bank: int, extra_overrides: list[str],
+              device: str = "auto", command: str | None = None) -> dict:
+    """Train (or reuse) and measure every run of :data:`GRID`; write ``runs_dir/study.json``,
+    ``out_md`` and ``world_model_mrr.png`` beside it. Returns the study dict."""
+    out_md, runs_dir = Path(out_md), Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    results = {}
+    for run in GRID:
+        cfg = run_config(run, runs_dir, steps, extra_overrides, device)
+        done = _trained_steps(cfg)
+        if done > steps:
+            raise ConfigError(f"{cfg.run.out_dir} was trained for {done} steps, more than --steps {steps}; use "
+                              "another --runs-dir")
+        trained_now = done < steps
+        if trained_now:  # resumes a run stopped half-way
+            pretrain(cfg)
+        results[run.name] = {"config": run.config, "overrides": list(run.overrides), "tables": list(run.tables),
+                             "trained_now": trained_now, **measure(run, cfg, mrr_images, mrr_bank, dev)}
+    first = run_config(GRID[0], runs_dir, steps, extra_overrides, device)
+    dim, depth, heads = encoder_dims(first.model)
+    study = {
+        "device": device_name(dev),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command or shlex.join([Path(sys.executable).name, *sys.argv]),
+        "settings": {"steps": steps, "batch_size": first.data.batch_size, "dataset": first.data.dataset,
+                     "image_size": first.data.image_size, "patch_size": first.model.patch_size,
+                     "encoder": {"embed_dim": dim, "depth": depth, "num_heads": heads},
+                     "predictor": {"width": first.predictor.width, "num_heads": first.predictor.num_heads},
+                     "mrr_images": mrr_images, "mrr_bank": mrr_bank, "knn_k": first.eval.knn_k,
+                     "knn_train": first.eval.knn_train, "knn_test": first.eval.knn_test,
+                     "extra_overrides": list(extra_overrides)},
+        "runs": results,
+    }
+    (runs_dir / "study.json").write_text(json.dumps(study, indent=2))
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    plot_mrr(study, out_md.parent / "world_model_mrr.png")
+    out_md.write_text(render_markdown(study))
+    return study
+
+
+# ----------------------------------------------------------------------------------------------
+# the page
+
+
+def fmt_mrr(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def fmt_pct(v: float) -> str:
+    return f"{100 * v:.2f} %"
+
+
+TABLE1_PAPER = {
+    "none": "MRR ≈ 0: without a_x→y the predictor cannot apply the transformation",
+    "sequence": "a good world model",
+    "feature": "a good world model; the one used in practice (better downstream)",
+}
+
+
+def render_markdown(study: dict) -> str:
+    s, runs = study["settings"], study["runs"]
+    enc, pred = s["encoder"], s["predictor"]
+    chance = next(iter(runs.values()))["chance"]
+    lines = [
+        "# World-model study (paper's Tables 1 and 2)",
+        "",
+        f"- device: {study['device']}",
+        f"- date: {study['date']}",
+        f"- command: `{study['command']}`",
+        f"- training: {s['steps']} steps, batch {s['batch_size']}, {s['dataset']} at {s['image_size']} px, "
+        f"patch {s['patch_size']}",
+        f"- encoder: ViT width {enc['embed_dim']}, depth {enc['depth']}, {enc['num_heads']} heads; predictor width "
+        f"{pred['width']}, {pred['num_heads']} heads (depth per run below)",
+        f"- MRR: {s['mrr_images']} test images x {s['mrr_bank']} bank entries, seed 0; chance (random ranks) "
+        f"{fmt_mrr(chance)}",
+        f"- kNN: k={s['knn_k']}, bank {next(iter(runs.values()))['knn']['bank']} train images, "
+        f"{next(iter(runs.values()))['knn']['test']} test images, target encoder",
+        f"- extra overrides: {' '.join(s['extra_overrides']) or 'none'}",
+        "- raw numbers: study.json in the runs directory",
+        "",
+        "## Table 1: conditioning of the predictor",
+        "",
+        "Strong transformations (aug.strength=1.0), predictor depth 4.",
+        "",
+        "| conditioning | run | MRR (all) | MRR, a_x→y zeroed | kNN top-1 | paper (qualitative) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cond, run in table1_rows():
+        r = runs[run.name]
+        lines.append(f"| {cond} | {run.name} | {fmt_mrr(r['mrr'])} | {fmt_mrr(r['mrr_action_zeroed'])} | "
+                     f"{fmt_pct(r['knn_top1'])} | {TABLE1_PAPER[cond]} |")
+    lines += [
+        "",
+        "Paper: without conditioning there is no world model (MRR ≈ 0); sequence and feature conditioning "
+        "both learn one; feature conditioning is used in practice.",
+        "",
+        VERDICT,
+        "",
+        "## Table 2: strength of the transformations x predictor depth",
+        "",
+        "MRR (family all), feature conditioning.",
+        "",
+        "| strength | " + " | ".join(f"depth {d}" for d in DEPTHS) + " |",
+        "|---|" + "---|" * len(DEPTHS),
+    ]
+    cells = table2_cells()
+    for label, value in STRENGTHS.items():
+        row = [fmt_mrr(runs[cells[(label, d)].name]["mrr"]) for d in DEPTHS]
+        lines.append(f"| {label} ({value}) | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "kNN top-1 of the same runs:",
+        "",
+        "| strength | " + " | ".join(f"depth {d}" for d in DEPTHS) + " |",
+        "|---|" + "---|" * len(DEPTHS),
+    ]
+    for label, value in STRENGTHS.items():
+        row = [fmt_pct(runs[cells[(label, d)].name]["knn_top1"]) for d in DEPTHS]
+        lines.append(f"| {label} ({value}) | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Paper: stronger transformations make a strong (equivariant) world model easier to learn, and deeper "
+        "predictors learn strong world models over a wider range of transformations (capacity is key).",
+        "",
+        "![MRR vs predictor depth](world_model_mrr.png)",
+        "",
+        VERDICT,
+        "",
+        "## Reference: I-JEPA",
+        "",
+        "Trained with the identity (aug.strength=0, no conditioning); its MRR is ranked against the strong "
+        "transformations (strength 1.0), since its own bank would be one image repeated.",
+        "",
+        "| run | MRR (all) | MRR, a_x→y zeroed | kNN top-1 |",
+        "|---|---|---|---|",
+    ]
+    for name, r in runs.items():
+        if "reference" in r["tables"]:
+            lines.append(f"| {name} | {fmt_mrr(r['mrr'])} | {fmt_mrr(r['mrr_action_zeroed'])} | "
+                         f"{fmt_pct(r['knn_top1'])} |")
+    lines += [
+        "",
+        "## MRR per transformation family",
+        "",
+        "| run | " + " | ".join(FAMILIES) + " |",
+        "|---|" + "---|" * len(FAMILIES),
+    ]
+    for name, r in runs.items():
+        lines.append(f"| {name} | " + " | ".join(fmt_mrr(r["families"][f]["mrr"]) for f in FAMILIES) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot_mrr(study: dict, path: Path) -> None:
+    """MRR (all) vs predictor depth, one line per strength, chance dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs, cells = study["runs"], table2_cells()
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for label, value in STRENGTHS.items():
+        ax.plot(DEPTHS, [runs[cells[(label, d)].name]["mrr"] for d in DEPTHS], marker="o",
+                label=f"{label} (strength {value})")
+    ax.axhline(next(iter(runs.values()))["chance"], color="gray", ls="--", lw=1, label="chance")
+    ax.set_xticks(DEPTHS)
+    ax.set_xlabel("predictor depth")
+    ax.set_ylabel("MRR (all families)")
+    ax.set_title(f"world model, {study['settings']['steps']} steps")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def _main(args: argparse.Namespace) -> int:
+    command = shlex.join(["iwm", "study", "world-model", "--steps", str(args.steps), "--mrr-images",
+                          str(args.mrr_images), "--mrr-bank", str(args.mrr_bank), "--runs-dir", args.runs_dir,
+                          "--out", args.out, "--device", args.device, *args.overrides])
+    run_study(Path(args.out), Path(args.runs_dir), args.steps, args.mrr_images, args.mrr_bank, args.overrides,
+              args.device, command=command)
+    print(f"wrote {args.out} and {Path(args.runs_dir) / 'study.json'}")
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``iwm study world-model``."""
+    p = subparsers.add_parser("study", help="studies that train and measure a grid of runs")
+    ssub = p.add_subparsers(dest="study", required=True)
+    w = ssub.add_parser("world-model", help="the paper's Tables 1 and 2: conditioning, strength x predictor depth")
+    w.add_argument("--steps", type=int, default=800, help="optimizer steps per run (default 800)")
+    w.add_argument("--mrr-images", type=int, default=32, help="MRR test images (default 32)")
+    w.add_argument("--mrr-bank", type=int, default=64, help="MRR bank size (default 64)")
+    w.add_argument("--runs-dir", default="runs/study", help="one directory per run (default runs/study)")
+    w.add_argument("--out", default="docs/results/world_model.md", help="markdown page")
+    w.add_argument("--device", default="auto")
+    w.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. data.path=...")
+    w.set_defaults(fn=_main)

@@ -1,0 +1,67 @@
+import json
+import re
+
+import pytest
+
+from conftest import TINY
+from iwm import study
+from iwm.study import GRID, VERDICT, run_study
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+EXTRA = TINY + ["data.dataset=synthetic", "eval.knn_train=32", "eval.knn_test=16"]
+
+
+def test_grid_is_distinct_and_covers_both_tables():
+    keys = [(r.config, tuple(sorted(r.overrides))) for r in GRID]
+    assert len(set(keys)) == len(keys) == len({r.name for r in GRID})
+    assert [c for c, _ in study.table1_rows()] == ["none", "sequence", "feature"]
+    assert set(study.table2_cells()) == {(s, d) for s in study.STRENGTHS for d in study.DEPTHS}
+    feature = dict(study.table1_rows())["feature"]
+    assert study.table2_cells()[("strong", 4)] is feature  # trained once for both tables
+
+
+def _row(md: str, first_cell: str) -> list[str]:
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r}")
+
+
+def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
+    out, runs = tmp_path / "docs" / "world_model.md", tmp_path / "runs"
+    extra = EXTRA + [f"data.cache_dir={tmp_path / 'cache'}"]
+    res = run_study(out, runs, steps=2, mrr_images=1, mrr_bank=4, extra_overrides=extra, device="cpu")
+
+    saved = json.loads((runs / "study.json").read_text())
+    assert saved == json.loads(json.dumps(res))
+    assert set(saved["runs"]) == {r.name for r in GRID}
+    assert all(r["step"] == 2 and r["trained_now"] for r in saved["runs"].values())
+    assert (out.parent / "world_model_mrr.png").stat().st_size > 0
+
+    md = out.read_text()
+    assert "Table 1" in md and "Table 2" in md and md.count(VERDICT) == 2
+    assert "CPU, 1 threads" in md and "2 steps, batch 8" in md
+    num = lambda v: f"{v:.4f}"  # noqa: E731
+    for cond, run in study.table1_rows():
+        r = saved["runs"][run.name]
+        assert _row(md, cond)[1:5] == [run.name, num(r["mrr"]), num(r["mrr_action_zeroed"]),
+                                       f"{100 * r['knn_top1']:.2f} %"]
+    for label, value in study.STRENGTHS.items():
+        row = _row(md, f"{label} ({value})")  # the first such row: the MRR table
+        assert row[1:] == [num(saved["runs"][f"{label}_d{d}"]["mrr"]) for d in study.DEPTHS]
+    ij = saved["runs"]["ijepa"]
+    assert ij["mrr"] is not None and ij["mrr_settings"]["aug"]["strength"] == 1.0
+    assert _row(md, "ijepa")[1] == num(ij["mrr"])
+    for name, r in saved["runs"].items():  # per-family table: the last row starting with the run name
+        fam = [line for line in md.splitlines() if line.startswith(f"| {name} |")][-1]
+        assert re.findall(r"\d\.\d{4}", fam) == [num(r["families"][f]["mrr"]) for f in study.FAMILIES]
+
+    def no_training(cfg):
+        raise AssertionError("a trained run was trained again")
+
+    monkeypatch.setattr(study, "pretrain", no_training)
+    again = run_study(out, runs, steps=2, mrr_images=1, mrr_bank=4, extra_overrides=extra, device="cpu")
+    assert not any(r["trained_now"] for r in again["runs"].values())
+    assert {n: r["mrr"] for n, r in again["runs"].items()} == {n: r["mrr"] for n, r in saved["runs"].items()}
