@@ -13,9 +13,10 @@ and a test checks that with an empty prefix both agree.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..data.views import normalize
+from ..eval.features import extract
 from ..models import Encoder, Predictor
 
 
@@ -59,23 +60,12 @@ def predict_all(predictor: Predictor, tokens: torch.Tensor, prefix: torch.Tensor
     return predictor.proj(predictor.norm(out[:, -n:]))
 
 
-@torch.no_grad()
 def extract_tokens(encoder: Encoder, ds: Dataset, device: torch.device | str = "cpu", batch_size: int = 256,
                    num_workers: int = 0, dtype: torch.dtype = torch.float16,
                    progress: bool = False, desc: str = "tokens") -> tuple[torch.Tensor, torch.Tensor]:
     """(tokens (M, N, D) in ``dtype`` on the CPU, labels (M,)) of a frozen encoder over ``ds``.
     float16 halves the cache; the probes cast batches back to float32."""
-    encoder.eval()
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    if progress:
-        from tqdm.auto import tqdm
-
-        loader = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
-    toks, labels = [], []
-    for views, y in loader:
-        toks.append(encoder.tokens(encoder_input(views.to(device))).to("cpu", dtype))
-        labels.append(y)
-    return torch.cat(toks), torch.cat(labels)
+    return extract(encoder, ds, device, batch_size, num_workers, progress, desc, pooled=False, dtype=dtype)
 
 
 def token_cache_bytes(num_images: int, encoder: Encoder, dtype: torch.dtype = torch.float16) -> int:

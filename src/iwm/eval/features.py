@@ -19,8 +19,10 @@ def subset(ds: Dataset, n: int, seed: int) -> Dataset:
 
 @torch.no_grad()
 def extract(encoder: Encoder, ds: Dataset, device: torch.device | str = "cpu", batch_size: int = 256,
-            num_workers: int = 0, progress: bool = False, desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, D) mean-pooled final tokens, labels (N,)) for uint8 views from ``ds``."""
+            num_workers: int = 0, progress: bool = False, desc: str = "features", pooled: bool = True,
+            dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels (N,)) of a frozen encoder over uint8 views from ``ds``, on the CPU:
+    mean-pooled final tokens (N, D), or with ``pooled=False`` every token (N, T, D)."""
     encoder.eval()
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     if progress:
@@ -30,6 +32,7 @@ def extract(encoder: Encoder, ds: Dataset, device: torch.device | str = "cpu", b
     feats, labels = [], []
     for views, y in loader:
         x = normalize(views.to(device).float().div_(255.0))
-        feats.append(encoder.pooled(x).float().cpu())
+        f = encoder.pooled(x) if pooled else encoder.tokens(x)
+        feats.append(f.to("cpu", dtype))
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
