@@ -76,3 +76,17 @@ def test_pair_action_is_jitter_difference_plus_source_flags():
     assert torch.allclose(a[:, 3], tgt.hue - src.hue)
     assert torch.equal(a[:, 4:].bool(), torch.stack([src.grayscale, src.blur, src.solarize], 1))
     assert torch.equal(src.action(src)[:, :4], torch.zeros(64, 4))
+
+
+def test_sync_free_path_agrees_with_indexed_path():
+    # the accelerator path (no read-back of which samples an op touches) checked on the CPU
+    cfg = _strong()
+    y = _images(b=16, size=20, seed=3)
+    k = blur_kernel_size(cfg, 20)
+    for params in PhotometricSampler(cfg).sample_pair(16, torch.Generator().manual_seed(7)):
+        indexed = apply(y, params, k, sync_free=False)
+        masked = apply(y, params, k, sync_free=True)
+        assert (indexed - masked).abs().max() < 1e-5
+        assert (masked - apply_reference(y, params, k)).abs().max() < 1e-4
+    identity = PhotometricParams.identity(16)
+    assert torch.equal(apply(y, identity, k, sync_free=True), y)

@@ -262,7 +262,7 @@ def validate(cfg: Config) -> Config:
     _check(d.image_size % mo.patch_size == 0, "model.patch_size",
            f"must divide data.image_size ({d.image_size}); try {_divisors(d.image_size)}")
     dim, depth, heads = encoder_dims(mo)
-    _check(dim > 0 and depth > 0 and heads > 0, "model", "embed_dim, depth and num_heads must be >= 0")
+    _check(dim > 0 and depth > 0 and heads > 0, "model", "embed_dim, depth and num_heads must be positive (0 = the size's default)")
     _check(dim % heads == 0, "model.num_heads", f"must divide the embedding width {dim}")
 
     _check(p.depth >= 1, "predictor.depth", "must be at least 1")

@@ -30,8 +30,8 @@ def run_demo(data: str, out_dir: str = "runs/demo", steps: int | None = None,
     t_train = time.perf_counter() - t0
 
     device = resolve_device(cfg.run.device)
-    trained = build_model(cfg)  # same seed: the initial weights of the run, before training
-    random_encoder = trained.target_encoder.to(device)
+    # the same seed rebuilds the run's weights before training: the random-initialisation baseline
+    random_encoder = build_model(cfg).target_encoder.to(device)
     from .api import load
 
     run = load(result.run_dir, device)

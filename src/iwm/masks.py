@@ -56,7 +56,7 @@ class MultiBlockMasker:
         ch, cw = _block_size(c.context_scale, (1.0, 1.0), grid, g)
         contexts, targets = [], []
         for _ in range(batch):
-            for attempt in range(50):
+            for _ in range(50):
                 blocks = [_place(th, tw, grid, g) for _ in range(c.num_targets)]
                 covered = torch.stack(blocks).any(0)
                 ctx = _place(ch, cw, grid, g) & ~covered

@@ -240,21 +240,45 @@ def solarize(img: torch.Tensor) -> torch.Tensor:
 _JITTER_FNS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def apply(img: torch.Tensor, p: PhotometricParams, kernel_size: int) -> torch.Tensor:
-    """Transform a batch of float images in [0, 1], (B, 3, H, W), with per-sample parameters."""
-    x = img.clone()
+_NEUTRAL = (1.0, 1.0, 1.0, 0.0)  # jitter factors that leave an image unchanged
+
+
+def apply(img: torch.Tensor, p: PhotometricParams, kernel_size: int, sync_free: bool | None = None) -> torch.Tensor:
+    """Transform a batch of float images in [0, 1], (B, 3, H, W), with per-sample parameters.
+
+    Two equivalent strategies: on the CPU, each op runs only on the samples that need it (the
+    selection reads back which those are); on an accelerator (``sync_free``, the default off the
+    CPU), each op runs on the whole batch and ``torch.where`` keeps its result where it applies,
+    which spends some arithmetic to never stall the host on a device read-back."""
+    if sync_free is None:
+        sync_free = img.device.type != "cpu"
     factors = (p.brightness, p.contrast, p.saturation, p.hue)
-    neutral = (1.0, 1.0, 1.0, 0.0)
+    # (flag, op(images, blur sigmas)) in the order they apply
+    destructive = ((p.grayscale, lambda z, _: grayscale(z)),
+                   (p.blur, lambda z, sigma: gaussian_blur(z, sigma, kernel_size)),
+                   (p.solarize, lambda z, _: solarize(z)))
+    if sync_free:
+        x = img
+        for slot in range(4):
+            out = x
+            for op in range(4):
+                sel = (p.order[:, slot] == op) & (factors[op] != _NEUTRAL[op])
+                out = torch.where(_bcast(sel), _JITTER_FNS[op](x, factors[op]), out)
+            x = out
+        for flag, fn in destructive:
+            x = torch.where(_bcast(flag), fn(x, p.blur_sigma), x)
+        return x
+    x = img.clone()
     for slot in range(4):
         for op in range(4):
-            sel = (p.order[:, slot] == op) & (factors[op] != neutral[op])
-            if sel.any():  # one sync per op; skipping empty ops is worth far more on CPU
+            sel = (p.order[:, slot] == op) & (factors[op] != _NEUTRAL[op])
+            if sel.any():  # skipping empty ops is worth far more on a CPU than the read-back costs
                 idx = sel.nonzero().squeeze(1)
                 x[idx] = _JITTER_FNS[op](x[idx], factors[op][idx])
-    for flag, fn in ((p.grayscale, grayscale), (p.blur, None), (p.solarize, solarize)):
+    for flag, fn in destructive:
         if flag.any():
             idx = flag.nonzero().squeeze(1)
-            x[idx] = gaussian_blur(x[idx], p.blur_sigma[idx], kernel_size) if fn is None else fn(x[idx])
+            x[idx] = fn(x[idx], p.blur_sigma[idx])
     return x
 
 

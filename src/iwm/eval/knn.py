@@ -3,8 +3,14 @@ by exp(similarity / T), as in DINO's evaluation)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..models import Encoder
 
 
 @torch.no_grad()
@@ -30,7 +36,7 @@ def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     return (pred == test_y).float().mean().item()
 
 
-def knn_eval(encoder, cfg, device: torch.device | str = "cpu", progress: bool = False) -> dict:
+def knn_eval(encoder: "Encoder", cfg: "Config", device: torch.device | str = "cpu", progress: bool = False) -> dict:
     """kNN top-1 of ``encoder`` on the config's data: a bank of ``eval.knn_train`` centred
     train images, scored on ``eval.knn_test`` test images (the whole test split by default)."""
     from ..data import build_dataset
