@@ -137,6 +137,13 @@ def bench_case(name: str, overrides: list[str], device: str, steps: int, out_dir
     res["aug_per_image_ms"] = 1000 * timings["per_image"]
     res["aug_speedup"] = timings["per_image"] / timings["batched"]
 
+    # masks for a global batch of 2048 (8 GPUs x 256): every process draws them all each step
+    g = torch.Generator().manual_seed(0)
+    t.masker(2048, g)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        t.masker(2048, g)
+    res["masks_2048_ms"] = 1000 * (time.perf_counter() - t0) / 3
     return res
 
 
@@ -147,8 +154,9 @@ def device_name(device: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    cols = ["case", "batch", "images_per_s", "step_ms", "step_ms_no_aug", "aug_overhead_pct", "data_pct", "augment_pct", "model_pct",
-            "aug_batched_ms", "aug_per_image_ms", "aug_speedup", "peak_mem_gib", "peak_rss_gib", "mfu_pct"]
+    cols = ["case", "batch", "images_per_s", "step_ms", "step_ms_no_aug", "aug_overhead_pct", "data_pct",
+            "augment_pct", "model_pct", "aug_batched_ms", "aug_per_image_ms", "aug_speedup", "masks_2048_ms",
+            "peak_mem_gib", "peak_rss_gib", "mfu_pct"]
     cols = [c for c in cols if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

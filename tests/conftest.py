@@ -1,7 +1,10 @@
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -27,3 +30,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def make_seg_folder(root: Path, counts=(("training", 3), ("validation", 2)), h=12, w=16) -> Path:
+    """ADE20K layout: left half red = class 0, right half blue = class 1, top row void,
+    and a green class-2 square in the first image of each split."""
+    for split, n in counts:
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for i in range(n):
+            img = np.zeros((h, w, 3), np.uint8)
+            mask = np.zeros((h, w), np.uint8)
+            img[:, : w // 2] = (220, 20, 20)
+            img[:, w // 2:] = (20, 20, 220)
+            mask[:, w // 2:] = 1
+            if i == 0:
+                img[6:10, 2:6] = (20, 220, 20)
+                mask[6:10, 2:6] = 2
+            mask[0] = 255  # void
+            Image.fromarray(img).save(root / "images" / split / f"{split}_{i:04d}.jpg", quality=95)
+            Image.fromarray(mask, mode="L").save(root / "annotations" / split / f"{split}_{i:04d}.png")
+    return root

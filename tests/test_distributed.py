@@ -1,4 +1,5 @@
-"""Two processes under torchrun (gloo, CPU) train like one process with the same global batch."""
+"""Two processes under torchrun (gloo, CPU) train like one process with the same global batch,
+replicated (DDP) or sharded (FSDP), and a sharded run's checkpoint resumes in one process."""
 
 import json
 import os
@@ -20,20 +21,67 @@ def _losses(run_dir):
     return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs the gloo backend")
-def test_two_processes_match_one(tmp_path, tiny_overrides):
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+
+# trains the run of the overrides given to step argv[1], then stops (a preempted job, in short)
+PARTIAL = """
+import logging
+import sys
+from iwm import config
+from iwm.cli import _setup_distributed
+from iwm.train import Trainer
+logging.basicConfig(level=logging.INFO)
+cfg = config.load(None, sys.argv[2:])
+_setup_distributed(cfg)
+Trainer(cfg).fit(until=int(sys.argv[1]))
+"""
+
+
+def _base(tiny_overrides):
     base = [o for o in tiny_overrides if not o.startswith(("run.out_dir", "data.batch_size"))]
-    base += ["optim.max_steps=6", "data.synthetic_size=64"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return base + ["optim.max_steps=6", "data.synthetic_size=64"]
+
+
+def _one_process(base, out):
     one = subprocess.run([sys.executable, "-m", "iwm.cli", "pretrain", *base, "data.batch_size=8",
-                          f"run.out_dir={tmp_path / 'one'}"], env=env, capture_output=True, text=True)
+                          f"run.out_dir={out}"], env=ENV, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
+    return _losses(out)
+
+
+def _torchrun(*args):
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-                          "-m", "iwm.cli", "pretrain", *base, "data.batch_size=4", f"run.out_dir={tmp_path / 'two'}"],
-                         env=env, capture_output=True, text=True, timeout=300)
+                          "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *args],
+                         env=ENV, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    return two.stderr
+
+
+@needs_gloo
+@pytest.mark.parametrize("parallel,accum", [("ddp", 1), ("fsdp", 2)])  # FSDP also with gradient accumulation
+def test_two_processes_match_one(tmp_path, tiny_overrides, parallel, accum):
+    base = _base(tiny_overrides)
+    a = _one_process(base, tmp_path / "one")
+    log = _torchrun("-m", "iwm.cli", "pretrain", *base, "data.batch_size=4", f"run.parallel={parallel}",
+                    f"optim.accum_steps={accum}", f"run.out_dir={tmp_path / 'two'}")
+    assert f"{parallel.upper()} over 2 processes" in log
+    b = _losses(tmp_path / "two")
     assert len(a) == len(b) == 6
     assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
     assert a[0] != a[-1]
+
+
+@needs_gloo
+def test_sharded_checkpoint_resumes_in_one_process(tmp_path, tiny_overrides):
+    base = _base(tiny_overrides)
+    whole = _one_process(base, tmp_path / "one")
+    script = tmp_path / "partial.py"
+    script.write_text(PARTIAL)
+    run = tmp_path / "fsdp_then_one"
+    log = _torchrun(str(script), "3", *base, "data.batch_size=4", "run.parallel=fsdp", f"run.out_dir={run}")
+    assert "FSDP over 2 processes" in log
+    assert len(_losses(run)) == 3
+    # the full (gathered) weights and optimizer state: one process, no FSDP, picks up at step 3
+    resumed = _one_process(base, run)
+    assert resumed == pytest.approx(whole, rel=1e-4, abs=1e-6)

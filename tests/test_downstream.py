@@ -6,14 +6,12 @@ import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 import iwm
-from conftest import TINY
+from conftest import TINY, make_seg_folder
 from iwm import config
 from iwm.downstream import cli as leverage_cli
 from iwm.downstream.data import eval_set, num_classes, train_set
@@ -299,27 +297,6 @@ def test_seg_loss_ignores_void_pixels():
 
 # ----------------------------------------------------------------------------------------------
 # segmentation: data and protocol
-
-
-def make_seg_folder(root: Path, counts=(("training", 3), ("validation", 2)), h=12, w=16) -> Path:
-    """ADE20K layout: left half red = class 0, right half blue = class 1, top row void,
-    and a green class-2 square in the first image of each split."""
-    for split, n in counts:
-        (root / "images" / split).mkdir(parents=True)
-        (root / "annotations" / split).mkdir(parents=True)
-        for i in range(n):
-            img = np.zeros((h, w, 3), np.uint8)
-            mask = np.zeros((h, w), np.uint8)
-            img[:, : w // 2] = (220, 20, 20)
-            img[:, w // 2:] = (20, 20, 220)
-            mask[:, w // 2:] = 1
-            if i == 0:
-                img[6:10, 2:6] = (20, 220, 20)
-                mask[6:10, 2:6] = 2
-            mask[0] = IGNORE
-            Image.fromarray(img).save(root / "images" / split / f"{split}_{i:04d}.jpg", quality=95)
-            Image.fromarray(mask, mode="L").save(root / "annotations" / split / f"{split}_{i:04d}.png")
-    return root
 
 
 def test_seg_reader_extracts_a_tarball_once_and_crops_jointly(tmp_path):

@@ -30,3 +30,24 @@ def test_seeded():
     assert torch.equal(a.context, b.context) and torch.equal(a.targets, b.targets)
     assert not (a.context.shape == c.context.shape and torch.equal(a.context, c.context)
                 and torch.equal(a.targets, c.targets))
+
+
+def test_targets_are_rectangles_of_one_size():
+    cfg = MaskConfig(num_targets=3, target_scale=(0.1, 0.3), target_aspect=(0.5, 2.0), min_context=4)
+    grid = 10
+    m = MultiBlockMasker(cfg, grid)(64, torch.Generator().manual_seed(3))
+    nt = m.targets.shape[-1]
+    for idx in m.targets.flatten(0, 1):
+        rows, cols = idx // grid, idx % grid
+        h, w = int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1
+        assert h * w == nt and len(set(idx.tolist())) == nt  # a full h x w block
+        assert torch.equal(idx, idx.sort().values)  # in patch order
+
+
+def test_context_falls_back_to_uncovered_patches_when_blocks_crowd_it():
+    # four targets of ~40 % each leave too little for min_context on most draws
+    cfg = MaskConfig(num_targets=4, target_scale=(0.4, 0.4), context_scale=(0.3, 0.3), min_context=30)
+    m = MultiBlockMasker(cfg, 8)(16, torch.Generator().manual_seed(0))
+    assert m.context.shape[1] >= 1
+    for i in range(16):
+        assert set(m.context[i].tolist()).isdisjoint(m.targets[i].flatten().tolist())

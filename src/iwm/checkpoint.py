@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"cannot load checkpoint {path}: {str(err).splitlines()[0]}") from err
 
 
-def load_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict`` with a readable refusal when the architectures differ."""
-    own = module.state_dict()
+def check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse, readably, a state dict whose keys or shapes differ from the model's (``own``)."""
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -87,6 +87,11 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str) -
             lines.append(f"  not in model: {', '.join(extra[:10])}")
         lines.append("  (check model.* and predictor.* against the run's config.yaml)")
         raise ValueError("\n".join(lines))
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict`` with a readable refusal when the architectures differ."""
+    check_fits(module.state_dict(), state, what)
     module.load_state_dict(state)
 
 

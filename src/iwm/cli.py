@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from . import study as study_mod
+from . import studies
 from . import viz
 from .downstream import cli as downstream_cli
 from .config import ConfigError
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_export)
     viz.add_cli(sub)
     downstream_cli.add_cli(sub)
-    study_mod.add_cli(sub)
+    studies.add_cli(sub)
     return ap
 
 

@@ -120,6 +120,7 @@ class RunConfig:
     max_skips: int = 5  # consecutive steps with a non-finite loss/gradient skipped before stopping
     progress: bool = True
     compile: bool = False  # torch.compile the model (worth it on GPUs for long runs)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model, or shard it (ViT-L/H)
 
 
 @dataclass

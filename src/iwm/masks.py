@@ -37,41 +37,51 @@ def _block_size(scale: tuple[float, float], aspect: tuple[float, float], grid: i
     return h, w
 
 
-def _place(h: int, w: int, grid: int, g: torch.Generator) -> torch.Tensor:
-    top = int(torch.randint(0, grid - h + 1, (1,), generator=g))
-    left = int(torch.randint(0, grid - w + 1, (1,), generator=g))
-    m = torch.zeros(grid, grid, dtype=torch.bool)
-    m[top:top + h, left:left + w] = True
-    return m.flatten()
+def _blocks(h: int, w: int, n: int, grid: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` h x w blocks at random positions: (n, grid * grid) boolean masks and (n, h * w)
+    patch indices in row-major order."""
+    top = torch.randint(0, grid - h + 1, (n, 1), generator=g)
+    left = torch.randint(0, grid - w + 1, (n, 1), generator=g)
+    r = torch.arange(grid)
+    rows = (r >= top) & (r < top + h)
+    cols = (r >= left) & (r < left + w)
+    offsets = (torch.arange(h)[:, None] * grid + torch.arange(w)).flatten()
+    return (rows[:, :, None] & cols[:, None, :]).flatten(1), (top * grid + left) + offsets
 
 
 class MultiBlockMasker:
+    """Draws the masks of a whole batch with batched tensor ops (no Python loop over samples):
+    a global batch of thousands takes milliseconds, which matters because every process draws
+    the global batch's masks (then takes its slice) to stay independent of the process count."""
+
     def __init__(self, cfg: MaskConfig, grid: int):
         self.cfg = cfg
         self.grid = grid
 
     def __call__(self, batch: int, generator: torch.Generator) -> Masks:
         c, g, grid = self.cfg, generator, self.grid
+        n = grid * grid
         th, tw = _block_size(c.target_scale, c.target_aspect, grid, g)
         ch, cw = _block_size(c.context_scale, (1.0, 1.0), grid, g)
-        contexts, targets = [], []
-        for _ in range(batch):
-            for _ in range(50):
-                blocks = [_place(th, tw, grid, g) for _ in range(c.num_targets)]
-                covered = torch.stack(blocks).any(0)
-                ctx = _place(ch, cw, grid, g) & ~covered
-                if int(ctx.sum()) >= c.min_context:
-                    break
-            else:  # targets cover too much of this sample: fall back to every uncovered patch
-                ctx = ~covered
-                if int(ctx.sum()) < 1:
-                    raise RuntimeError("mask: target blocks cover the whole image; lower mask.target_scale")
-            contexts.append(ctx.nonzero().squeeze(1))
-            targets.append(torch.stack([b.nonzero().squeeze(1) for b in blocks]))
-        keep = min(len(x) for x in contexts)
-        cut = []
-        for ctx in contexts:
-            if len(ctx) > keep:
-                ctx = ctx[torch.randperm(len(ctx), generator=g)[:keep]].sort().values
-            cut.append(ctx)
-        return Masks(torch.stack(cut), torch.stack(targets))
+        targets = torch.zeros(batch, c.num_targets, n, dtype=torch.bool)
+        target_idx = torch.zeros(batch, c.num_targets, th * tw, dtype=torch.long)
+        context = torch.zeros(batch, n, dtype=torch.bool)
+        redo = torch.arange(batch)  # samples whose context is still too small: drawn again
+        for _ in range(50):
+            k = len(redo)
+            blocks, idx = _blocks(th, tw, k * c.num_targets, grid, g)
+            blocks = blocks.view(k, c.num_targets, n)
+            ctx = _blocks(ch, cw, k, grid, g)[0] & ~blocks.any(1)
+            targets[redo], target_idx[redo], context[redo] = blocks, idx.view(k, c.num_targets, -1), ctx
+            redo = redo[ctx.sum(1) < c.min_context]
+            if not len(redo):
+                break
+        else:  # targets cover too much of these samples: fall back to every uncovered patch
+            context[redo] = ~targets[redo].any(1)
+            if (context[redo].sum(1) < 1).any():
+                raise RuntimeError("mask: target blocks cover the whole image; lower mask.target_scale")
+        # cut every context to the shortest, keeping a random subset, in patch order
+        keep = int(context.sum(1).min())
+        keys = torch.where(context, torch.rand(batch, n, generator=g), 2.0)
+        kept = keys.argsort(1)[:, :keep].sort(1).values
+        return Masks(kept, target_idx)

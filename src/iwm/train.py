@@ -23,12 +23,14 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from . import config as config_mod
-from .checkpoint import LATEST, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import LATEST, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import ResumableSampler, build_dataset, normalize
 from .eval.features import subset
 from .masks import Masks, MultiBlockMasker
 from .models import IWM, build_encoder, build_predictor
+from .parallel import (full_tensor, load_model_state, load_optimizer_state, model_state, optimizer_state,
+                       shard)
 from .photometric import PhotometricSampler, apply, blur_kernel_size
 from .schedules import ema_momentum, learning_rate, weight_decay
 
@@ -89,15 +91,16 @@ def build_model(cfg: Config) -> IWM:
     return IWM(build_encoder(cfg), build_predictor(cfg), cfg.predictor.per_block)
 
 
-def build_optimizer(model: IWM, cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over encoder and predictor; biases, norms and 1-d tensors get no weight decay."""
+def build_optimizer(model: IWM, cfg: Config, device: torch.device, sharded: bool = False) -> torch.optim.AdamW:
+    """AdamW over encoder and predictor; biases, norms and 1-d tensors get no weight decay.
+    Fused on CUDA, except for sharded (FSDP) parameters, which take the foreach kernels."""
     decay, no_decay = [], []
     for module in (model.encoder, model.predictor):
         for p in module.parameters():
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
+    fused = device.type == "cuda" and not sharded
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
                              fused=fused)
 
@@ -135,12 +138,18 @@ class Trainer:
 
         self.model = build_model(cfg).to(self.device)
         self.net: torch.nn.Module = self.model
-        if self.world > 1:
+        self.sharded = self.world > 1 and cfg.run.parallel == "fsdp"
+        if self.sharded:  # in place: self.net is self.model, its parameters now shards
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(self.device.type, (self.world,))
+            shard(self.model, mesh, self.amp_dtype if self.amp_dtype == torch.bfloat16 else None)
+        elif self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.run.compile:
             self.net = torch.compile(self.net)
-        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.optimizer = build_optimizer(self.model, cfg, self.device, self.sharded)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         grid = cfg.data.image_size // cfg.model.patch_size
@@ -161,10 +170,10 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "encoder": self.model.encoder.state_dict(),
-            "predictor": self.model.predictor.state_dict(),
-            "target_encoder": self.model.target_encoder.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "encoder": model_state(self.model.encoder),
+            "predictor": model_state(self.model.predictor),
+            "target_encoder": model_state(self.model.target_encoder),
+            "optimizer": optimizer_state(self.model, self.optimizer),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "losses": torch.tensor(self.losses, dtype=torch.float64).reshape(-1, 2),
@@ -174,10 +183,10 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_weights(self.model.encoder, state["encoder"], "encoder")
-        load_weights(self.model.predictor, state["predictor"], "predictor")
-        load_weights(self.model.target_encoder, state["target_encoder"], "target encoder")
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_model_state(self.model.encoder, state["encoder"], "encoder")
+        load_model_state(self.model.predictor, state["predictor"], "predictor")
+        load_model_state(self.model.target_encoder, state["target_encoder"], "target encoder")
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.losses = [(int(s), float(v)) for s, v in state["losses"].tolist()]
@@ -186,8 +195,10 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def save(self, periodic: bool) -> None:
+        # gathering sharded weights is a collective: every process takes part, rank 0 writes
+        state = self.state_dict() if self.rank == 0 or self.sharded else None
         if self.rank == 0:
-            save_checkpoint(self.state_dict(), self.ckpt_dir, self.step, self.cfg.run.keep, periodic)
+            save_checkpoint(state, self.ckpt_dir, self.step, self.cfg.run.keep, periodic)
         if self.world > 1:
             dist.barrier()
 
@@ -229,20 +240,23 @@ class Trainer:
         x, y, action, masks = self.make_batch(crops, self.step)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else nullcontext())
-        # gradient accumulation: micro-batches of the same batch, one optimizer step; DDP
-        # all-reduces on the last micro-batch only
+        # gradient accumulation: micro-batches of the same batch, one optimizer step; DDP and
+        # FSDP reduce gradients on the last micro-batch only
         n = o.accum_steps
         micro = x.shape[0] // n
         loss = torch.zeros((), device=self.device)
         for i in range(n):
             sl = slice(i * micro, (i + 1) * micro)
             sync_now = i == n - 1 or self.world == 1
-            with autocast, (nullcontext() if sync_now else self.net.no_sync()):
+            if self.sharded:
+                self.model.set_requires_gradient_sync(sync_now)
+            with autocast, (nullcontext() if sync_now or self.sharded else self.net.no_sync()):
                 part = self.net(x[sl], y[sl], action[sl], Masks(masks.context[sl], masks.targets[sl])) / n
             self.scaler.scale(part).backward()
             loss += part.detach()
         self.scaler.unscale_(self.optimizer)  # a no-op unless fp16
-        norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip_grad if o.clip_grad > 0 else float("inf"))
+        clip = o.clip_grad if o.clip_grad > 0 else float("inf")
+        norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.params, clip))  # sharded: the global norm
         bad = (~torch.isfinite(norm) | ~torch.isfinite(loss.detach())).float()
         if self.scaler.is_enabled():  # fp16: the scaler skips non-finite steps itself
             self.scaler.step(self.optimizer)
@@ -250,7 +264,7 @@ class Trainer:
         elif self.fused:  # the fused kernel skips the update where found_inf, with no host sync
             self.optimizer.found_inf = bad
             self.optimizer.step()
-        elif not bad.item():  # unfused (CPU): a sync costs nothing here
+        elif not bad.item():  # unfused (CPU, or FSDP's long steps): one scalar sync is cheap there
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped += bad
@@ -275,9 +289,10 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-            log.info("%s run in %s: %d steps (%d per epoch) on %s, %s", "resuming" if resumed else "starting",
+            spread = f", {'FSDP' if self.sharded else 'DDP'} over {self.world} processes" if self.world > 1 else ""
+            log.info("%s run in %s: %d steps (%d per epoch) on %s, %s%s", "resuming" if resumed else "starting",
                      self.run_dir, self.total_steps, self.steps_per_epoch, self.device,
-                     self.amp_dtype or "fp32")
+                     self.amp_dtype or "fp32", spread)
         bar = None
         if self.rank == 0 and cfg.run.progress:
             from tqdm.auto import tqdm

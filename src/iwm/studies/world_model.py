@@ -19,29 +19,19 @@ import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
-from . import config as config_mod
-from .checkpoint import LATEST, load_checkpoint
-from .config import Config, ConfigError, encoder_dims
-from .eval.knn import knn_eval
-from .eval.mrr import FAMILIES, compute_mrr, strength_aug
-from .train import pretrain, resolve_device
+from ..config import Config, encoder_dims
+from ..eval.knn import knn_eval
+from ..eval.mrr import FAMILIES, compute_mrr, strength_aug
+from ..train import resolve_device
+from .grid import GridRun, code_version, device_name, ensure_trained, run_config
 
-SHIPPED = Path(__file__).parent / "configs"
 VERDICT = "<!-- verdict: fill in after reading the numbers -->"
 STRENGTHS = {"weak": 0.5, "strong": 1.0}
 DEPTHS = (1, 2, 4)
 CONDITIONINGS = ("none", "sequence", "feature")
-
-
-class GridRun(NamedTuple):
-    name: str  # directory under runs_dir
-    config: str  # shipped config name
-    overrides: tuple[str, ...]  # applied after the study's extra overrides
-    tables: tuple[str, ...]  # "table1", "table2", "reference"
 
 
 def _equi(conditioning: str, strength: float, depth: int) -> tuple[str, ...]:
@@ -85,43 +75,9 @@ def table2_cells() -> dict[tuple[str, int], GridRun]:
             for r in GRID if "table2" in r.tables}
 
 
-def run_config(run: GridRun, runs_dir: Path, steps: int, extra_overrides: list[str], device: str) -> Config:
-    """The run's config: shipped config, then the study's extra overrides, then the grid's
-    (so that extras cannot undo what a table varies), then steps, directory and device."""
-    overrides = [*extra_overrides, *run.overrides, f"optim.max_steps={steps}",
-                 f"run.out_dir={Path(runs_dir) / run.name}", f"run.device={device}"]
-    return config_mod.load(SHIPPED / f"{run.config}.yaml", overrides)
-
-
-def _training_part(cfg_dict: dict) -> dict:
-    """What decides the trained weights: everything but the run and eval sections."""
-    return {k: v for k, v in config_mod.from_dict(cfg_dict).to_dict().items() if k not in ("run", "eval")}
-
-
-def _trained_steps(cfg: Config) -> int:
-    """Steps of the run already in cfg.run.out_dir (0 if none); refuses a run trained with
-    other settings, which reusing would silently mislabel."""
-    latest = Path(cfg.run.out_dir) / "checkpoints" / LATEST
-    if not latest.is_file():
-        return 0
-    state = load_checkpoint(latest)
-    if _training_part(state["config"]) != _training_part(cfg.to_dict()):
-        raise ConfigError(f"{cfg.run.out_dir} holds a run trained with other settings; use another --runs-dir "
-                          "or remove that run")
-    return int(state["step"])
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        return f"CPU, {torch.get_num_threads()} threads"
-    return str(device)
-
-
 def measure(run: GridRun, cfg: Config, mrr_images: int, mrr_bank: int, device: torch.device) -> dict:
     """MRR (all families) and kNN top-1 of the trained run in cfg.run.out_dir."""
-    from .api import load
+    from ..api import load
 
     loaded = load(cfg.run.out_dir, device=device)
     # I-JEPA trains with the identity: rank against the strong transformations instead
@@ -145,13 +101,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
     results = {}
     for run in GRID:
         cfg = run_config(run, runs_dir, steps, extra_overrides, device)
-        done = _trained_steps(cfg)
-        if done > steps:
-            raise ConfigError(f"{cfg.run.out_dir} was trained for {done} steps, more than --steps {steps}; use "
-                              "another --runs-dir")
-        trained_now = done < steps
-        if trained_now:  # resumes a run stopped half-way
-            pretrain(cfg)
+        trained_now = ensure_trained(cfg, steps)
         results[run.name] = {"config": run.config, "overrides": list(run.overrides), "tables": list(run.tables),
                              "trained_now": trained_now, **measure(run, cfg, mrr_images, mrr_bank, dev)}
     first = run_config(GRID[0], runs_dir, steps, extra_overrides, device)
@@ -159,6 +109,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
     study = {
         "device": device_name(dev),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "code": code_version(),
         "command": command or shlex.join([Path(sys.executable).name, *sys.argv]),
         "settings": {"steps": steps, "batch_size": first.data.batch_size, "dataset": first.data.dataset,
                      "image_size": first.data.image_size, "patch_size": first.model.patch_size,
@@ -204,6 +155,7 @@ def render_markdown(study: dict) -> str:
         "",
         f"- device: {study['device']}",
         f"- date: {study['date']}",
+        f"- code: {study.get('code', 'not recorded')}",
         f"- command: `{study['command']}`",
         f"- training: {s['steps']} steps, batch {s['batch_size']}, {s['dataset']} at {s['image_size']} px, "
         f"patch {s['patch_size']}",
@@ -327,11 +279,9 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
+def add_cli(studies: argparse._SubParsersAction) -> None:
     """Register ``iwm study world-model``."""
-    p = subparsers.add_parser("study", help="studies that train and measure a grid of runs")
-    ssub = p.add_subparsers(dest="study", required=True)
-    w = ssub.add_parser("world-model", help="the paper's Tables 1 and 2: conditioning, strength x predictor depth")
+    w = studies.add_parser("world-model", help="the paper's Tables 1 and 2: conditioning, strength x predictor depth")
     w.add_argument("--steps", type=int, default=800, help="optimizer steps per run (default 800)")
     w.add_argument("--mrr-images", type=int, default=32, help="MRR test images (default 32)")
     w.add_argument("--mrr-bank", type=int, default=64, help="MRR bank size (default 64)")

@@ -4,8 +4,8 @@ import re
 import pytest
 
 from conftest import TINY
-from iwm import study
-from iwm.study import GRID, VERDICT, run_study
+from iwm.studies import grid, world_model as study
+from iwm.studies.world_model import GRID, VERDICT, run_study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,7 +61,7 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     def no_training(cfg):
         raise AssertionError("a trained run was trained again")
 
-    monkeypatch.setattr(study, "pretrain", no_training)
+    monkeypatch.setattr(grid, "pretrain", no_training)
     again = run_study(out, runs, steps=2, mrr_images=1, mrr_bank=4, extra_overrides=extra, device="cpu")
     assert not any(r["trained_now"] for r in again["runs"].values())
     assert {n: r["mrr"] for n, r in again["runs"].items()} == {n: r["mrr"] for n, r in saved["runs"].items()}

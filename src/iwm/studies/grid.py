@@ -1,0 +1,88 @@
+"""What every study shares: a named run (shipped config + overrides) that is trained once in
+``runs_dir/<name>`` and reused by any study that names it, with a check that a reused run was
+trained with the same settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from .. import config as config_mod
+from ..checkpoint import LATEST, load_checkpoint
+from ..config import Config, ConfigError
+from ..train import pretrain
+
+SHIPPED = Path(__file__).resolve().parent.parent / "configs"
+
+
+class GridRun(NamedTuple):
+    name: str  # directory under runs_dir
+    config: str  # shipped config name
+    overrides: tuple[str, ...]  # applied after the study's extra overrides
+    tables: tuple[str, ...]  # where a study shows it: "table1", "table2", "reference"
+
+
+def run_config(run: GridRun, runs_dir: Path, steps: int, extra_overrides: list[str], device: str) -> Config:
+    """The run's config: shipped config, then the study's extra overrides, then the run's own
+    (so that extras cannot undo what a table varies), then steps, directory and device."""
+    overrides = [*extra_overrides, *run.overrides, f"optim.max_steps={steps}",
+                 f"run.out_dir={Path(runs_dir) / run.name}", f"run.device={device}"]
+    return config_mod.load(SHIPPED / f"{run.config}.yaml", overrides)
+
+
+def _training_part(cfg_dict: dict) -> dict:
+    """What decides the trained weights: everything but the run and eval sections."""
+    return {k: v for k, v in config_mod.from_dict(cfg_dict).to_dict().items() if k not in ("run", "eval")}
+
+
+def trained_steps(cfg: Config) -> int:
+    """Steps of the run already in cfg.run.out_dir (0 if none); refuses a run trained with
+    other settings, which reusing would silently mislabel."""
+    latest = Path(cfg.run.out_dir) / "checkpoints" / LATEST
+    if not latest.is_file():
+        return 0
+    state = load_checkpoint(latest)
+    if _training_part(state["config"]) != _training_part(cfg.to_dict()):
+        raise ConfigError(f"{cfg.run.out_dir} holds a run trained with other settings; use another --runs-dir "
+                          "or remove that run")
+    return int(state["step"])
+
+
+def ensure_trained(cfg: Config, steps: int) -> bool:
+    """Train the run of ``cfg`` to ``steps`` unless it is there already (a run stopped half-way
+    resumes). Returns whether any training happened now."""
+    done = trained_steps(cfg)
+    if done > steps:
+        raise ConfigError(f"{cfg.run.out_dir} was trained for {done} steps, more than --steps {steps}; use "
+                          "another --runs-dir")
+    if done == steps:
+        return False
+    pretrain(cfg)
+    return True
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return f"CPU, {torch.get_num_threads()} threads"
+    return str(device)
+
+
+def code_version() -> str:
+    """The git commit of the code that ran (with -dirty for local changes), or the package
+    version outside a git checkout: a results page says what produced it."""
+    import subprocess
+
+    from .. import __version__
+
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return f"git {out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"iwm {__version__}"

@@ -1,0 +1,420 @@
+"""The abstraction-spectrum study of the paper's Table 8 and Figures 4-5, measured on CIFAR-10
+(in domain) and CamVid segmentation (out of domain): how the world model's strength moves the
+representation between the abstract (invariant, contrastive-like) end and the rich
+(equivariant, MIM-like) end.
+
+Three pretrainings, the same runs :mod:`.world_model` trains (so a directory shared with that
+study is trained once):
+
+- IWM-invariant: ``weak_d1`` (weak transformations, a 1-block predictor: a weak world model);
+- IWM-equivariant: ``strong_d4`` (strong transformations, a 4-block predictor);
+- I-JEPA: ``ijepa`` (no photometric transformation, no conditioning).
+
+Each is evaluated, on its frozen target encoder, by kNN, a linear probe, an attentive probe and
+predictor finetuning (the protocols in :mod:`iwm.downstream`), and by a light segmentation
+decoder on CamVid, fed the encoder's tokens and the finetuned predictor's tokens. With
+``--table4`` the equivariant run also gets encoder finetuning, end-to-end finetuning and the
+random-predictor control (the paper's Table 4 and Figure 3); with ``--multitask``, multi-task
+predictor tuning against single-task tuning (Table 7).
+
+Every finished evaluation is stored in ``runs_dir/leverage.json`` at once with its settings; a
+second call with the same settings reuses it, so the study resumes where it stopped. The page
+states no conclusion: a placeholder per table is left for whoever reads the numbers.
+
+    iwm study leverage --out docs/results/leverage.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from ..config import encoder_dims
+from ..downstream.cli import DEFAULT_SEG_DATA
+from ..train import resolve_device
+from .grid import GridRun, code_version, device_name, ensure_trained, run_config
+from .world_model import GRID, VERDICT
+
+
+class Model(NamedTuple):
+    label: str
+    run: str  # a GridRun name of the world-model study
+    paper: str  # the paper's claim for this end of the spectrum
+
+
+MODELS = (
+    Model("IWM-invariant", "weak_d1", "like contrastive methods: clearly better in linear probing than MIM and "
+                                      "other JEPAs"),
+    Model("IWM-equivariant", "strong_d4", "like MIM: weaker linearly, competitive in attentive probing, best "
+                                          "with predictor finetuning and out of domain"),
+    Model("I-JEPA", "ijepa", "between the two (the identity world model)"),
+)
+# classification evaluations, from the simplest head to the most flexible one (Figure 5's axis)
+CLASSIFICATION = ("knn", "linear", "attentive", "predictor_ft")
+SEGMENTATION = ("seg_encoder", "seg_predictor")
+TABLE4 = ("encoder", "end2end", "random_predictor")  # beside predictor_ft, on the equivariant run
+FINETUNING = ("predictor_ft", *TABLE4, "multitask")  # the evaluations that train on augmented views
+LABELS = {"knn": "kNN", "linear": "linear probe", "attentive": "attentive probe", "predictor_ft": "predictor FT",
+          "seg_encoder": "encoder tokens", "seg_predictor": "finetuned predictor tokens",
+          "encoder": "encoder FT", "end2end": "end-to-end FT", "random_predictor": "random predictor FT",
+          "multitask": "multi-task predictor tuning"}
+
+
+def grid_run(name: str) -> GridRun:
+    return next(r for r in GRID if r.name == name)
+
+
+def default_settings() -> dict[str, Any]:
+    """Sized for two CPU cores: about 10 minutes per pretrained model, 25 more with
+    ``--table4 --multitask``."""
+    return {"train_size": 5000, "test_size": 0, "seed": 0, "attentive_epochs": 10, "finetune_epochs": 5,
+            "finetune_batch": 128, "finetune_lr": 5e-4, "seg_epochs": 20, "seg_batch": 32, "seg_lr": 1e-3,
+            "seg_data": DEFAULT_SEG_DATA}
+
+
+# ----------------------------------------------------------------------------------------------
+# one evaluation
+
+
+def evaluate(run, kind: str, s: dict[str, Any], device: torch.device, progress: bool) -> dict:
+    """One evaluation of a loaded run: {"top1" or "miou"/"pixel_acc", "trainable_params", ...}."""
+    from ..downstream.data import eval_set, train_set
+
+    if kind in ("knn", "linear", "attentive"):
+        from ..downstream.probes import run_probes
+
+        train = train_set(run, size=s["train_size"], seed=s["seed"], augment=False)
+        test = eval_set(run, size=s["test_size"], seed=s["seed"])
+        epochs = s["attentive_epochs"] if kind == "attentive" else None
+        (row,) = run_probes(run, [kind], train, test, epochs=epochs, seed=s["seed"], device=device,
+                            progress=progress)
+        return row
+    if kind in ("predictor_ft", *TABLE4):
+        from ..downstream.finetune import run_protocols
+
+        train = train_set(run, size=s["train_size"], seed=s["seed"], augment=True)
+        test = eval_set(run, size=s["test_size"], seed=s["seed"])
+        protocol = "predictor" if kind == "predictor_ft" else kind
+        (row,) = run_protocols(run, [protocol], train, test, epochs=s["finetune_epochs"],
+                               batch_size=s["finetune_batch"], lr=s["finetune_lr"], seed=s["seed"], device=device,
+                               progress=progress)
+        return row
+    if kind == "multitask":
+        from ..downstream.data import num_classes
+        from ..downstream.multitask import compare_multitask, default_tasks, parse_tasks
+
+        train = train_set(run, size=s["train_size"], seed=s["seed"], augment=True)
+        test = eval_set(run, size=s["test_size"], seed=s["seed"])
+        classes = num_classes(train, test)
+        tasks = parse_tasks(default_tasks(classes, run.config.data.dataset), classes)
+        res = compare_multitask(run, tasks, train, test, epochs=s["finetune_epochs"], batch_size=s["finetune_batch"],
+                                lr=s["finetune_lr"], seed=s["seed"], progress=progress)
+        return {**res, "trainable_params": res["multi"]["trainable_params"], "seconds": res["multi"]["seconds"]}
+    if kind in SEGMENTATION:
+        from ..downstream.segmentation import run_segmentation, segmentation_sets
+
+        train, val = segmentation_sets(run, s["seg_data"], seed=s["seed"])
+        source = kind.removeprefix("seg_")
+        (row,) = run_segmentation(run, [source], train, val, train.num_classes(), epochs=s["seg_epochs"],
+                                  batch_size=s["seg_batch"], lr=s["seg_lr"], seed=s["seed"], device=device,
+                                  progress=progress)
+        row.pop("confusion", None)  # large; the per-class IoU stays
+        return row
+    raise ValueError(f"unknown evaluation {kind!r}")
+
+
+def _setting_key(kind: str, s: dict[str, Any], step: int) -> dict[str, Any]:
+    """What decides an evaluation's result: a stored result with another key is redone."""
+    keys = ["train_size", "test_size", "seed"]
+    if kind == "attentive":
+        keys += ["attentive_epochs"]
+    if kind in FINETUNING:
+        keys += ["finetune_epochs", "finetune_batch", "finetune_lr"]
+    if kind in SEGMENTATION:
+        keys = ["seed", "seg_epochs", "seg_batch", "seg_lr", "seg_data"]
+    return {"step": step, **{k: s[k] for k in keys}}
+
+
+# ----------------------------------------------------------------------------------------------
+# the study
+
+
+def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any], extra_overrides: list[str],
+              device: str = "auto", table4: bool = False, multitask: bool = False, command: str | None = None,
+              progress: bool = True) -> dict:
+    """Train (or reuse) the three runs, evaluate each, write ``runs_dir/leverage.json``,
+    ``out_md`` and ``leverage_spectrum.png`` beside it. Returns the study dict."""
+    from ..api import load
+
+    out_md, runs_dir = Path(out_md), Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    store = runs_dir / "leverage.json"
+    previous = json.loads(store.read_text())["models"] if store.is_file() else {}
+    study: dict[str, Any] = {"device": device_name(dev), "command": command, "settings": {**settings, "steps": steps,
+                             "extra_overrides": list(extra_overrides)}, "models": {}}
+    for model in MODELS:
+        cfg = run_config(grid_run(model.run), runs_dir, steps, extra_overrides, device)
+        ensure_trained(cfg, steps)
+        run = load(cfg.run.out_dir, device=dev)
+        kinds = [*CLASSIFICATION, *SEGMENTATION]
+        if model.run == "strong_d4":  # the paper's finetuning comparisons are on the equivariant IWM
+            kinds += [*(TABLE4 if table4 else ()), *(["multitask"] if multitask else [])]
+        done = previous.get(model.label, {}).get("evals", {})
+        evals = {}
+        for kind in kinds:
+            key = _setting_key(kind, settings, run.step)
+            if kind in done and done[kind]["key"] == key:
+                evals[kind] = done[kind]
+                continue
+            evals[kind] = {"key": key, "device": device_name(dev), **evaluate(run, kind, settings, dev, progress)}
+            study["models"][model.label] = {"run": model.run, "step": run.step, "evals": evals}
+            _write(store, study, previous)  # a finished evaluation survives a stop
+        study["models"][model.label] = {"run": model.run, "step": run.step, "evals": evals}
+    study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    study["code"] = code_version()
+    first = run_config(grid_run(MODELS[0].run), runs_dir, steps, extra_overrides, device)
+    dim, depth, heads = encoder_dims(first.model)
+    study["settings"].update(dataset=first.data.dataset, image_size=first.data.image_size,
+                             patch_size=first.model.patch_size, batch_size=first.data.batch_size,
+                             encoder={"embed_dim": dim, "depth": depth, "num_heads": heads})
+    study["mrr"] = _mrr_from_world_model_study(runs_dir, steps)
+    _write(store, study, {})
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    plot_spectrum(study, out_md.parent / "leverage_spectrum.png")
+    out_md.write_text(render_markdown(study))
+    return study
+
+
+def _write(path: Path, study: dict, previous: dict) -> None:
+    from ..downstream.report import write_json
+
+    # models not reached yet keep their stored results until they are redone
+    write_json({**study, "models": {**previous, **study["models"]}}, path)
+
+
+def _mrr_from_world_model_study(runs_dir: Path, steps: int) -> dict[str, float]:
+    """MRR of the three runs where the world-model study measured them at the same steps."""
+    path = runs_dir / "study.json"
+    if not path.is_file():
+        return {}
+    ws = json.loads(path.read_text())
+    if ws["settings"]["steps"] != steps:
+        return {}
+    return {m.label: ws["runs"][m.run]["mrr"] for m in MODELS if m.run in ws["runs"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# the page
+
+
+def _pct(row: dict | None, key: str = "top1") -> str:
+    return "n/a" if row is None or row.get(key) is None else f"{100 * row[key]:.2f}"
+
+
+def render_markdown(study: dict) -> str:
+    s, models = study["settings"], study["models"]
+    enc = s["encoder"]
+    train = "all" if not s["train_size"] else f"{s['train_size']:,}"
+    test = "all 10,000" if not s["test_size"] else f"{s['test_size']:,}"
+    lines = [
+        "# Leveraging the world model: the abstraction spectrum (paper's Table 8, Figures 4-5)",
+        "",
+        f"- device: {study['device']}",
+        f"- date: {study['date']}",
+        f"- code: {study['code']}",
+        f"- command: `{study['command']}`",
+        f"- pretraining: {s['steps']} steps, batch {s['batch_size']}, {s['dataset']} at {s['image_size']} px, "
+        f"patch {s['patch_size']}; encoder ViT width {enc['embed_dim']}, depth {enc['depth']}, "
+        f"{enc['num_heads']} heads; the runs of the world-model study "
+        + ", ".join(f"`{m.run}` ({m.label})" for m in MODELS),
+        f"- classification: CIFAR-10, {train} train images (seeded subset), {test} test images, frozen EMA "
+        f"target encoder; kNN k=20; linear probe 100 epochs (lr x wd picked on a held-out part of the train "
+        f"set); attentive probe {s['attentive_epochs']} epochs; predictor finetuning {s['finetune_epochs']} "
+        f"epochs, batch {s['finetune_batch']}, lr {s['finetune_lr']:g}, random-resized-crop + flip",
+        f"- segmentation: CamVid (`{s['seg_data']}`), resized to {s['image_size']} px, light decoder (LayerNorm "
+        f"+ linear per token), {s['seg_epochs']} epochs, batch {s['seg_batch']}, lr {s['seg_lr']:g}; mIoU on the "
+        "validation split at the labels' own resolution",
+        "- raw numbers: leverage.json in the runs directory",
+        "",
+        "## Table 8 analogue: one encoder, protocols of growing capacity",
+        "",
+        "Top-1 (%) on CIFAR-10, mIoU (%) on CamVid. MRR: the world-model study's measure of the same run.",
+        "",
+        "| model | MRR | kNN | linear | attentive | predictor FT | CamVid mIoU, encoder | CamVid mIoU, predictor |"
+        " paper (qualitative) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in MODELS:
+        ev = models[m.label]["evals"]
+        mrr = study.get("mrr", {}).get(m.label)
+        cells = [_pct(ev.get(k)) for k in CLASSIFICATION] + [_pct(ev.get(k), "miou") for k in SEGMENTATION]
+        lines.append(f"| {m.label} | {'n/a' if mrr is None else f'{mrr:.4f}'} | " + " | ".join(cells)
+                     + f" | {m.paper} |")
+    lines += [
+        "",
+        "![top-1 by protocol, one line per model](leverage_spectrum.png)",
+        "",
+        VERDICT,
+        "",
+        "## Cost of each protocol",
+        "",
+        "Time: per training epoch, or in all (probe fits, whose features are extracted once; multi-task: "
+        "the multi-task run).",
+        "",
+        "| model | protocol | trainable params | time |",
+        "|---|---|---|---|",
+    ]
+    for m in MODELS:
+        ev = models[m.label]["evals"]
+        for k, row in ev.items():
+            secs = row.get("seconds_per_epoch", row.get("seconds"))
+            unit = "s / epoch" if "seconds_per_epoch" in row else "s in all"
+            lines.append(f"| {m.label} | {LABELS[k]} | {row['trainable_params']:,} | "
+                         f"{'n/a' if secs is None else f'{secs:.1f} {unit}'} |")
+    equi = models["IWM-equivariant"]["evals"]
+    if any(k in equi for k in TABLE4):
+        lines += [
+            "",
+            "## Table 4 analogue: finetuning protocols on IWM-equivariant",
+            "",
+            "| protocol | top-1 (%) | trainable params | s / epoch |",
+            "|---|---|---|---|",
+        ]
+        for k in ("predictor_ft", *TABLE4):
+            if k in equi:
+                r = equi[k]
+                lines.append(f"| {LABELS[k]} | {_pct(r)} | {r['trainable_params']:,} | "
+                             f"{r['seconds_per_epoch']:.1f} |")
+        lines += [
+            "",
+            "Paper: with an equivariant IWM, predictor finetuning on a frozen encoder matches or beats encoder "
+            "finetuning at a fraction of the trainable parameters; a random predictor of the same architecture "
+            "does not.",
+            "",
+            VERDICT,
+        ]
+    if "multitask" in equi:
+        mt = equi["multitask"]
+        lines += [
+            "",
+            "## Table 7 analogue: multi-task predictor tuning on IWM-equivariant",
+            "",
+            "One predictor with a learned token per task, a head per task, each batch split evenly between the "
+            "tasks; against one predictor tuned per task, each for the same epochs.",
+            "",
+            "| task | classes | multi-task top-1 (%) | single-task top-1 (%) |",
+            "|---|---|---|---|",
+        ]
+        for r in mt["rows"]:
+            lines.append(f"| {r['task']} | {r['num_classes']} | {_pct(r, 'multi_top1')} | {_pct(r, 'single_top1')} |")
+        m, t = mt["multi"], mt["single_total"]
+        lines += [
+            "",
+            f"Multi-task: one predictor, {m['trainable_params']:,} trainable parameters, {m['seconds']:.0f} s. "
+            f"Single-task: {len(mt['rows'])} predictors, {t['trainable_params']:,} trainable parameters, "
+            f"{t['seconds']:.0f} s.",
+            "",
+            "Paper: multi-task tuning of one predictor serves all tasks at a fraction of the cost of one predictor "
+            "per task, with comparable accuracy.",
+            "",
+            VERDICT,
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot_spectrum(study: dict, path: Path) -> None:
+    """Left: CIFAR-10 top-1 by protocol (simplest head first), one line per model. Right:
+    CamVid mIoU per token source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / len(MODELS)
+    for i, m in enumerate(MODELS):
+        ev = study["models"][m.label]["evals"]
+        ax.plot(range(len(CLASSIFICATION)), [100 * ev[k]["top1"] for k in CLASSIFICATION], marker="o",
+                label=m.label)
+        bx.bar([j + (i - 1) * width for j in range(len(SEGMENTATION))],
+               [100 * (ev[k]["miou"] or 0.0) for k in SEGMENTATION], width, label=m.label)
+    ax.set_xticks(range(len(CLASSIFICATION)), [LABELS[k] for k in CLASSIFICATION])
+    ax.set_ylabel("CIFAR-10 top-1 (%)")
+    ax.set_title("in domain: growing head capacity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    bx.set_xticks(range(len(SEGMENTATION)), ["encoder", "predictor"])
+    bx.set_ylabel("CamVid mIoU (%)")
+    bx.set_title("out of domain: segmentation")
+    bx.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def _main(args: argparse.Namespace) -> int:
+    defaults = default_settings()
+    settings = {k: (defaults[k] if getattr(args, k) is None else getattr(args, k)) for k in defaults}
+    for k in ("attentive_epochs", "finetune_epochs", "finetune_batch", "seg_epochs", "seg_batch"):
+        if settings[k] < 1:
+            raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {settings[k]}")
+    for k in ("train_size", "test_size"):
+        if settings[k] < 0:
+            raise ValueError(f"--{k.replace('_', '-')} must be >= 0, got {settings[k]}")
+    given = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if v != defaults[k]]
+    command = shlex.join(["iwm", "study", "leverage", "--steps", str(args.steps), *given,
+                          *(["--table4"] if args.table4 else []), *(["--multitask"] if args.multitask else []),
+                          "--runs-dir", args.runs_dir, "--out", args.out,
+                          "--device", args.device, *args.overrides])
+    run_study(Path(args.out), Path(args.runs_dir), args.steps, settings, args.overrides, args.device,
+              table4=args.table4, multitask=args.multitask, command=command, progress=not args.no_progress)
+    print(f"wrote {args.out} and {Path(args.runs_dir) / 'leverage.json'}")
+    return 0
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    import sys
+
+    try:
+        return _main(args)
+    except ValueError as err:
+        print(f"iwm: error: {err}", file=sys.stderr)
+        return 2
+
+
+def add_cli(studies: argparse._SubParsersAction) -> None:
+    """Register ``iwm study leverage``."""
+    d = default_settings()
+    p = studies.add_parser("leverage", help="the paper's Table 8: invariant / equivariant IWM and I-JEPA under "
+                                            "probes, predictor finetuning and segmentation")
+    p.add_argument("--steps", type=int, default=800, help="pretraining steps per run (default 800)")
+    for key, help_ in (("train_size", "seeded CIFAR-10 train subset, 0 = all"),
+                       ("test_size", "seeded test subset, 0 = all"), ("seed", "evaluation seed"),
+                       ("attentive_epochs", "attentive probe epochs"), ("finetune_epochs", "finetuning epochs"),
+                       ("finetune_batch", "finetuning batch"), ("finetune_lr", "finetuning peak lr"),
+                       ("seg_epochs", "segmentation epochs"), ("seg_batch", "segmentation batch"),
+                       ("seg_lr", "segmentation peak lr"), ("seg_data", "ADE20K-layout folder or tarball")):
+        p.add_argument(f"--{key.replace('_', '-')}", type=type(d[key]), default=None,
+                       help=f"{help_} (default {d[key]})")
+    p.add_argument("--table4", action="store_true",
+                   help="also encoder, end-to-end and random-predictor finetuning of IWM-equivariant")
+    p.add_argument("--multitask", action="store_true",
+                   help="also multi-task vs single-task predictor tuning of IWM-equivariant (Table 7)")
+    p.add_argument("--runs-dir", default="runs/study", help="one directory per run, shared with world-model")
+    p.add_argument("--out", default="docs/results/leverage.md", help="markdown page")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for every pretraining, e.g. data.path=...")
+    p.set_defaults(fn=_guarded)
