@@ -157,8 +157,9 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
     dev = resolve_device(device)
     store = runs_dir / "leverage.json"
     previous = json.loads(store.read_text())["models"] if store.is_file() else {}
-    study: dict[str, Any] = {"device": device_name(dev), "command": command, "settings": {**settings, "steps": steps,
-                             "extra_overrides": list(extra_overrides)}, "models": {}}
+    study: dict[str, Any] = {"device": device_name(dev), "command": command, "code": code_version(),
+                             "settings": {**settings, "steps": steps, "extra_overrides": list(extra_overrides)},
+                             "models": {}}
     for model in MODELS:
         cfg = run_config(grid_run(model.run), runs_dir, steps, extra_overrides, device)
         ensure_trained(cfg, steps)
@@ -178,7 +179,6 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
             _write(store, study, previous)  # a finished evaluation survives a stop
         study["models"][model.label] = {"run": model.run, "step": run.step, "evals": evals}
     study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    study["code"] = code_version()
     first = run_config(grid_run(MODELS[0].run), runs_dir, steps, extra_overrides, device)
     dim, depth, heads = encoder_dims(first.model)
     study["settings"].update(dataset=first.data.dataset, image_size=first.data.image_size,

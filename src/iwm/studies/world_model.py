@@ -98,6 +98,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
     out_md, runs_dir = Path(out_md), Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
+    code = code_version()  # before the hours of training, during which the checkout may change
     results = {}
     for run in GRID:
         cfg = run_config(run, runs_dir, steps, extra_overrides, device)
@@ -109,7 +110,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
     study = {
         "device": device_name(dev),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "code": code_version(),
+        "code": code,
         "command": command or shlex.join([Path(sys.executable).name, *sys.argv]),
         "settings": {"steps": steps, "batch_size": first.data.batch_size, "dataset": first.data.dataset,
                      "image_size": first.data.image_size, "patch_size": first.model.patch_size,
