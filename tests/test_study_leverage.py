@@ -37,6 +37,7 @@ def test_study_evaluates_every_model_writes_the_page_and_resumes(tmp_path, monke
                     multitask=True, progress=False)
 
     saved = json.loads((runs / "leverage.json").read_text())
+    assert json.loads(out.with_suffix(".json").read_text()) == saved  # the raw numbers beside the page
     assert set(saved["models"]) == {m.label for m in MODELS}
     for m in MODELS:
         ev = saved["models"][m.label]["evals"]

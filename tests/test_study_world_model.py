@@ -35,6 +35,7 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     res = run_study(out, runs, steps=2, mrr_images=1, mrr_bank=4, extra_overrides=extra, device="cpu")
 
     saved = json.loads((runs / "study.json").read_text())
+    assert json.loads(out.with_suffix(".json").read_text()) == saved  # the raw numbers beside the page
     assert saved == json.loads(json.dumps(res))
     assert set(saved["runs"]) == {r.name for r in GRID}
     assert all(r["step"] == 2 and r["trained_now"] for r in saved["runs"].values())
@@ -49,8 +50,14 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
         assert _row(md, cond)[1:5] == [run.name, num(r["mrr"]), num(r["mrr_action_zeroed"]),
                                        f"{100 * r['knn_top1']:.2f} %"]
     for label, value in study.STRENGTHS.items():
-        row = _row(md, f"{label} ({value})")  # the first such row: the MRR table
-        assert row[1:] == [num(saved["runs"][f"{label}_d{d}"]["mrr"]) for d in study.DEPTHS]
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+                if line.startswith(f"| {label} ({value}) |")]
+        own, common = rows[0], rows[1]  # the MRR tables: own transformations, then the strong bank
+        assert own[1:] == [num(saved["runs"][f"{label}_d{d}"]["mrr"]) for d in study.DEPTHS]
+        assert common[1:] == [num(saved["runs"][f"{label}_d{d}"]["mrr_strong_bank"]) for d in study.DEPTHS]
+    for d in study.DEPTHS:  # strong runs: their own bank is the strong bank
+        r = saved["runs"][f"strong_d{d}"]
+        assert r["mrr_strong_bank"] == r["mrr"]
     ij = saved["runs"]["ijepa"]
     assert ij["mrr"] is not None and ij["mrr_settings"]["aug"]["strength"] == 1.0
     assert _row(md, "ijepa")[1] == num(ij["mrr"])

@@ -187,6 +187,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
     study["mrr"] = _mrr_from_world_model_study(runs_dir, steps)
     _write(store, study, {})
     out_md.parent.mkdir(parents=True, exist_ok=True)
+    _write(out_md.with_suffix(".json"), study, {})  # the raw numbers beside the page
     plot_spectrum(study, out_md.parent / "leverage_spectrum.png")
     out_md.write_text(render_markdown(study))
     return study
@@ -241,7 +242,7 @@ def render_markdown(study: dict) -> str:
         f"- segmentation: CamVid (`{s['seg_data']}`), resized to {s['image_size']} px, light decoder (LayerNorm "
         f"+ linear per token), {s['seg_epochs']} epochs, batch {s['seg_batch']}, lr {s['seg_lr']:g}; mIoU on the "
         "validation split at the labels' own resolution",
-        "- raw numbers: leverage.json in the runs directory",
+        "- raw numbers: the .json file of the same name beside this page",
         "",
         "## Table 8 analogue: one encoder, protocols of growing capacity",
         "",
