@@ -30,7 +30,7 @@ from ..models import Encoder, Predictor, build_predictor
 from .data import num_classes as count_classes
 from .feeding import encoder_input, pick_encoder, predict_all
 from .heads import PooledHead
-from .loop import count_trainable, epoch_loader, fit, steps_per_epoch
+from .loop import check_choices, count_trainable, epoch_loader, fit, steps_per_epoch
 
 if TYPE_CHECKING:
     from ..api import Run
@@ -76,8 +76,7 @@ class TokenClassifier(nn.Module):
 def build_protocol(run: Run, protocol: str, num_classes: int, encoder: str = "target",
                    seed: int = 0) -> TokenClassifier:
     """The model of one protocol, on copies of the run's networks (on the run's device)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    check_choices([protocol], PROTOCOLS, "protocol")
     enc = copy.deepcopy(pick_encoder(run, encoder))
     if protocol == "random_predictor":
         torch.manual_seed(seed + 1)  # the control's own stream, so that the head below is the same
@@ -126,9 +125,7 @@ def run_protocols(run: Run, protocols: Sequence[str], train_ds: Dataset, test_ds
     """Each protocol trained and scored in turn; one row per protocol:
     ``{"protocol", "top1", "trainable_params", "seconds_per_epoch", "final_loss", "settings"}``.
     The run's networks are moved to ``device`` (default: where they are)."""
-    for p in protocols:
-        if p not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
+    check_choices(protocols, PROTOCOLS, "protocol")
     if device is not None:
         run.to(device)
     device = run.device

@@ -46,6 +46,14 @@ def trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     return out
 
 
+def check_choices(picked: Iterable[str], allowed: Iterable[str], what: str) -> None:
+    """Refuse the first of ``picked`` that is not in ``allowed``, naming the choices."""
+    allowed = tuple(allowed)
+    for p in picked:
+        if p not in allowed:
+            raise ValueError(f"unknown {what} {p!r}; choose from {', '.join(allowed)}")
+
+
 def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in trainable(module.parameters()))
 

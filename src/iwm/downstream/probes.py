@@ -30,7 +30,7 @@ from ..models import Encoder
 from .data import labels_of
 from .feeding import encoder_input, extract_tokens, pick_encoder, token_cache_bytes
 from .heads import AttentiveClassifier
-from .loop import count_trainable, epoch_loader, fit, index_batches
+from .loop import check_choices, count_trainable, epoch_loader, fit, index_batches
 
 if TYPE_CHECKING:
     from ..api import Run
@@ -203,9 +203,7 @@ def run_probes(run: Run, kinds: Sequence[str], train_ds: Dataset, test_ds: Datas
     views. Pooled features are extracted once for linear and kNN. ``None`` keeps each kind's
     default (linear: 100 epochs, batch 1024, lr/wd swept; attentive: 20 epochs, batch 256,
     lr 1e-3, wd 0.05)."""
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise ValueError(f"unknown probe kind {unknown[0]!r}; choose from {', '.join(KINDS)}")
+    check_choices(kinds, KINDS, "probe kind")
     enc = pick_encoder(run, encoder).to(device).eval()
     common = {"encoder": encoder, "checkpoint": str(run.path), "step": run.step}
     results = []

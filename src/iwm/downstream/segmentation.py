@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from ..models import Encoder, Predictor
 from .feeding import encoder_input, pick_encoder, predict_all
 from .finetune import set_trainable
-from .loop import count_trainable, epoch_loader, fit, steps_per_epoch
+from .loop import check_choices, count_trainable, epoch_loader, fit, steps_per_epoch
 from .metrics import confusion, summarize
 from .segdata import IGNORE, SegFolder, collate_eval, seg_root
 
@@ -89,8 +89,7 @@ class Segmenter(nn.Module):
 
 def build_segmenter(run: Run, source: str, num_classes: int, encoder: str = "target", kernel_size: int = 1,
                     seed: int = 0) -> Segmenter:
-    if source not in SOURCES:
-        raise ValueError(f"unknown token source {source!r}; choose from {', '.join(SOURCES)}")
+    check_choices([source], SOURCES, "token source")
     torch.manual_seed(seed)  # the decoder's initial weights
     pred = copy.deepcopy(run.predictor) if source != "encoder" else None
     model = Segmenter(copy.deepcopy(pick_encoder(run, encoder)), pred, num_classes,
@@ -137,9 +136,7 @@ def run_segmentation(run: Run, sources: Sequence[str], train_ds: SegFolder, eval
                      progress: bool = False) -> list[dict]:
     """Decoder (and predictor, for ``predictor``) trained per token source; one row each:
     ``{"source", "miou", "pixel_acc", "trainable_params", "seconds_per_epoch", "settings", ...}``."""
-    for s in sources:
-        if s not in SOURCES:
-            raise ValueError(f"unknown token source {s!r}; choose from {', '.join(SOURCES)}")
+    check_choices(sources, SOURCES, "token source")
     if device is not None:
         run.to(device)
     device = run.device
