@@ -13,6 +13,9 @@ from .encoder import Encoder, gather_tokens
 from .predictor import Predictor
 
 
+LOSSES = {"l2": F.mse_loss, "smooth_l1": F.smooth_l1_loss}
+
+
 class IWM(nn.Module):
     """Holds the three networks. ``forward`` returns the loss of one batch.
 
@@ -20,9 +23,12 @@ class IWM(nn.Module):
     it by an exponential moving average (:meth:`update_target`).
     """
 
-    def __init__(self, encoder: Encoder, predictor: Predictor, per_block: bool = True):
+    def __init__(self, encoder: Encoder, predictor: Predictor, per_block: bool = True, loss: str = "l2"):
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         self.per_block = per_block
+        self.loss = LOSSES[loss]
         self.encoder = encoder
         self.predictor = predictor
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
@@ -39,17 +45,18 @@ class IWM(nn.Module):
         otherwise the mask tokens of all blocks go through one pass."""
         b, t, _ = masks.targets.shape
         target = self.targets(y)
-        context = self.encoder.tokens(x, masks.context)
+        valid = masks.context_valid
+        context = self.encoder.tokens(x, masks.context, valid)
         if self.per_block:
-            rep = lambda z: z.repeat_interleave(t, 0)  # noqa: E731
+            rep = lambda z: None if z is None else z.repeat_interleave(t, 0)  # noqa: E731
             tidx = masks.targets.flatten(0, 1)
-            pred = self.predictor(rep(context), rep(masks.context), tidx, rep(action))
+            pred = self.predictor(rep(context), rep(masks.context), tidx, rep(action), rep(valid))
             truth = gather_tokens(rep(target), tidx)
         else:
             tidx = masks.targets.flatten(1)
-            pred = self.predictor(context, masks.context, tidx, action)
+            pred = self.predictor(context, masks.context, tidx, action, valid)
             truth = gather_tokens(target, tidx)
-        return F.mse_loss(pred.float(), truth.float())
+        return self.loss(pred.float(), truth.float())
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
