@@ -78,3 +78,14 @@ def test_padding_sits_after_the_real_context_and_slices_with_it():
     part = m[4:8]
     assert torch.equal(part.context, m.context[4:8]) and torch.equal(part.context_valid, valid[4:8])
     assert torch.equal(part.context_lengths(), valid[4:8].sum(1))
+
+
+def test_cut_context_is_ijepa_rule():
+    cfg = MaskConfig(num_targets=4, target_scale=(0.15, 0.2), context_scale=(1.0, 1.0), min_context=4,
+                     cut_context=True)
+    m = MultiBlockMasker(cfg, 8)(64, torch.Generator().manual_seed(0))
+    assert m.context_valid is None
+    for i in range(64):  # the same length for all, each a subset of its uncovered patches
+        uncovered = set(range(64)) - set(m.targets[i].flatten().tolist())
+        assert set(m.context[i].tolist()) <= uncovered
+        assert torch.equal(m.context[i], m.context[i].sort().values)

@@ -68,6 +68,9 @@ class MaskConfig:
     target_aspect: tuple[float, float] = (0.75, 1.5)
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_context: int = 4  # fewest context tokens a sample may keep
+    # I-JEPA's rule: cut every context to the shortest in the batch (a random subset of each),
+    # so no padding is needed; off, every sample keeps its whole context, padded and key-masked
+    cut_context: bool = False
 
 
 @dataclass

@@ -6,7 +6,8 @@ block are placed at random, and the context loses every patch that any target co
 predictor never sees what it must predict. Context lengths differ between samples: every sample
 keeps its whole context, padded to the longest in the batch, and ``Masks.context_valid`` says
 which entries are real (the attention ignores the padding). I-JEPA instead cuts every context to
-the shortest in the batch, which on an 8x8 grid throws away a third of the context on average.
+the shortest in the batch (``mask.cut_context``), which on an 8x8 grid at batch 128 throws away
+a third of the context on average; ``benchmarks/context_padding.py`` measures both.
 """
 
 from __future__ import annotations
@@ -96,8 +97,18 @@ class MultiBlockMasker:
             context[redo] = ~targets[redo].any(1)
             if (context[redo].sum(1) < 1).any():
                 raise RuntimeError("mask: target blocks cover the whole image; lower mask.target_scale")
+        if c.cut_context:
+            return Masks(cut_context(context, g), target_idx)
         idx, valid = pad_context(context)  # every sample keeps its whole context
         return Masks(idx, target_idx, valid)
+
+
+def cut_context(context: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """(B, N) boolean context masks -> (B, K) patch indices in patch order, K the shortest
+    context: a random subset of each longer context is dropped (I-JEPA's rule)."""
+    keep = int(context.sum(1).min())
+    keys = torch.where(context, torch.rand(context.shape, generator=g), 2.0)
+    return keys.argsort(1)[:, :keep].sort(1).values
 
 
 def pad_context(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -39,6 +39,7 @@ VARIANTS: list[tuple[str, tuple[str, ...], str]] = [
     ("two_targets", ("mask.num_targets=2",), "2 target blocks instead of 4"),
     ("wide_pred", ("predictor.width=128", "predictor.num_heads=4"), "predictor width 128 (as the encoder)"),
     ("smooth_l1", ("optim.loss=smooth_l1",), "smooth L1 loss instead of squared L2"),
+    ("cut_context", ("mask.cut_context=true",), "I-JEPA's context cut to the batch's shortest"),
 ]
 
 
