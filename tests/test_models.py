@@ -96,3 +96,21 @@ def test_feature_conditioning_residual_keeps_the_mask_token(tiny_overrides):
     z = torch.randn(1, 4, 32)
     with torch.no_grad():  # a zero last layer: the action changes nothing, the position gets through
         assert torch.allclose(pred(z, ctx, tgt, torch.randn(1, 7)), ref(z, ctx, tgt), atol=1e-6)
+
+
+def test_length_groups_give_the_same_loss_and_gradients(tiny_overrides):
+    cfg = config.from_dict(None, tiny_overrides + ["mask.num_targets=2"])
+    masks = MultiBlockMasker(cfg.mask, 4)(8, torch.Generator().manual_seed(3))
+    assert masks.context_valid is not None  # the batch really is padded
+    g = torch.Generator().manual_seed(0)
+    x, y, a = torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 7, generator=g)
+    results = []
+    for groups in (1, 3):
+        torch.manual_seed(0)
+        model = IWM(build_encoder(cfg), build_predictor(cfg), per_block=False, length_groups=groups)
+        loss = model(x, y, a, masks)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.encoder.parameters() if p.grad is not None]))
+    (l1, g1), (l3, g3) = results
+    assert torch.allclose(l1, l3, atol=1e-6)
+    assert all(torch.allclose(u, v, atol=1e-6) for u, v in zip(g1, g3))

@@ -36,6 +36,14 @@ class Masks:
         valid = None if self.context_valid is None else self.context_valid[idx]
         return Masks(self.context[idx], self.targets[idx], valid)
 
+    def trimmed(self) -> "Masks":
+        """The same masks without the padding columns no sample here needs."""
+        if self.context_valid is None:
+            return self
+        longest = int(self.context_valid.sum(1).max())
+        valid = self.context_valid[:, :longest]
+        return Masks(self.context[:, :longest], self.targets, None if bool(valid.all()) else valid)
+
     def context_lengths(self) -> torch.Tensor:
         """(B,) number of real context patches per sample."""
         if self.context_valid is None:

@@ -88,7 +88,8 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def build_model(cfg: Config) -> IWM:
     torch.manual_seed(cfg.run.seed)  # the same seed gives the same initial weights
-    return IWM(build_encoder(cfg), build_predictor(cfg), cfg.predictor.per_block, cfg.optim.loss)
+    return IWM(build_encoder(cfg), build_predictor(cfg), cfg.predictor.per_block, cfg.optim.loss,
+               cfg.mask.length_groups)
 
 
 def build_optimizer(model: IWM, cfg: Config, device: torch.device) -> torch.optim.AdamW:
