@@ -77,7 +77,7 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
 def test_only_remeasures_the_named_runs(tmp_path):
     out = study.run_only(["weak_d1"], tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", "cmd")
     assert list(out["runs"]) == ["weak_d1"]
-    assert json.loads((tmp_path / "runs" / "study_only.json").read_text())["runs"]["weak_d1"]["knn_top1"] >= 0
+    assert json.loads((tmp_path / "runs" / "study_only-weak_d1.json").read_text())["runs"]["weak_d1"]["knn_top1"] >= 0
     assert not (tmp_path / "runs" / "strong_d4").exists()  # nothing else trained
     with pytest.raises(ValueError, match="unknown run"):
         study.run_only(["nope"], tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", "cmd")
