@@ -17,7 +17,8 @@ from iwm.downstream import cli as leverage_cli
 from iwm.downstream.data import eval_set, num_classes, train_set
 from iwm.downstream.feeding import encoder_input, predict_all
 from iwm.downstream.finetune import PROTOCOLS, build_protocol, run_protocols, train_classifier
-from iwm.downstream.loop import count_trainable, cosine_lr
+from iwm.downstream import loop
+from iwm.downstream.loop import count_trainable, fit
 from iwm.downstream.metrics import confusion, iou_per_class, mean_iou, pixel_accuracy
 from iwm.downstream.multitask import (CIFAR10_TASKS, MultiTaskModel, compare_multitask, default_tasks,
                                       parse_tasks)
@@ -25,6 +26,7 @@ from iwm.downstream.probes import TokenSet, knn_probe, linear_probe, run_probes
 from iwm.downstream.segdata import IGNORE, SegFolder, seg_root
 from iwm.downstream.segmentation import SOURCES, build_segmenter, run_segmentation, seg_loss
 from iwm.models import Predictor
+from iwm.schedules import learning_rate
 from iwm.train import Trainer
 
 
@@ -74,10 +76,37 @@ def test_prefix_path_matches_predictor_forward(conditioning):
         predict_all(pred, tokens[:, :5])
 
 
-def test_cosine_schedule_warms_up_then_decays():
-    lrs = [cosine_lr(s, 10, 1.0, 2) for s in range(10)]
-    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[2] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.05
+def record_lrs(monkeypatch) -> list[dict[int, float]]:
+    """Patch the downstream optimizer so that each of its steps records {id(parameter): lr}."""
+    steps: list[dict[int, float]] = []
+    make = loop.make_optimizer
+
+    def recording(*args, **kwargs):
+        opt = make(*args, **kwargs)
+        step = opt.step
+
+        def recorded_step(*a, **k):
+            steps.append({id(p): g["lr"] for g in opt.param_groups for p in g["params"]})
+            return step(*a, **k)
+
+        opt.step = recorded_step
+        return opt
+
+    monkeypatch.setattr(loop, "make_optimizer", recording)
+    return steps
+
+
+def test_downstream_schedule_is_the_pretraining_schedule(monkeypatch):
+    steps = record_lrs(monkeypatch)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 2)
+    x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+    fit(head, lambda i: F.cross_entropy(head(x[i]), y[i]), lambda e: [torch.arange(4), torch.arange(4, 8)] * 2,
+        epochs=5, steps_per_epoch=4, lr=0.3, weight_decay=0.0, warmup=0.25)
+    o = config.OptimConfig(lr=0.3, start_lr=0.0, final_lr=0.0, warmup=0.25)
+    want = [learning_rate(o, s, 20) for s in range(20)]
+    assert [s[id(head.weight)] for s in steps] == want  # the same function, to the bit
+    assert want[0] == 0.0 and max(want) == 0.3 and want[5] == 0.3 and want[-1] < 0.01
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The training loop every downstream protocol shares: AdamW, linear warm-up then cosine decay,
-bf16 autocast on CUDA, an optional progress bar, and seeded data order.
+"""The training loop every downstream protocol shares: AdamW, the learning rate of
+:func:`iwm.schedules.warmup_cosine` (linear warm-up from 0, then cosine decay to 0), bf16
+autocast on CUDA, an optional progress bar, and seeded data order.
 
 Each protocol supplies a loss function of one batch and a callable that yields the batches of
 an epoch; this module owns the optimizer and the schedule, so the protocols differ only in
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from ..schedules import warmup_cosine
 
 
 @dataclass
@@ -56,14 +59,6 @@ def check_choices(picked: Iterable[str], allowed: Iterable[str], what: str) -> N
 
 def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in trainable(module.parameters()))
-
-
-def cosine_lr(step: int, total: int, lr: float, warmup_steps: int, final_lr: float = 0.0) -> float:
-    """Linear warm-up from 0 to ``lr`` over ``warmup_steps``, then cosine decay to ``final_lr``."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps  # +1: the first step already moves the weights
-    t = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
-    return final_lr + 0.5 * (lr - final_lr) * (1.0 + math.cos(math.pi * t))
 
 
 def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -128,7 +123,6 @@ def fit(module: nn.Module, loss_fn: Callable[[Any], torch.Tensor], batches: Call
     params = [p for g in opt.param_groups for p in g["params"]]
     device = params[0].device
     total = epochs * steps_per_epoch
-    warm = int(warmup * total)
     module.train()
     bar = _bar(total, desc, progress)
     log = FitLog(steps=0, seconds=0.0)
@@ -137,7 +131,7 @@ def fit(module: nn.Module, loss_fn: Callable[[Any], torch.Tensor], batches: Call
         running, count = torch.zeros((), device=device), 0
         for batch in _limited(batches(epoch), steps_per_epoch):
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(log.steps, total, lr, warm)
+                g["lr"] = warmup_cosine(log.steps, total, lr, warmup)  # 0 at step 0, as in MAE
             with autocast(device):
                 loss = loss_fn(batch)
             loss.backward()
