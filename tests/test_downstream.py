@@ -16,7 +16,8 @@ from iwm import config
 from iwm.downstream import cli as leverage_cli
 from iwm.downstream.data import eval_set, num_classes, train_set
 from iwm.downstream.feeding import encoder_input, predict_all
-from iwm.downstream.finetune import PROTOCOLS, build_protocol, run_protocols, train_classifier
+from iwm.downstream.finetune import PREDICTOR_LR_RATIO, PROTOCOLS, build_protocol, run_protocols, train_classifier
+from iwm.downstream.heads import AttentiveClassifier, PooledHead
 from iwm.downstream import loop
 from iwm.downstream.loop import count_trainable, fit
 from iwm.downstream.metrics import confusion, iou_per_class, mean_iou, pixel_accuracy
@@ -196,17 +197,52 @@ def test_encoder_protocol_trains_the_encoder_but_not_its_positions(run):
 def test_protocol_parameter_counts_and_control(run):
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     d, c = run.target_encoder.embed_dim, 4
-    head = 2 * d + d * c + c  # LayerNorm + linear
+    pooled = 2 * d + d * c + c  # LayerNorm + linear
+    attentive = n(AttentiveClassifier(d, config.encoder_dims(run.config.model)[2], c))
     enc = n(run.target_encoder) - run.target_encoder.pos_embed.numel()
     counts = {p: count_trainable(build_protocol(run, p, c)) for p in PROTOCOLS}
-    assert counts == {"predictor": n(run.predictor) + head, "encoder": enc + head,
-                      "end2end": enc + n(run.predictor) + head, "random_predictor": n(run.predictor) + head}
+    assert counts == {"predictor": n(run.predictor) + attentive, "encoder": enc + pooled,
+                      "end2end": enc + n(run.predictor) + pooled, "random_predictor": n(run.predictor) + attentive}
     pretrained, control = build_protocol(run, "predictor", c), build_protocol(run, "random_predictor", c)
     w = "blocks.0.attn.qkv.weight"
     assert not torch.equal(pretrained.predictor.state_dict()[w], control.predictor.state_dict()[w])
     assert same_state(pretrained.head.state_dict(), control.head.state_dict())  # only the predictor differs
     with pytest.raises(ValueError, match="unknown protocol"):
         build_protocol(run, "linear", c)
+    with pytest.raises(ValueError, match="predictor_lr_ratio"):
+        build_protocol(run, "predictor", c, predictor_lr_ratio=0.0)
+
+
+def test_predictor_finetuning_heads_are_attentive_over_the_predictor_tokens(run):
+    x = encoder_input(torch.stack([eval_set(run, size=2)[i][0] for i in range(2)]))
+    for p in ("predictor", "random_predictor"):
+        model = build_protocol(run, p, num_classes=4).eval()
+        assert isinstance(model.head, AttentiveClassifier)
+        with torch.no_grad():
+            tokens = predict_all(model.predictor, model.encoder.tokens(x))
+            assert torch.equal(model(x), model.head(tokens))
+    assert all(isinstance(build_protocol(run, p, 4).head, PooledHead) for p in ("encoder", "end2end"))
+
+
+def test_pretrained_predictor_trains_at_a_tenth_of_the_random_predictors_lr(run, monkeypatch):
+    assert PREDICTOR_LR_RATIO == 0.1  # the paper's value is the default
+    steps = record_lrs(monkeypatch)
+    lrs = {}
+    for p in ("predictor", "random_predictor"):
+        model = build_protocol(run, p, num_classes=4)
+        steps.clear()
+        train_classifier(model, train_set(run, size=32), epochs=3, batch_size=8, lr=1e-3, weight_decay=0.05,
+                         seed=0, device="cpu")
+        part = lambda m: [sorted({s[id(q)] for q in m.parameters()}) for s in steps]  # noqa: E731
+        lrs[p] = {"predictor": part(model.predictor), "head": part(model.head)}
+    total = 3 * 4
+    assert len(lrs["predictor"]["head"]) == total
+    schedule = [s[0] for s in lrs["random_predictor"]["predictor"]]
+    assert len(set(schedule)) > total // 2 and max(schedule) == pytest.approx(1e-3)  # warm-up and decay
+    for k in range(total):  # one lr per part and step; the pretrained predictor's at a tenth
+        assert lrs["random_predictor"]["predictor"][k] == lrs["random_predictor"]["head"][k] == [schedule[k]]
+        assert lrs["predictor"]["head"][k] == [schedule[k]]
+        assert lrs["predictor"]["predictor"][k] == [0.1 * schedule[k]]
 
 
 def test_all_protocols_run_side_by_side_and_leave_the_run_alone(run):
@@ -217,6 +253,9 @@ def test_all_protocols_run_side_by_side_and_leave_the_run_alone(run):
     for r in rows:
         assert 0.0 <= r["top1"] <= 1.0 and r["seconds_per_epoch"] > 0 and r["trainable_params"] > 0
         assert r["settings"]["steps"] == 2
+    assert [r["settings"]["head"] for r in rows] == ["attentive", "pooled", "pooled", "attentive"]
+    lr = rows[0]["settings"]["lr"]
+    assert [r["settings"]["predictor_lr"] for r in rows] == [pytest.approx(0.1 * lr), None, lr, lr]
     assert all(same_state(b, state(m)) for b, m in zip(before, (run.encoder, run.target_encoder, run.predictor)))
     again = run_protocols(run, ["predictor"], train_set(run, size=32), eval_set(run, size=16), epochs=1,
                           batch_size=16, seed=0)
@@ -412,8 +451,11 @@ def test_cli_commands_print_tables_and_write_json(run_path, tmp_path, capsys):
     assert [r["kind"] for r in probe["rows"]] == ["linear", "knn"]
     fin = json.loads((run_path / "leverage_finetune.json").read_text())
     assert [r["protocol"] for r in fin["rows"]] == ["predictor", "random_predictor"]
+    assert fin["rows"][0]["settings"]["predictor_lr"] == pytest.approx(0.1 * fin["rows"][0]["settings"]["lr"])
     assert json.loads((run_path / "leverage_multitask.json").read_text())["rows"]
     seg = json.loads((run_path / "leverage_segment.json").read_text())
     assert seg["rows"][0]["settings"]["num_classes"] == 3
     assert leverage(["finetune", str(run_path), "--epochs", "0", "--device", "cpu", "--no-progress"]) == 2
     assert "epochs" in capsys.readouterr().err
+    assert leverage(["finetune", str(run_path), "--predictor-lr-ratio", "-1", *small]) == 2
+    assert capsys.readouterr().err.strip() == "iwm: error: --predictor-lr-ratio must be > 0 (the paper's is 0.1), got -1"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,14 +61,24 @@ def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in trainable(module.parameters()))
 
 
-def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; biases and norm weights (1-d tensors) get no weight decay, as in pretraining."""
+LrScales = Sequence[tuple[Iterable[nn.Parameter], float]]  # (parameters, multiple of the scheduled lr)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float,
+                   lr_scales: LrScales = ()) -> torch.optim.AdamW:
+    """AdamW; biases and norm weights (1-d tensors) get no weight decay, as in pretraining.
+    The parameters named in ``lr_scales`` train at their multiple of the scheduled learning
+    rate (their groups' ``lr_scale``); every other one at 1x."""
     params = trainable(params)
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    scale_of = {id(p): float(s) for ps, s in lr_scales for p in ps}
+    scales = list(dict.fromkeys([1.0, *scale_of.values()]))
+    groups = []
+    for scale in scales:
+        mine = [p for p in params if scale_of.get(id(p), 1.0) == scale]
+        groups += [{"params": [p for p in mine if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": scale},
+                   {"params": [p for p in mine if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
@@ -111,15 +121,17 @@ def epoch_loader(ds: Dataset, batch_size: int, seed: int, epoch: int, num_worker
 
 def fit(module: nn.Module, loss_fn: Callable[[Any], torch.Tensor], batches: Callable[[int], Iterable[Any]],
         epochs: int, steps_per_epoch: int, lr: float, weight_decay: float, warmup: float = 0.1,
-        clip_grad: float = 0.0, progress: bool = False, desc: str = "train") -> FitLog:
+        clip_grad: float = 0.0, progress: bool = False, desc: str = "train", lr_scales: LrScales = ()) -> FitLog:
     """Train the trainable parameters of ``module`` to minimise ``loss_fn`` over ``batches(epoch)``.
 
     The schedule spans ``epochs * steps_per_epoch`` steps; ``warmup`` is a fraction of them.
+    ``lr`` is the peak learning rate; the parameters in ``lr_scales`` get their multiple of it
+    at every step (see :func:`make_optimizer`).
     ``module.train()`` is called first: modules that hold frozen parts keep those in eval mode
     by overriding ``train``."""
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    opt = make_optimizer(module.parameters(), lr, weight_decay)
+    opt = make_optimizer(module.parameters(), lr, weight_decay, lr_scales)
     params = [p for g in opt.param_groups for p in g["params"]]
     device = params[0].device
     total = epochs * steps_per_epoch
@@ -130,8 +142,9 @@ def fit(module: nn.Module, loss_fn: Callable[[Any], torch.Tensor], batches: Call
     for epoch in range(epochs):
         running, count = torch.zeros((), device=device), 0
         for batch in _limited(batches(epoch), steps_per_epoch):
+            scheduled = warmup_cosine(log.steps, total, lr, warmup)  # 0 at step 0, as in MAE
             for g in opt.param_groups:
-                g["lr"] = warmup_cosine(log.steps, total, lr, warmup)  # 0 at step 0, as in MAE
+                g["lr"] = scheduled * g["lr_scale"]
             with autocast(device):
                 loss = loss_fn(batch)
             loss.backward()
