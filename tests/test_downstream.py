@@ -458,4 +458,5 @@ def test_cli_commands_print_tables_and_write_json(run_path, tmp_path, capsys):
     assert leverage(["finetune", str(run_path), "--epochs", "0", "--device", "cpu", "--no-progress"]) == 2
     assert "epochs" in capsys.readouterr().err
     assert leverage(["finetune", str(run_path), "--predictor-lr-ratio", "-1", *small]) == 2
-    assert capsys.readouterr().err.strip() == "iwm: error: --predictor-lr-ratio must be > 0 (the paper's is 0.1), got -1"
+    err = capsys.readouterr().err.strip()
+    assert err == "iwm: error: --predictor-lr-ratio must be > 0 (the paper's is 0.1), got -1"
