@@ -57,15 +57,19 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from .finetune import PROTOCOLS, run_protocols
+    from .finetune import PREDICTOR_LR_RATIO, PROTOCOLS, run_protocols
 
+    if not args.predictor_lr_ratio > 0:
+        raise ValueError(f"--predictor-lr-ratio must be > 0 (the paper's is {PREDICTOR_LR_RATIO:g}), "
+                         f"got {args.predictor_lr_ratio:g}")
     run, device = _load(args)
     protocols = _chosen(args.protocol, PROTOCOLS)
     train, test = _classification_sets(run, args, augment=not args.no_augment)
     rows = run_protocols(run, protocols, train, test, epochs=_pick(args.epochs, 10),
                          batch_size=_pick(args.batch_size, 128), lr=_pick(args.lr, 5e-4),
                          weight_decay=_pick(args.weight_decay, 0.05), encoder=args.encoder, seed=args.seed,
-                         device=device, num_workers=args.workers, progress=not args.no_progress)
+                         device=device, num_workers=args.workers, progress=not args.no_progress,
+                         predictor_lr_ratio=args.predictor_lr_ratio)
     table = format_table(rows, [("protocol", "protocol", "s"), ("top1", "top-1", ".4f"),
                                 ("trainable_params", "trainable params", ",d"),
                                 ("seconds_per_epoch", "s / epoch", ".2f")])
@@ -170,7 +174,7 @@ def _classification_data(p: argparse.ArgumentParser, augment: bool) -> None:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``leverage`` and its four sub-commands."""
-    from .finetune import PROTOCOLS
+    from .finetune import PREDICTOR_LR_RATIO, PROTOCOLS
     from .probes import KINDS
     from .segmentation import SOURCES
 
@@ -190,6 +194,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     _common(p, "10")
     _classification_data(p, augment=True)
     p.add_argument("--protocol", action="append", choices=(*PROTOCOLS, "all"), help="repeatable (default: all)")
+    p.add_argument("--predictor-lr-ratio", type=float, default=PREDICTOR_LR_RATIO,
+                   help="the pretrained predictor's lr over --lr, the lr of the random predictor and of every "
+                        f"head (default {PREDICTOR_LR_RATIO:g}: the paper's one tenth)")
     p.set_defaults(fn=_guarded(_finetune))
 
     p = sub.add_parser("multitask", help="multi-task predictor tuning vs single-task tuning (Table 7)")
