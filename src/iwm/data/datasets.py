@@ -1,4 +1,5 @@
-"""Image sources: an ImageFolder (class sub-folders or a flat folder), CIFAR-10 (read by :mod:`.cifar10`), and a small synthetic set for tests.
+"""Image sources: an ImageFolder (class sub-folders or a flat folder; its train and held-out
+splits), CIFAR-10 (read by :mod:`.cifar10`), and a small synthetic set for tests.
 
 Each dataset yields ``(view, label)``: the target view y as a uint8 (3, S, S) tensor and an
 integer label (-1 where there is none). Photometric work happens later, batched, on the
@@ -21,8 +22,8 @@ from .views import center_view, sample_generator, target_view
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-# names of a held-out split beside train/, in the order looked for (ImageNet's labelled
-# held-out split is val/; its test/ is unlabelled)
+# where a folder dataset keeps its held-out split, beside train/, in the order looked for
+# (ImageNet's labelled held-out split is val/; its test/ is unlabelled)
 HELD_OUT_SPLITS = ("val", "validation", "test")
 
 
@@ -153,8 +154,9 @@ def synthetic_images(n: int, size: int = 32, num_classes: int = 4, seed: int = 0
 
 
 def build_dataset(cfg: DataConfig, seed: int, split: str = "train", augment: bool | None = None) -> ViewDataset:
-    """The dataset a config names. Views are random crops for training (``augment``, the
-    default on the train split) and centred, unaugmented images otherwise."""
+    """The dataset a config names: its ``train`` split, or (any other ``split``) its held-out
+    split. Views are random crops for training (``augment``, the default on the train split)
+    and centred, unaugmented images otherwise."""
     train = split == "train"
     kw = dict(scale=cfg.crop_scale, hflip=cfg.hflip, seed=seed, train=train if augment is None else augment)
     if cfg.dataset == "synthetic":
@@ -168,7 +170,28 @@ def build_dataset(cfg: DataConfig, seed: int, split: str = "train", augment: boo
         ds = ArrayDataset(arrays[f"{part}_x"], arrays[f"{part}_y"], cfg.image_size, **kw)
         ds.classes = list(CIFAR10_CLASSES)
         return ds
-    root = Path(cfg.path)
-    if (root / split).is_dir():  # an ImageFolder with train/ and test/ (or val/) sub-folders
-        root = root / split
-    return ImageFolder(root, cfg.image_size, **kw)
+    return ImageFolder(folder_split(cfg.path, train), cfg.image_size, **kw)
+
+
+def folder_split(path: str | Path, train: bool = True) -> Path:
+    """The folder of a folder dataset's train or held-out split. ``path`` is the dataset root
+    (``train/`` beside ``val/``, ``validation/`` or ``test/``, looked for in that order), its
+    ``train/`` folder itself (the held-out split is then a sibling), or a folder of classes
+    with no split (training only: evaluation is refused, it would score training images)."""
+    path = Path(path)
+    if (path / "train").is_dir():
+        root, train_dir = path, path / "train"
+    elif path.name == "train":
+        root, train_dir = path.parent, path
+    else:
+        root, train_dir = None, path
+    if train:
+        return train_dir
+    for name in HELD_OUT_SPLITS if root is not None else ():
+        if (root / name).is_dir():
+            return root / name
+    where = root if root is not None else path
+    raise FileNotFoundError(
+        f"data.path: {path} has no held-out split (looked for {', '.join(f'{n}/' for n in HELD_OUT_SPLITS)} "
+        f"beside train/ in {where}); evaluating on training images would be meaningless: put held-out images "
+        f"in {where / 'val'}/<class>/ beside {where / 'train'}/<class>/ and point data.path at {where}")
