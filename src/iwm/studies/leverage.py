@@ -151,7 +151,9 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
     """Train (or reuse) the three runs, evaluate each, write ``runs_dir/leverage.json``,
     ``out_md`` and ``leverage_spectrum.png`` beside it. Returns the study dict."""
     from ..api import load
+    from ..downstream.segdata import seg_root
 
+    seg_root(settings["seg_data"])  # missing segmentation data: refused now, not after the pretrainings
     out_md, runs_dir = Path(out_md), Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
