@@ -413,7 +413,7 @@ def add_cli(studies: argparse._SubParsersAction) -> None:
                        ("seg_epochs", "segmentation epochs"), ("seg_batch", "segmentation batch"),
                        ("seg_lr", "segmentation peak lr"), ("seg_data", "ADE20K-layout folder or tarball")):
         p.add_argument(f"--{key.replace('_', '-')}", type=type(d[key]), default=None,
-                       help=f"{help_} (default {d[key]})")
+                       help=f"{help_} (default {d[key] or '$IWM_CAMVID' if key == 'seg_data' else d[key]})")
     p.add_argument("--table4", action="store_true",
                    help="also encoder, end-to-end and random-predictor finetuning of IWM-equivariant")
     p.add_argument("--multitask", action="store_true",
