@@ -367,6 +367,11 @@ def test_seg_loss_ignores_void_pixels():
 # segmentation: data and protocol
 
 
+def test_segmentation_without_data_says_how_to_give_it():
+    with pytest.raises(FileNotFoundError, match=r"none given; pass --seg-data or set \$IWM_CAMVID"):
+        seg_root("")
+
+
 def test_seg_reader_extracts_a_tarball_once_and_crops_jointly(tmp_path):
     folder = make_seg_folder(tmp_path / "wrap" / "tiny-seg")
     tgz = tmp_path / "tiny-seg.tar.gz"

@@ -29,6 +29,18 @@ def _row(md: str, first_cell: str) -> list[str]:
     raise AssertionError(f"no row {first_cell!r}")
 
 
+def test_reused_run_check_ignores_where_cifar10_is_kept():
+    from iwm.config import Config
+
+    base = Config().to_dict()
+    moved = json.loads(json.dumps(base))
+    moved["data"].update(path="/elsewhere/cifar-10-python.tar.gz", cache_dir="/tmp/c")
+    assert grid._training_part(moved) == grid._training_part(base)
+    for d, path in ((base, "/photos"), (moved, "/other-photos")):  # a folder's path says which images: it counts
+        d["data"].update(dataset="folder", path=path)
+    assert grid._training_part(moved) != grid._training_part(base)
+
+
 def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     out, runs = tmp_path / "docs" / "world_model.md", tmp_path / "runs"
     extra = EXTRA + [f"data.cache_dir={tmp_path / 'cache'}"]

@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_pretrain)
 
     p = sub.add_parser("demo", help="pretrain on CIFAR-10 on the CPU and compare kNN with a random encoder")
-    p.add_argument("--data", default=os.environ.get("IWM_CIFAR10", "../shared/data/cifar10-jpg.tar.gz"),
-                   help="CIFAR-10 JPEG tarball or extracted folder (default: $IWM_CIFAR10 or ../shared/data/...)")
+    p.add_argument("--data", default=None,
+                   help="CIFAR-10: cifar-10-python.tar.gz, its extracted folder, a torchvision root or a class-folder "
+                        "tree (default: $IWM_CIFAR10, else ~/.cache/iwm, else downloaded there, about 170 MB)")
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's CPU budget)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides")

@@ -23,8 +23,9 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dataset: Literal["cifar10", "folder", "synthetic"] = "cifar10"
-    # cifar10: the CIFAR-10 JPEG tarball (or its extracted folder); folder: an ImageFolder root.
-    path: str = "../shared/data/cifar10-jpg.tar.gz"
+    # cifar10: "" = $IWM_CIFAR10, else the cache folder, else downloaded there (iwm.data.cifar10),
+    # or a path to it in any usual form; folder: the dataset root (train/ beside val/) or a folder of classes
+    path: str = ""
     image_size: int = 32
     crop_scale: tuple[float, float] = (0.3, 1.0)
     hflip: bool = True
@@ -32,7 +33,7 @@ class DataConfig:
     num_workers: int = 2
     subset: int = 0  # train on a seeded random subset of N images (0 = all)
     synthetic_size: int = 512
-    cache_dir: str = ""  # decoded CIFAR arrays go here; "" = ~/.cache/iwm
+    cache_dir: str = ""  # CIFAR-10 is looked for, downloaded and decoded here; "" = $XDG_CACHE_HOME/iwm or ~/.cache/iwm
 
 
 @dataclass
@@ -258,7 +259,7 @@ def validate(cfg: Config) -> Config:
     _check(d.subset >= 0, "data.subset", "must be 0 (all images) or a positive count")
     _check(d.synthetic_size > 0, "data.synthetic_size", "must be at least 1")
     _check_range("data.crop_scale", d.crop_scale, 1e-3, 1.0)
-    _check(d.dataset == "synthetic" or bool(d.path), "data.path", "set the path to the images")
+    _check(d.dataset != "folder" or bool(d.path), "data.path", "set it to the image folder (data.dataset=folder)")
 
     _check(a.strength >= 0, "aug.strength", "must be >= 0 (0 = identity, as I-JEPA)")
     for name in ("jitter_prob", "target_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):

@@ -1,4 +1,4 @@
-"""The README's demo: pretrain an IWM on CIFAR-10 (JPEG copy) on a CPU, then show that it
+"""The README's demo: pretrain an IWM on CIFAR-10 on a CPU, then show that it
 learned something: kNN top-1 of the pretrained encoder beside the same encoder at its random
 initialisation."""
 
@@ -12,20 +12,25 @@ import torch
 
 from . import config as config_mod
 from .cli import resolve_config
+from .data import find_cifar10
 from .eval import knn_eval
 from .train import build_model, pretrain, resolve_device
 
 DEMO_STEPS = 800  # about 2 epochs: sized so the whole demo stays inside 15 minutes on 2 CPU cores
 
 
-def run_demo(data: str, out_dir: str = "runs/demo", steps: int | None = None,
+def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | None = None,
              overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """``data``: CIFAR-10 in any form :mod:`iwm.data.cifar10` reads; None finds (or downloads) it."""
     t0 = time.perf_counter()
     cfg = config_mod.load(resolve_config("cifar10_equi"), [
-        f"data.path={data}", f"run.out_dir={out_dir}", f"optim.max_steps={steps or DEMO_STEPS}",
-        "run.ckpt_every=100", *overrides])
+        *([f"data.path={data}"] if data else []), f"run.out_dir={out_dir}",
+        f"optim.max_steps={steps or DEMO_STEPS}", "run.ckpt_every=100", *overrides])
+    source = cfg.data.dataset
+    if cfg.data.dataset == "cifar10":  # found (or downloaded) now, before any training
+        source = f"CIFAR-10 from {find_cifar10(cfg.data.path, cfg.data.cache_dir)}"
     print(f"iwm demo: pretraining an IWM ({cfg.predictor.conditioning} conditioning, predictor depth "
-          f"{cfg.predictor.depth}) for {cfg.optim.max_steps} steps of {cfg.data.batch_size} images from {data}")
+          f"{cfg.predictor.depth}) for {cfg.optim.max_steps} steps of {cfg.data.batch_size} images of {source}")
     result = pretrain(cfg)
     t_train = time.perf_counter() - t0
 

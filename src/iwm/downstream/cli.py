@@ -14,7 +14,7 @@ from typing import Any
 
 from .report import format_table, write_json
 
-DEFAULT_SEG_DATA = os.environ.get("IWM_CAMVID", "../shared/data/camvid-180x240.tar.gz")
+DEFAULT_SEG_DATA = os.environ.get("IWM_CAMVID", "")  # an ADE20K-layout folder or tarball; none is shipped
 
 
 def _load(args: argparse.Namespace):
@@ -209,8 +209,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segmentation decoder on encoder or predictor tokens (Table 6)")
     _common(p, "20")
     p.add_argument("--seg-data", default=DEFAULT_SEG_DATA,
-                   help="ADE20K-layout folder or tarball (default: $IWM_CAMVID or "
-                        "../shared/data/camvid-180x240.tar.gz)")
+                   help="ADE20K-layout folder or tarball: images/<split>/ and annotations/<split>/ "
+                        "(default: $IWM_CAMVID)")
     p.add_argument("--cache-dir", default=None, help="where a tarball is extracted (default ~/.cache/iwm)")
     p.add_argument("--train-split", default="training")
     p.add_argument("--eval-split", default="validation")

@@ -33,8 +33,13 @@ def run_config(run: GridRun, runs_dir: Path, steps: int, extra_overrides: list[s
 
 
 def _training_part(cfg_dict: dict) -> dict:
-    """What decides the trained weights: everything but the run and eval sections."""
-    return {k: v for k, v in config_mod.from_dict(cfg_dict).to_dict().items() if k not in ("run", "eval")}
+    """What decides the trained weights: everything but the run and eval sections, and where
+    CIFAR-10 is kept (the same data found through $IWM_CIFAR10, the cache or a path)."""
+    part = {k: v for k, v in config_mod.from_dict(cfg_dict).to_dict().items() if k not in ("run", "eval")}
+    part["data"].pop("cache_dir")
+    if part["data"]["dataset"] == "cifar10":
+        part["data"].pop("path")
+    return part
 
 
 def trained_steps(cfg: Config) -> int:

@@ -160,7 +160,9 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
     """Train (or reuse) the three runs, evaluate each, write ``runs_dir/leverage.json``,
     ``out_md`` and ``leverage_spectrum.png`` beside it. Returns the study dict."""
     from ..api import load
+    from ..downstream.segdata import seg_root
 
+    seg_root(settings["seg_data"])  # missing segmentation data: refused now, not after the pretrainings
     out_md, runs_dir = Path(out_md), Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
@@ -428,7 +430,7 @@ def add_cli(studies: argparse._SubParsersAction) -> None:
                        ("seg_epochs", "segmentation epochs"), ("seg_batch", "segmentation batch"),
                        ("seg_lr", "segmentation peak lr"), ("seg_data", "ADE20K-layout folder or tarball")):
         p.add_argument(f"--{key.replace('_', '-')}", type=type(d[key]), default=None,
-                       help=f"{help_} (default {d[key]})")
+                       help=f"{help_} (default {d[key] or '$IWM_CAMVID' if key == 'seg_data' else d[key]})")
     p.add_argument("--table4", action="store_true",
                    help="also encoder, end-to-end and random-predictor finetuning of IWM-equivariant")
     p.add_argument("--multitask", action="store_true",
