@@ -46,7 +46,7 @@ class AugConfig:
     below, >1 stronger (probabilities saturate at 1).
     """
 
-    # Defaults: the paper's reported recipe (``shared/paper/iwm.md``, "Recipe details").
+    # Defaults: the recipe the paper reports (Garrido et al. 2024, arXiv 2403.00504).
     strength: float = 1.0
     jitter_prob: float = 0.8  # source x; paper: p = 0.8 on both views
     target_jitter_prob: float = 0.8  # target y
