@@ -33,10 +33,14 @@ def run_config(run: GridRun, runs_dir: Path, steps: int, extra_overrides: list[s
 
 
 def _training_part(cfg_dict: dict) -> dict:
-    """What decides the trained weights: everything but the run and eval sections, and where
-    CIFAR-10 is kept (the same data found through $IWM_CIFAR10, the cache or a path)."""
+    """What decides the trained weights: everything but the run and eval sections, where
+    CIFAR-10 is kept (the same data found through $IWM_CIFAR10, the cache or a path), and how
+    contexts are grouped and images loaded for speed (``mask.length_groups``: the same loss;
+    ``data.num_workers``: views depend on (seed, epoch, index) only)."""
     part = {k: v for k, v in config_mod.from_dict(cfg_dict).to_dict().items() if k not in ("run", "eval")}
     part["data"].pop("cache_dir")
+    part["data"].pop("num_workers")
+    part["mask"].pop("length_groups")
     if part["data"]["dataset"] == "cifar10":
         part["data"].pop("path")
     return part

@@ -33,6 +33,7 @@ import json
 import shlex
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -156,6 +157,7 @@ def _setting_key(kind: str, s: dict[str, Any], step: int) -> dict[str, Any]:
 
 def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any], extra_overrides: list[str],
               device: str = "auto", table4: bool = False, multitask: bool = False, command: str | None = None,
+              only: Sequence[str] = (),
               progress: bool = True) -> dict:
     """Train (or reuse) the three runs, evaluate each, write ``runs_dir/leverage.json``,
     ``out_md`` and ``leverage_spectrum.png`` beside it. Returns the study dict."""
@@ -171,7 +173,12 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
     study: dict[str, Any] = {"device": device_name(dev), "command": command, "code": code_version(),
                              "settings": {**settings, "steps": steps, "extra_overrides": list(extra_overrides)},
                              "models": {}}
+    unknown = sorted(set(only) - {m.run for m in MODELS})
+    if unknown:
+        raise ValueError(f"--only: unknown run(s) {', '.join(unknown)}; choose from {', '.join(m.run for m in MODELS)}")
     for model in MODELS:
+        if only and model.run not in only:
+            continue
         cfg = run_config(grid_run(model.run), runs_dir, steps, extra_overrides, device)
         ensure_trained(cfg, steps)
         run = load(cfg.run.out_dir, device=dev)
@@ -190,6 +197,9 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
             _write(store, study, previous)  # a finished evaluation survives a stop
         study["models"][model.label] = {"run": model.run, "step": run.step, "evals": evals}
     study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if only:  # re-measuring some rows: the stored results are updated, the page needs every model
+        _write(store, study, previous)
+        return study
     first = run_config(grid_run(MODELS[0].run), runs_dir, steps, extra_overrides, device)
     dim, depth, heads = encoder_dims(first.model)
     study["settings"].update(dataset=first.data.dataset, image_size=first.data.image_size,
@@ -397,11 +407,14 @@ def _main(args: argparse.Namespace) -> int:
     given = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if v != defaults[k]]
     command = shlex.join(["iwm", "study", "leverage", "--steps", str(args.steps), *given,
                           *(["--table4"] if args.table4 else []), *(["--multitask"] if args.multitask else []),
-                          "--runs-dir", args.runs_dir, "--out", args.out,
+                          "--runs-dir", args.runs_dir,
+                          *(["--only", args.only] if args.only else ["--out", args.out]),
                           "--device", args.device, *args.overrides])
+    only = [n for n in args.only.split(",") if n]
     run_study(Path(args.out), Path(args.runs_dir), args.steps, settings, args.overrides, args.device,
-              table4=args.table4, multitask=args.multitask, command=command, progress=not args.no_progress)
-    print(f"wrote {args.out} and {Path(args.runs_dir) / 'leverage.json'}")
+              table4=args.table4, multitask=args.multitask, command=command, progress=not args.no_progress,
+              only=only)
+    print(f"wrote {Path(args.runs_dir) / 'leverage.json'}" + ("" if only else f" and {args.out}"))
     return 0
 
 
@@ -437,6 +450,8 @@ def add_cli(studies: argparse._SubParsersAction) -> None:
                    help="also multi-task vs single-task predictor tuning of IWM-equivariant (Table 7)")
     p.add_argument("--runs-dir", default="runs/study", help="one directory per run, shared with world-model")
     p.add_argument("--out", default="docs/results/leverage.md", help="markdown page")
+    p.add_argument("--only", default="", help="comma-separated runs (weak_d1, strong_d4, ijepa) to re-measure into "
+                                               "<runs-dir>/leverage.json; no page")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="dotted overrides for every pretraining, e.g. data.path=...")
