@@ -1,7 +1,7 @@
 import pytest
 
 from iwm import config
-from iwm.cli import resolve_config
+from iwm.config import resolve_config
 from iwm.config import ConfigError
 
 

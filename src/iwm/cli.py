@@ -13,25 +13,8 @@ from . import config as config_mod
 from . import studies
 from . import viz
 from .downstream import cli as downstream_cli
-from .config import ConfigError
+from .config import ConfigError, resolve_config
 from .eval import mrr as eval_mrr
-
-SHIPPED = Path(__file__).parent / "configs"
-
-
-def resolve_config(name: str | None) -> Path | None:
-    """A YAML path, or the name of a shipped config (``cifar10_equi``)."""
-    if name is None:
-        return None
-    p = Path(name)
-    if p.is_file():
-        return p
-    shipped = SHIPPED / f"{name.removesuffix('.yaml')}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(q.stem for q in SHIPPED.glob("*.yaml")))
-    raise ConfigError(f"--config: no file {name!r} and no shipped config of that name (shipped: {names})")
-
 
 def _pretrain(args: argparse.Namespace) -> int:
     from .train import PREEMPTED_EXIT_CODE, NonFiniteError, Preempted, pretrain

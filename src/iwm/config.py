@@ -363,10 +363,27 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
     return from_dict(values, overrides)
 
 
+SHIPPED = Path(__file__).parent / "configs"  # the configs that ship with the package
+
+
+def resolve_config(name: str | None) -> Path | None:
+    """A YAML path, or the name of a shipped config (``cifar10_equi``)."""
+    if name is None:
+        return None
+    p = Path(name)
+    if p.is_file():
+        return p
+    shipped = SHIPPED / f"{name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(q.stem for q in SHIPPED.glob("*.yaml")))
+    raise ConfigError(f"--config: no file {name!r} and no shipped config of that name (shipped: {names})")
+
+
 def save(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["Config", "ConfigError", "load", "from_dict", "save", "validate", "encoder_dims",
+__all__ = ["Config", "ConfigError", "load", "from_dict", "save", "validate", "encoder_dims", "resolve_config",
            "DataConfig", "AugConfig", "MaskConfig", "ModelConfig", "PredictorConfig",
            "OptimConfig", "RunConfig", "EvalConfig"]

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from . import config as config_mod
-from .cli import resolve_config
 from .eval import knn_eval
 from .train import build_model, pretrain, resolve_device
 
@@ -21,7 +20,7 @@ DEMO_STEPS = 800  # about 2 epochs: sized so the whole demo stays inside 15 minu
 def run_demo(data: str, out_dir: str = "runs/demo", steps: int | None = None,
              overrides: list[str] | tuple[str, ...] = ()) -> dict:
     t0 = time.perf_counter()
-    cfg = config_mod.load(resolve_config("cifar10_equi"), [
+    cfg = config_mod.load(config_mod.resolve_config("cifar10_equi"), [
         f"data.path={data}", f"run.out_dir={out_dir}", f"optim.max_steps={steps or DEMO_STEPS}",
         "run.ckpt_every=100", *overrides])
     print(f"iwm demo: pretraining an IWM ({cfg.predictor.conditioning} conditioning, predictor depth "
