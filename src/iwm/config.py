@@ -78,6 +78,7 @@ class ModelConfig:
     embed_dim: int = 0
     depth: int = 0
     num_heads: int = 0
+    mlp_ratio: float = 4.0  # MLP width / embedding width (ViT-g: 48/11)
 
 
 @dataclass
@@ -121,6 +122,9 @@ class RunConfig:
     progress: bool = True
     compile: bool = False  # torch.compile the model (worth it on GPUs for long runs)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model, or shard it (ViT-L/H)
+    # a fresh run starts from these weights (any run argument: run dir, checkpoint, exported
+    # folder, pretrained:NAME); the optimizer starts anew at step 0
+    init_from: str = ""
 
 
 @dataclass
@@ -265,6 +269,7 @@ def validate(cfg: Config) -> Config:
     dim, depth, heads = encoder_dims(mo)
     _check(dim > 0 and depth > 0 and heads > 0, "model", "embed_dim, depth and num_heads must be positive (0 = the size's default)")
     _check(dim % heads == 0, "model.num_heads", f"must divide the embedding width {dim}")
+    _check(mo.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
 
     _check(p.depth >= 1, "predictor.depth", "must be at least 1")
     _check(p.width > 0, "predictor.width", "must be positive")
