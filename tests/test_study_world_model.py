@@ -72,3 +72,26 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     again = run_study(out, runs, steps=2, mrr_images=1, mrr_bank=4, extra_overrides=extra, device="cpu")
     assert not any(r["trained_now"] for r in again["runs"].values())
     assert {n: r["mrr"] for n, r in again["runs"].items()} == {n: r["mrr"] for n, r in saved["runs"].items()}
+
+
+def test_only_remeasures_the_named_runs(tmp_path):
+    out = study.run_only(["weak_d1"], tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", "cmd")
+    assert list(out["runs"]) == ["weak_d1"]
+    assert json.loads((tmp_path / "runs" / "study_only-weak_d1.json").read_text())["runs"]["weak_d1"]["knn_top1"] >= 0
+    assert not (tmp_path / "runs" / "strong_d4").exists()  # nothing else trained
+    with pytest.raises(ValueError, match="unknown run"):
+        study.run_only(["nope"], tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", "cmd")
+
+
+def test_recipe_study_trains_each_variant_and_writes_its_table(tmp_path):
+    from iwm.studies import recipe
+
+    res = recipe.run_study(tmp_path / "recipe.md", tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", ["base", "cut_context"],
+                           "cmd")
+    assert set(res["runs"]) == {"base", "cut_context"}
+    page = (tmp_path / "recipe.md").read_text()
+    assert "| base |" in page and "| cut_context |" in page
+    again = recipe.run_study(None, tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", ["base"], "cmd")  # cached
+    assert again["runs"]["base"]["measured"] == res["runs"]["base"]["measured"]
+    with pytest.raises(ValueError, match="unknown variant"):
+        recipe.variant_runs(["nope"])

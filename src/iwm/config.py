@@ -45,17 +45,18 @@ class AugConfig:
     below, >1 stronger (probabilities saturate at 1).
     """
 
+    # Defaults: the paper's reported recipe (``shared/paper/iwm.md``, "Recipe details").
     strength: float = 1.0
-    jitter_prob: float = 0.8  # source x
+    jitter_prob: float = 0.8  # source x; paper: p = 0.8 on both views
     target_jitter_prob: float = 0.8  # target y
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.2
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_prob: float = 0.2
+    brightness: float = 0.4  # paper
+    contrast: float = 0.4  # paper
+    saturation: float = 0.2  # paper (BYOL/I-JEPA-style pipelines use 0.4; the paper reports 0.2)
+    hue: float = 0.1  # paper
+    grayscale_prob: float = 0.2  # paper, source only
+    blur_prob: float = 0.2  # paper, source only
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # paper silent: BYOL's range, for 224 px
+    solarize_prob: float = 0.1  # the paper's hyper-parameter table (its prose says 0.2)
 
 
 @dataclass
@@ -67,6 +68,12 @@ class MaskConfig:
     target_aspect: tuple[float, float] = (0.75, 1.5)
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_context: int = 4  # fewest context tokens a sample may keep
+    # I-JEPA's rule: cut every context to the shortest in the batch (a random subset of each),
+    # so no padding is needed; off, every sample keeps its whole context, padded and key-masked
+    cut_context: bool = False
+    # run each batch in this many groups of similar context length, each padded only to its own
+    # longest: less padding for the same loss (worth it on CPUs; 1 = one batched pass, for GPUs)
+    length_groups: int = 1
 
 
 @dataclass
@@ -88,6 +95,9 @@ class PredictorConfig:
     num_heads: int = 0  # 0 = width // 64 (at least 1)
     conditioning: Literal["none", "sequence", "feature"] = "feature"
     cond_tokens: int = 1  # tokens a_x->y is embedded to under sequence conditioning
+    # feature conditioning: add the action MLP's output to the mask token (m + MLP([m, a]))
+    # rather than replace it; the token's position then reaches the blocks at full strength
+    cond_residual: bool = False
     # True: each target block gets its own predictor pass (I-JEPA); False: all blocks in one
     # pass, about num_targets times cheaper, as the mask tokens of all blocks share the context.
     per_block: bool = True
@@ -107,6 +117,8 @@ class OptimConfig:
     ema: tuple[float, float] = (0.996, 1.0)
     clip_grad: float = 1.0  # 0 = no clipping
     accum_steps: int = 1  # split each batch into this many micro-batches (same result, less memory)
+    # the regression loss on the target tokens: squared L2 (I-JEPA, the paper) or smooth L1
+    loss: Literal["l2", "smooth_l1"] = "l2"
 
 
 @dataclass
@@ -280,6 +292,8 @@ def validate(cfg: Config) -> Config:
     grid = d.image_size // mo.patch_size
     n = grid * grid
     _check(m.num_targets >= 1, "mask.num_targets", "must be at least 1")
+    _check(1 <= m.length_groups <= d.batch_size // max(1, o.accum_steps), "mask.length_groups",
+           "must lie in [1, micro-batch size] (1 = no grouping)")
     _check_range("mask.target_scale", m.target_scale, 0.0, 1.0)
     _check_range("mask.context_scale", m.context_scale, 0.0, 1.0)
     _check_range("mask.target_aspect", m.target_aspect, 1e-2, 100.0)

@@ -27,7 +27,7 @@ from .checkpoint import LATEST, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import ResumableSampler, build_dataset, normalize
 from .eval.features import subset
-from .masks import Masks, MultiBlockMasker
+from .masks import MultiBlockMasker
 from .models import IWM, build_encoder, build_predictor
 from .parallel import (full_tensor, load_model_state, load_optimizer_state, model_state, optimizer_state,
                        shard)
@@ -89,7 +89,8 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def build_model(cfg: Config) -> IWM:
     torch.manual_seed(cfg.run.seed)  # the same seed gives the same initial weights
-    return IWM(build_encoder(cfg), build_predictor(cfg), cfg.predictor.per_block)
+    return IWM(build_encoder(cfg), build_predictor(cfg), cfg.predictor.per_block, cfg.optim.loss,
+               cfg.mask.length_groups)
 
 
 def build_optimizer(model: IWM, cfg: Config, device: torch.device) -> torch.optim.AdamW:
@@ -227,7 +228,7 @@ class Trainer:
         masks = self.masker(glob, g)
         sl = slice(self.rank * b, (self.rank + 1) * b)
         source, target = source[sl].to(self.device), target[sl].to(self.device)
-        masks = Masks(masks.context[sl], masks.targets[sl]).to(self.device)
+        masks = masks[sl].to(self.device)
         c = crops.to(self.device, non_blocking=True).float().div_(255.0)
         # the transformations run where the model lives, batched
         x = apply(c, source, self.kernel_size)
@@ -256,7 +257,7 @@ class Trainer:
             if self.sharded:
                 self.model.set_requires_gradient_sync(sync_now)
             with autocast, (nullcontext() if sync_now or self.sharded else self.net.no_sync()):
-                part = self.net(x[sl], y[sl], action[sl], Masks(masks.context[sl], masks.targets[sl])) / n
+                part = self.net(x[sl], y[sl], action[sl], masks[sl]) / n
             self.scaler.scale(part).backward()
             loss += part.detach()
         self.scaler.unscale_(self.optimizer)  # a no-op unless fp16

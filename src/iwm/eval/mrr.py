@@ -82,11 +82,6 @@ def chance_mrr(k: int) -> float:
 # the probe: bank, sources, masks and predictions for one image (shared with the figure)
 
 
-def bank_aug(aug: AugConfig) -> AugConfig:
-    """The same transformations, with every bank entry jittered (so the entries differ)."""
-    return dataclasses.replace(aug, target_jitter_prob=1.0)
-
-
 def family_params(source: PhotometricParams, family: str) -> PhotometricParams:
     """A sampled source transformation edited to belong to ``family`` (jitter kept as sampled)."""
     if family == "all":
@@ -128,7 +123,7 @@ class Probe:
         self.predictor = run.predictor.to(self.device).eval()
         self.per_block = cfg.predictor.per_block
         self.source_sampler = PhotometricSampler(self.aug)
-        self.bank_sampler = PhotometricSampler(bank_aug(self.aug))
+        self.bank_sampler = PhotometricSampler(self.aug, jitter_every_target=True)  # entries all differ
         self.masker = MultiBlockMasker(cfg.mask, cfg.data.image_size // cfg.model.patch_size)
         self.kernel_size = blur_kernel_size(self.aug, cfg.data.image_size)
         self.chunk = chunk

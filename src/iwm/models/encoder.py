@@ -2,6 +2,7 @@
 
 No class token and fixed 2-D sin-cos positions (as I-JEPA); :meth:`Encoder.tokens` runs the
 blocks on a subset of patches, which is how the context encoder sees only the context.
+Contexts of different lengths are padded; a key mask keeps the padding out of the attention.
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ from ..config import Config, encoder_dims
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x (B, N, D), idx (B, K) -> (B, K, D)."""
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def run_blocks(blocks: torch.nn.Sequential, x: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+    """timm blocks over x (B, L, D); ``key_valid`` (B, L) marks the tokens every token may attend
+    to (None: all). Padded tokens still get outputs, which callers ignore."""
+    if key_valid is None:
+        return blocks(x)
+    mask = key_valid[:, None, None, :]  # broadcast over heads and queries; SDPA: True = attend
+    for blk in blocks:
+        x = blk(x, attn_mask=mask)
+    return x
 
 
 class Encoder(VisionTransformer):
@@ -33,13 +45,15 @@ class Encoder(VisionTransformer):
     def num_patches(self) -> int:
         return self.grid * self.grid
 
-    def tokens(self, img: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def tokens(self, img: torch.Tensor, keep: torch.Tensor | None = None,
+               keep_valid: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised images (B, 3, H, W) -> patch tokens (B, N or K, D) after the final norm;
-        with ``keep`` (B, K) only those patches go through the blocks."""
+        with ``keep`` (B, K) only those patches go through the blocks, and with ``keep_valid``
+        (B, K) the entries marked False are padding that no token attends to."""
         x = self.patch_embed(img) + self.pos_embed
         if keep is not None:
             x = gather_tokens(x, keep)
-        x = self.blocks(self.norm_pre(x))
+        x = run_blocks(self.blocks, self.norm_pre(x), keep_valid)
         return self.norm(x)
 
     def pooled(self, img: torch.Tensor) -> torch.Tensor:

@@ -99,6 +99,31 @@ def measure(run: GridRun, cfg: Config, mrr_images: int, mrr_bank: int, device: t
             "knn_top1": knn["top1"], "knn": {k: v for k, v in knn.items() if k != "top1"}, "step": loaded.step}
 
 
+def only_file(names: list[str]) -> str:
+    return f"study_only-{'+'.join(names)}.json"
+
+
+def run_only(names: list[str], runs_dir: Path, steps: int, mrr_images: int, mrr_bank: int,
+             extra_overrides: list[str], device: str, command: str) -> dict:
+    """Train (or reuse) and measure some runs of :data:`GRID` only (to re-measure a row), into
+    ``runs_dir/study_only-<names>.json``; the page, which needs every run, is left alone."""
+    known = {r.name: r for r in GRID}
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown run(s) {', '.join(unknown)}; the grid has {', '.join(known)}")
+    dev = resolve_device(device)
+    out = {"device": device_name(dev), "code": code_version(), "command": command,
+           "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "settings": {"steps": steps, "mrr_images": mrr_images, "mrr_bank": mrr_bank}, "runs": {}}
+    for name in names:
+        run = known[name]
+        cfg = run_config(run, runs_dir, steps, extra_overrides, device)
+        ensure_trained(cfg, steps)
+        out["runs"][name] = {"overrides": list(run.overrides), **measure(run, cfg, mrr_images, mrr_bank, dev)}
+        (Path(runs_dir) / only_file(names)).write_text(json.dumps(out, indent=2))
+    return out
+
+
 def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_bank: int, extra_overrides: list[str],
               device: str = "auto", command: str | None = None) -> dict:
     """Train (or reuse) and measure every run of :data:`GRID`; write ``runs_dir/study.json``,
@@ -298,7 +323,17 @@ def plot_mrr(study: dict, path: Path) -> None:
 def _main(args: argparse.Namespace) -> int:
     command = shlex.join(["iwm", "study", "world-model", "--steps", str(args.steps), "--mrr-images",
                           str(args.mrr_images), "--mrr-bank", str(args.mrr_bank), "--runs-dir", args.runs_dir,
-                          "--out", args.out, "--device", args.device, *args.overrides])
+                          *(["--only", args.only] if args.only else ["--out", args.out]),
+                          "--device", args.device, *args.overrides])
+    if args.only:
+        try:
+            run_only([n for n in args.only.split(",") if n], Path(args.runs_dir), args.steps, args.mrr_images,
+                     args.mrr_bank, args.overrides, args.device, command)
+        except ValueError as err:
+            print(f"iwm: error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {Path(args.runs_dir) / only_file([n for n in args.only.split(',') if n])}")
+        return 0
     run_study(Path(args.out), Path(args.runs_dir), args.steps, args.mrr_images, args.mrr_bank, args.overrides,
               args.device, command=command)
     print(f"wrote {args.out} and {Path(args.runs_dir) / 'study.json'}")
@@ -314,5 +349,7 @@ def add_cli(studies: argparse._SubParsersAction) -> None:
     w.add_argument("--runs-dir", default="runs/study", help="one directory per run (default runs/study)")
     w.add_argument("--out", default="docs/results/world_model.md", help="markdown page")
     w.add_argument("--device", default="auto")
+    w.add_argument("--only", default="", help="comma-separated runs to train and measure into "
+                                               "<runs-dir>/study_only-<runs>.json (re-measuring a row; no page)")
     w.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. data.path=...")
     w.set_defaults(fn=_main)
