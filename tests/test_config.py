@@ -56,7 +56,7 @@ def test_unknown_shipped_config():
 def test_shipped_configs_say_where_each_augmentation_value_comes_from():
     import yaml
 
-    from iwm.cli import SHIPPED
+    from iwm.config import SHIPPED
 
     for path in sorted(SHIPPED.glob("*.yaml")):
         lines = path.read_text().splitlines()

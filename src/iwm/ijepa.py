@@ -113,7 +113,8 @@ def infer_config(enc: dict[str, torch.Tensor], pred: dict[str, torch.Tensor], nu
     overrides = [f"data.image_size={grid * patch}", f"model.patch_size={patch}", f"model.embed_dim={dim}",
                  f"model.depth={depth}", f"model.num_heads={heads}", f"model.mlp_ratio={ratio!r}",
                  f"predictor.width={width}", f"predictor.depth={p_depth}", f"predictor.num_heads={p_heads}",
-                 "predictor.conditioning=none", "aug.strength=0.0", "run.parallel=ddp", "run.out_dir=runs/ijepa"]
+                 "predictor.conditioning=none", "predictor.cond_residual=true", "aug.strength=0.0",
+                 "run.parallel=ddp", "run.out_dir=runs/ijepa"]
     try:
         return config_mod.load(config_mod.resolve_config(BASE_CONFIG), overrides)
     except ConfigError as err:

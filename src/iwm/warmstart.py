@@ -3,7 +3,8 @@ run argument), or a folder of shared weights given as ``run.out_dir`` itself (``
 run.out_dir=<an imported I-JEPA>``). The optimizer and the schedules start anew at step 0.
 
 An unconditioned predictor (I-JEPA) continued as an IWM gains its conditioning parameters,
-initialised by :func:`zero_action_identity` so that it starts from the predictor it was.
+initialised by :func:`zero_action_identity`; with feature conditioning and
+``predictor.cond_residual`` it then starts as exactly the predictor it was.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def initial_weights(cfg: Config) -> str | None:
 
 @torch.no_grad()
 def zero_action_identity(predictor: Predictor) -> Predictor:
-    """Zero the last layer of the action's MLP: a conditioning that adds its output (to the
-    mask tokens, or as extra tokens) then starts as no conditioning for a = 0, and its first
-    gradients still reach every parameter of the MLP through that layer."""
+    """Zero the last layer of the action's MLP. With residual feature conditioning
+    (``m + MLP([m, a])``) the predictor then computes what it did without conditioning, for
+    every action, and the first gradients still reach the whole MLP through that layer."""
     last = predictor.cond[-1]
     last.weight.zero_()
     last.bias.zero_()
@@ -78,6 +79,10 @@ def warm_start(model: IWM, cfg: Config) -> str | None:
     _load(model.predictor, state, "predictor", ref)
     if gained:
         zero_action_identity(model.predictor)
+        if not (cfg.predictor.conditioning == "feature" and cfg.predictor.cond_residual):
+            log.warning("the predictor gains %s conditioning%s: it does not start as the predictor of %s "
+                        "(feature conditioning with predictor.cond_residual=true does)", cfg.predictor.conditioning,
+                        "" if cfg.predictor.conditioning == "sequence" else " without predictor.cond_residual", ref)
     log.info("starting from the weights of %s (step %d)%s", ref, w.step,
              f"; the predictor gains {cfg.predictor.conditioning} conditioning" if gained else "")
     return ref

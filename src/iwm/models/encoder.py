@@ -35,7 +35,8 @@ class Encoder(VisionTransformer):
                  mlp_ratio: float = 4.0):
         super().__init__(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                          num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0, global_pool="avg",
-                         class_token=False, fc_norm=False)  # keep timm's final norm on the tokens (I-JEPA's output)
+                         class_token=False,
+                         fc_norm=False)  # keep timm's final norm on the tokens (I-JEPA's output)
         self.grid = img_size // patch_size
         pos = build_sincos2d_pos_embed([self.grid, self.grid], embed_dim)
         self.pos_embed.data.copy_(pos.unsqueeze(0))
