@@ -19,7 +19,7 @@ import time
 import torch
 
 from iwm import config
-from iwm.cli import resolve_config
+from iwm.config import resolve_config
 from iwm.masks import Masks, MultiBlockMasker, cut_context
 from iwm.train import build_model, build_optimizer
 

@@ -20,3 +20,12 @@ def test_cli_refuses_bad_config(tmp_path, capsys):
     assert main(["pretrain", "optim.lr=abc", f"run.out_dir={tmp_path}"]) == 2
     assert "optim.lr" in capsys.readouterr().err
     assert main(["pretrain", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_demo_does_not_import_the_cli():
+    # the demo and the command line used to import each other; the demo needs only the config
+    import subprocess
+    import sys
+
+    code = "import sys, iwm.demo; sys.exit(1 if 'iwm.cli' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

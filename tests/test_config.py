@@ -1,7 +1,7 @@
 import pytest
 
 from iwm import config
-from iwm.cli import resolve_config
+from iwm.config import resolve_config
 from iwm.config import ConfigError
 
 
@@ -56,7 +56,7 @@ def test_unknown_shipped_config():
 def test_shipped_configs_say_where_each_augmentation_value_comes_from():
     import yaml
 
-    from iwm.cli import SHIPPED
+    from iwm.config import SHIPPED
 
     for path in sorted(SHIPPED.glob("*.yaml")):
         lines = path.read_text().splitlines()

@@ -86,6 +86,7 @@ class ModelConfig:
     embed_dim: int = 0
     depth: int = 0
     num_heads: int = 0
+    mlp_ratio: float = 4.0  # MLP width / embedding width (ViT-g: 48/11)
 
 
 @dataclass
@@ -134,6 +135,9 @@ class RunConfig:
     progress: bool = True
     compile: bool = False  # torch.compile the model (worth it on GPUs for long runs)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model, or shard it (ViT-L/H)
+    # a fresh run starts from these weights (any run argument: run dir, checkpoint, exported
+    # folder, pretrained:NAME); the optimizer starts anew at step 0
+    init_from: str = ""
 
 
 @dataclass
@@ -278,6 +282,7 @@ def validate(cfg: Config) -> Config:
     dim, depth, heads = encoder_dims(mo)
     _check(dim > 0 and depth > 0 and heads > 0, "model", "embed_dim, depth and num_heads must be positive (0 = the size's default)")
     _check(dim % heads == 0, "model.num_heads", f"must divide the embedding width {dim}")
+    _check(mo.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
 
     _check(p.depth >= 1, "predictor.depth", "must be at least 1")
     _check(p.width > 0, "predictor.width", "must be positive")
@@ -378,10 +383,27 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
     return from_dict(values, overrides)
 
 
+SHIPPED = Path(__file__).parent / "configs"  # the configs that ship with the package
+
+
+def resolve_config(name: str | None) -> Path | None:
+    """A YAML path, or the name of a shipped config (``cifar10_equi``)."""
+    if name is None:
+        return None
+    p = Path(name)
+    if p.is_file():
+        return p
+    shipped = SHIPPED / f"{name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(q.stem for q in SHIPPED.glob("*.yaml")))
+    raise ConfigError(f"--config: no file {name!r} and no shipped config of that name (shipped: {names})")
+
+
 def save(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["Config", "ConfigError", "load", "from_dict", "save", "validate", "encoder_dims",
+__all__ = ["Config", "ConfigError", "load", "from_dict", "save", "validate", "encoder_dims", "resolve_config",
            "DataConfig", "AugConfig", "MaskConfig", "ModelConfig", "PredictorConfig",
            "OptimConfig", "RunConfig", "EvalConfig"]

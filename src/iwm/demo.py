@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from . import config as config_mod
-from .cli import resolve_config
 from .data import find_cifar10
 from .eval import knn_eval
 from .train import build_model, pretrain, resolve_device
@@ -23,7 +22,7 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
              overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """``data``: CIFAR-10 in any form :mod:`iwm.data.cifar10` reads; None finds (or downloads) it."""
     t0 = time.perf_counter()
-    cfg = config_mod.load(resolve_config("cifar10_equi"), [
+    cfg = config_mod.load(config_mod.resolve_config("cifar10_equi"), [
         *([f"data.path={data}"] if data else []), f"run.out_dir={out_dir}",
         f"optim.max_steps={steps or DEMO_STEPS}", "run.ckpt_every=100", *overrides])
     source = cfg.data.dataset

@@ -33,6 +33,7 @@ from .parallel import (full_tensor, load_model_state, load_optimizer_state, mode
                        shard)
 from .photometric import PhotometricSampler, apply, blur_kernel_size
 from .schedules import ema_momentum, learning_rate, weight_decay
+from .warmstart import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ class Trainer:
         self.total_steps = cfg.optim.max_steps or cfg.optim.epochs * self.steps_per_epoch
 
         self.model = build_model(cfg).to(self.device)
+        if not (self.ckpt_dir / LATEST).is_file():  # a fresh run may start from weights trained elsewhere
+            warm_start(self.model, cfg)
         self.net: torch.nn.Module = self.model
         self.sharded = self.world > 1 and cfg.run.parallel == "fsdp"
         if self.sharded:  # in place: self.net is self.model, its parameters now shards

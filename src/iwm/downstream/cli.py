@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..api import RUN_HELP
 from .report import format_table, write_json
 
 DEFAULT_SEG_DATA = os.environ.get("IWM_CAMVID", "")  # an ADE20K-layout folder or tarball; none is shipped
@@ -22,7 +23,7 @@ def _load(args: argparse.Namespace):
     from ..train import resolve_device
 
     device = resolve_device(args.device)
-    return load(args.run, device=device), device
+    return load(args.run, device=device, image_size=args.image_size), device
 
 
 def _classification_sets(run, args: argparse.Namespace, augment: bool):
@@ -150,7 +151,7 @@ def _guarded(fn):
 
 
 def _common(p: argparse.ArgumentParser, epochs_default: str) -> None:
-    p.add_argument("run", help="run directory or checkpoint")
+    p.add_argument("run", help=RUN_HELP)
     p.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {epochs_default})")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: per protocol)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: per protocol)")
@@ -158,6 +159,8 @@ def _common(p: argparse.ArgumentParser, epochs_default: str) -> None:
     p.add_argument("--encoder", choices=("target", "context"), default="target",
                    help="the run's EMA target encoder (default) or its context encoder")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="images at this size instead of the pretraining one (the sin-cos positions are rebuilt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--train-size", type=int, default=0, help="seeded subset of the train split (0 = all)")

@@ -31,9 +31,11 @@ def run_blocks(blocks: torch.nn.Sequential, x: torch.Tensor, key_valid: torch.Te
 
 
 class Encoder(VisionTransformer):
-    def __init__(self, img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int):
+    def __init__(self, img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int,
+                 mlp_ratio: float = 4.0):
         super().__init__(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                         num_heads=num_heads, num_classes=0, global_pool="avg", class_token=False,
+                         num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0, global_pool="avg",
+                         class_token=False,
                          fc_norm=False)  # keep timm's final norm on the tokens (I-JEPA's output)
         self.grid = img_size // patch_size
         pos = build_sincos2d_pos_embed([self.grid, self.grid], embed_dim)
@@ -62,4 +64,4 @@ class Encoder(VisionTransformer):
 
 def build_encoder(cfg: Config) -> Encoder:
     dim, depth, heads = encoder_dims(cfg.model)
-    return Encoder(cfg.data.image_size, cfg.model.patch_size, dim, depth, heads)
+    return Encoder(cfg.data.image_size, cfg.model.patch_size, dim, depth, heads, cfg.model.mlp_ratio)

@@ -11,11 +11,8 @@ import torch
 
 from .. import config as config_mod
 from ..checkpoint import LATEST, load_checkpoint
-from ..config import Config, ConfigError
+from ..config import SHIPPED, Config, ConfigError
 from ..train import pretrain
-
-SHIPPED = Path(__file__).resolve().parent.parent / "configs"
-
 
 class GridRun(NamedTuple):
     name: str  # directory under runs_dir
