@@ -77,14 +77,13 @@ def _resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out
     when [start, start + length) is resized to out_size, antialiased as PIL and torchvision
     (triangle filter widened by the downscale factor), nothing read outside the crop."""
     dev = start.device
-    start, length = start.double().view(-1, 1, 1), length.double().view(-1, 1, 1)
+    start, length = start.float().view(-1, 1, 1), length.float().view(-1, 1, 1)
     scale = length / out_size
-    support = scale.clamp(min=1.0)
-    center = start + (torch.arange(out_size, device=dev, dtype=torch.float64).view(1, -1, 1) + 0.5) * scale
-    j = torch.arange(in_size, device=dev, dtype=torch.float64).view(1, 1, -1)
-    w = (1.0 - (j + 0.5 - center).abs() / support).clamp(min=0.0)
+    center = start + (torch.arange(out_size, device=dev, dtype=torch.float32).view(1, -1, 1) + 0.5) * scale
+    j = torch.arange(in_size, device=dev, dtype=torch.float32).view(1, 1, -1)
+    w = (1.0 - (j + 0.5 - center).abs() / scale.clamp(min=1.0)).clamp_(min=0.0)
     w = w * ((j >= start) & (j < start + length))
-    return (w / w.sum(-1, keepdim=True)).float()
+    return w / w.sum(-1, keepdim=True)
 
 
 def resized_crops(images: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
