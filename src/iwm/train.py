@@ -226,7 +226,9 @@ class Trainer:
         source, target = self.photometric.sample_pair(glob, g)
         masks = self.masker(glob, g)
         sl = slice(self.rank * b, (self.rank + 1) * b)
-        source, target = source[sl].to(self.device), target[sl].to(self.device)
+        # non-blocking: a blocking copy from the host waits for the GPU's queue to drain
+        source = source[sl].to(self.device, non_blocking=True)
+        target = target[sl].to(self.device, non_blocking=True)
         masks = Masks(masks.context[sl], masks.targets[sl]).to(self.device)
         c = crops.to(self.device, non_blocking=True).float().div_(255.0)
         # the transformations run where the model lives, batched

@@ -89,11 +89,11 @@ def _resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out
 def resized_crops(images: torch.Tensor, index: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (B, 3, size, size): the crops ``boxes`` (B, 5) of ``images[index]`` ((N, 3, H, W)
     uint8, on the device), resized and flipped; two batched matrix products, no per-sample loop."""
-    top, left, h, w, flip = boxes.to(images.device).unbind(1)
+    top, left, h, w, flip = boxes.to(images.device, non_blocking=True).unbind(1)
     rows = _resize_weights(top, h, images.shape[-2], size)  # (B, size, H)
     cols = _resize_weights(left, w, images.shape[-1], size)  # (B, size, W)
     cols = torch.where(flip.bool().view(-1, 1, 1), cols.flip(1), cols)  # a flip reverses the output columns
-    x = images[index.to(images.device)].float()
+    x = images[index.to(images.device, non_blocking=True)].float()
     out = rows.unsqueeze(1) @ x @ cols.transpose(1, 2).unsqueeze(1)
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
