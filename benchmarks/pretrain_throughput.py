@@ -235,6 +235,7 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="the GPU cases (ViT-S/16, ViT-B/16 at 224 px) on cuda")
     ap.add_argument("--device", default=None, help="run the chosen cases here instead (a CPU dry run of --gpu)")
     ap.add_argument("--compile", action="store_true", help="each case also with run.compile=true")
+    ap.add_argument("--compile-only", action="store_true", help="each case with run.compile=true only")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every case")
     ap.add_argument("--input-steps", type=int, default=10, help="batches timed per input-pipeline case (0: skip)")
@@ -250,7 +251,7 @@ def main() -> None:
     peak = peak_bf16_flops(dev) if dev.type == "cuda" else None
     rows = []
     for name, overrides in cases.items():
-        for compiled in ([False, True] if args.compile else [False]):
+        for compiled in [True] if args.compile_only else [False, True] if args.compile else [False]:
             rows.append(bench_case(name + ("+compile" if compiled else ""),
                                    [*overrides, f"run.compile={str(compiled).lower()}", *args.set], device,
                                    args.steps, Path(args.out_dir), peak_flops=peak, warmup=5 if compiled else 3))
@@ -262,7 +263,8 @@ def main() -> None:
             n = max(args.input_images or n, (args.input_steps + 4) * batch)
             inputs.append(bench_input(name, side, size, n, batch, device, args.input_steps, workers))
     flags = " ".join(a for a in ("--gpu" if args.gpu else "", f"--device {args.device}" if args.device else "",
-                                  "--compile" if args.compile else "", f"--steps {args.steps}",
+                                  "--compile" if args.compile else "", "--compile-only" if args.compile_only else "",
+                                  f"--steps {args.steps}",
                                   f"--set {' '.join(args.set)}" if args.set else "") if a)
     text = (f"\n### {device_name(device)} (torch {torch.__version__}, {time.strftime('%Y-%m-%d')})\n\n"
             f"Command: `python benchmarks/pretrain_throughput.py {flags}`\n\n" + table(rows) + "\n")
