@@ -240,6 +240,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every case")
     ap.add_argument("--input-steps", type=int, default=10, help="batches timed per input-pipeline case (0: skip)")
     ap.add_argument("--input-images", type=int, default=0, help="images held per input case (0: the case's)")
+    ap.add_argument("--input-only", action="store_true", help="the input-pipeline table alone")
     ap.add_argument("--input-batch", type=int, default=0, help="batch of the input cases (0: the case's)")
     ap.add_argument("--out-dir", default="/tmp/iwm-bench")
     ap.add_argument("--write", default=None, help="append the tables to this markdown file")
@@ -247,8 +248,8 @@ def main() -> None:
     args = ap.parse_args()
     device = args.device or ("cuda" if args.gpu else "cpu")
     dev = torch.device(device)
-    cases = GPU_CASES if args.gpu else CPU_CASES
-    peak = peak_bf16_flops(dev) if dev.type == "cuda" else None
+    cases = {} if args.input_only else GPU_CASES if args.gpu else CPU_CASES
+    peak = peak_bf16_flops(dev) if dev.type == "cuda" and cases else None
     rows = []
     for name, overrides in cases.items():
         for compiled in [True] if args.compile_only else [False, True] if args.compile else [False]:
@@ -264,10 +265,11 @@ def main() -> None:
             inputs.append(bench_input(name, side, size, n, batch, device, args.input_steps, workers))
     flags = " ".join(a for a in ("--gpu" if args.gpu else "", f"--device {args.device}" if args.device else "",
                                   "--compile" if args.compile else "", "--compile-only" if args.compile_only else "",
-                                  f"--steps {args.steps}",
+                                  "--input-only" if args.input_only else f"--steps {args.steps}",
+                                  f"--input-steps {args.input_steps}" if args.input_steps != 10 else "",
                                   f"--set {' '.join(args.set)}" if args.set else "") if a)
     text = (f"\n### {device_name(device)} (torch {torch.__version__}, {time.strftime('%Y-%m-%d')})\n\n"
-            f"Command: `python benchmarks/pretrain_throughput.py {flags}`\n\n" + table(rows) + "\n")
+            f"Command: `python benchmarks/pretrain_throughput.py {flags}`\n\n" + (table(rows) + "\n" if rows else ""))
     if peak:
         text += f"\nbf16 matmul peak measured on this device (the MFU denominator): {peak / 1e12:.0f} TFLOP/s\n"
     if inputs:

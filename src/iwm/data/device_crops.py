@@ -144,7 +144,7 @@ def device_images(source: Dataset, cfg: DataConfig, seed: int, device: torch.dev
                           f"device, not {type(base).__name__}; set data.on_device=false")
     gib = images.numel() / 2**30
     if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0] / 2**30
+        free = torch.cuda.mem_get_info(device.index)[0] / 2**30  # index None: the current device
         if gib > free / 2:
             raise ConfigError(f"data.on_device: the {images.shape[0]} images take {gib:.1f} GiB as one uint8 array, "
                               f"more than half of the {free:.1f} GiB free on {device}; set data.on_device=false "
