@@ -1,4 +1,5 @@
-"""Pretraining throughput, time split and memory; device-side vs per-image augmentation.
+"""Pretraining throughput, time split and memory; device-side vs per-image augmentation; the
+input pipeline alone, crops from the loader's workers vs cut on the device (data.on_device).
 
     python benchmarks/pretrain_throughput.py                 # CPU: tiny ViT, 32 px
     python benchmarks/pretrain_throughput.py --gpu           # GPU: ViT-S/16 and ViT-B/16, 224 px
@@ -12,14 +13,20 @@ uint8 images (decoding JPEGs from disk is the data workers' business and scales 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import resource
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from iwm import config
+from iwm.data import ArrayDataset, ResumableSampler
+from iwm.data.device_crops import DeviceImages
 from iwm.photometric import apply, apply_reference
 from iwm.train import Trainer
 
@@ -63,22 +70,37 @@ def step_flops(trainer: Trainer, crops: torch.Tensor) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     x, y, a, m = trainer.make_batch(crops, 0)
-    with FlopCounterMode(display=False) as fc:
-        trainer.net(x, y, a, m).backward()
+    autocast = torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None)
+    with FlopCounterMode(display=False) as fc, autocast:  # the eager model: compiled or not, the same FLOPs
+        trainer.model(x, y, a, m).backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     return float(fc.get_total_flops())
 
 
+def _compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def bench_case(name: str, overrides: list[str], device: str, steps: int, out_dir: Path,
-               synthetic_size: int = 2048, mfu: bool = True) -> dict:
+               synthetic_size: int = 2048, peak_flops: float | None = None, warmup: int = 3) -> dict:
+    """One model's step, timed; ``peak_flops`` (a measured bf16 peak) adds its MFU."""
     cfg = config.from_dict(None, ["data.dataset=synthetic", f"data.synthetic_size={synthetic_size}",
                                   f"run.device={device}", f"run.out_dir={out_dir / name}", "run.progress=false",
                                   "data.num_workers=2", *overrides])
+    need = (warmup + steps) * cfg.data.batch_size  # the loader must not run dry within one epoch
+    if cfg.data.synthetic_size < need:
+        cfg = config.from_dict(cfg.to_dict(), [f"data.synthetic_size={need}"])
     t = Trainer(cfg)
     dev = t.device
     it = iter(t.loader)
-    for _ in range(3):  # warm-up: allocator, kernels, autotuning
+    strength = t.photometric.cfg.strength
+    for k in range(warmup):  # warm-up: allocator, kernels, autotuning, compilation (both kinds of step)
+        t.photometric.cfg.strength = strength if k % 2 == 0 else 0.0
         t.train_step(next(it)[0])
+    t.photometric.cfg.strength = strength
+    graphs = _compiled_graphs()
     # data: the loader alone (its workers decode and crop), batches kept for the steps below
     t0 = time.perf_counter()
     batches = [next(it)[0] for _ in range(steps)]
@@ -89,7 +111,6 @@ def bench_case(name: str, overrides: list[str], device: str, steps: int, out_dir
         torch.cuda.reset_peak_memory_stats(dev)
     # full steps and steps with the transformations off, interleaved on the same batches so that
     # drift on a noisy machine hits both alike
-    strength = t.photometric.cfg.strength
     aug_s = full_s = off_s = 0.0
     for crops in batches:
         t0 = time.perf_counter()
@@ -112,11 +133,13 @@ def bench_case(name: str, overrides: list[str], device: str, steps: int, out_dir
            "step_ms_no_aug": 1000 * off_s, "aug_overhead_pct": 100 * (full_s / off_s - 1),
            "data_pct": 100 * data_s / total, "augment_pct": 100 * aug_s / total,
            "model_pct": 100 * (full_s - aug_s) / total}
+    if cfg.run.compile:  # a graph compiled inside the timed steps would inflate them: say so
+        res["recompiles"] = _compiled_graphs() - graphs
     crops = batches[-1]
     if dev.type == "cuda":
         res["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
-    if mfu and dev.type == "cuda":
-        res["mfu_pct"] = 100 * step_flops(t, crops) / full_s / peak_bf16_flops(dev)
+    if peak_flops:
+        res["mfu_pct"] = 100 * step_flops(t, crops) / full_s / peak_flops
     if dev.type != "cuda":
         res["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -147,6 +170,48 @@ def bench_case(name: str, overrides: list[str], device: str, steps: int, out_dir
     return res
 
 
+# the input pipeline alone: (stored image side, crop size, images held, batch) per device
+INPUT_CASES = {
+    "cpu": {"cifar-32px": (32, 32, 50000, 128), "256px-to-224px": (256, 224, 1024, 64)},
+    "cuda": {"cifar-32px": (32, 32, 50000, 256), "256px-to-224px": (256, 224, 4096, 256)},
+}
+
+
+def bench_input(name: str, side: int, size: int, n: int, batch: int, device: str, steps: int,
+                workers: int) -> dict:
+    """images/s of one process's training crops, on the device and ready for make_batch: from
+    the DataLoader's workers (per-sample crops, then the copy) vs data.on_device (cut there)."""
+    dev = torch.device(device)
+    images = np.random.default_rng(0).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+    ds = ArrayDataset(images, np.zeros(n, dtype=np.int64), size, scale=(0.3, 1.0))
+    sampler = ResumableSampler(n, batch)
+    loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
+                        pin_memory=dev.type == "cuda", drop_last=True)
+    it = iter(loader)
+    for _ in range(2):  # the workers start and fill their queues
+        next(it)[0].to(dev)
+    sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        next(it)[0].to(dev, non_blocking=True)
+    sync(dev)
+    loader_s = (time.perf_counter() - t0) / steps
+    del it
+    on_dev = DeviceImages(torch.from_numpy(images).permute(0, 3, 1, 2).to(dev).contiguous(),
+                          torch.tensor([[side, side]]).expand(n, 2), size, (0.3, 1.0), True, seed=0)
+    batches = sampler.global_batches()
+    for k in range(2):
+        on_dev.crops(next(batches), k)
+    sync(dev)
+    t0 = time.perf_counter()
+    for k in range(steps):
+        on_dev.crops(next(batches), k)
+    sync(dev)
+    device_s = (time.perf_counter() - t0) / steps
+    return {"case": name, "batch": batch, "loader_workers": workers, "loader_images_per_s": batch / loader_s,
+            "on_device_images_per_s": batch / device_s, "speedup": loader_s / device_s}
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(0)
@@ -156,7 +221,8 @@ def device_name(device: str) -> str:
 def table(rows: list[dict]) -> str:
     cols = ["case", "batch", "images_per_s", "step_ms", "step_ms_no_aug", "aug_overhead_pct", "data_pct",
             "augment_pct", "model_pct", "aug_batched_ms", "aug_per_image_ms", "aug_speedup", "masks_2048_ms",
-            "peak_mem_gib", "peak_rss_gib", "mfu_pct"]
+            "peak_mem_gib", "peak_rss_gib", "mfu_pct", "recompiles", "loader_workers", "loader_images_per_s",
+            "on_device_images_per_s", "speedup"]
     cols = [c for c in cols if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -166,21 +232,57 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gpu", action="store_true", help="the GPU cases (ViT-S/16, ViT-B/16 at 224 px)")
+    ap.add_argument("--gpu", action="store_true", help="the GPU cases (ViT-S/16, ViT-B/16 at 224 px) on cuda")
+    ap.add_argument("--device", default=None, help="run the chosen cases here instead (a CPU dry run of --gpu)")
+    ap.add_argument("--compile", action="store_true", help="each case also with run.compile=true")
+    ap.add_argument("--compile-only", action="store_true", help="each case with run.compile=true only")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every case")
+    ap.add_argument("--input-steps", type=int, default=10, help="batches timed per input-pipeline case (0: skip)")
+    ap.add_argument("--input-images", type=int, default=0, help="images held per input case (0: the case's)")
+    ap.add_argument("--input-only", action="store_true", help="the input-pipeline table alone")
+    ap.add_argument("--input-batch", type=int, default=0, help="batch of the input cases (0: the case's)")
     ap.add_argument("--out-dir", default="/tmp/iwm-bench")
-    ap.add_argument("--write", default=None, help="append the table to this markdown file")
+    ap.add_argument("--write", default=None, help="append the tables to this markdown file")
+    ap.add_argument("--json", default=None, help="write the rows to this JSON file")
     args = ap.parse_args()
-    device = "cuda" if args.gpu else "cpu"
-    cases = GPU_CASES if args.gpu else CPU_CASES
-    rows = [bench_case(n, o, device, args.steps, Path(args.out_dir)) for n, o in cases.items()]
+    device = args.device or ("cuda" if args.gpu else "cpu")
+    dev = torch.device(device)
+    cases = {} if args.input_only else GPU_CASES if args.gpu else CPU_CASES
+    peak = peak_bf16_flops(dev) if dev.type == "cuda" and cases else None
+    rows = []
+    for name, overrides in cases.items():
+        for compiled in [True] if args.compile_only else [False, True] if args.compile else [False]:
+            rows.append(bench_case(name + ("+compile" if compiled else ""),
+                                   [*overrides, f"run.compile={str(compiled).lower()}", *args.set], device,
+                                   args.steps, Path(args.out_dir), peak_flops=peak, warmup=5 if compiled else 3))
+    inputs = []
+    if args.input_steps:
+        workers = min(8, len(os.sched_getaffinity(0)))
+        for name, (side, size, n, batch) in INPUT_CASES["cuda" if args.gpu else "cpu"].items():
+            batch = args.input_batch or batch
+            n = max(args.input_images or n, (args.input_steps + 4) * batch)
+            inputs.append(bench_input(name, side, size, n, batch, device, args.input_steps, workers))
+    flags = " ".join(a for a in ("--gpu" if args.gpu else "", f"--device {args.device}" if args.device else "",
+                                  "--compile" if args.compile else "", "--compile-only" if args.compile_only else "",
+                                  "--input-only" if args.input_only else f"--steps {args.steps}",
+                                  f"--input-steps {args.input_steps}" if args.input_steps != 10 else "",
+                                  f"--set {' '.join(args.set)}" if args.set else "") if a)
     text = (f"\n### {device_name(device)} (torch {torch.__version__}, {time.strftime('%Y-%m-%d')})\n\n"
-            f"Command: `python benchmarks/pretrain_throughput.py{' --gpu' if args.gpu else ''} --steps {args.steps}`\n\n"
-            + table(rows) + "\n")
+            f"Command: `python benchmarks/pretrain_throughput.py {flags}`\n\n" + (table(rows) + "\n" if rows else ""))
+    if peak:
+        text += f"\nbf16 matmul peak measured on this device (the MFU denominator): {peak / 1e12:.0f} TFLOP/s\n"
+    if inputs:
+        text += ("\nInput pipeline alone: one process's crops on the device, ready for the step; loader = "
+                 "per-sample crops in DataLoader workers + the copy, on_device = data.on_device=true\n\n"
+                 + table(inputs) + "\n")
     print(text)
     if args.write:
         with open(args.write, "a") as f:
             f.write(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device_name(device), "torch": torch.__version__,
+                                               "peak_bf16_flops": peak, "rows": rows, "input": inputs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,20 @@ TINY = [
 ]
 
 
+# IWM_CUDA_DRY_RUN=1 runs the cuda-marked tests on the CPU, their GPU-only checks left out: a
+# check of the tests themselves before a GPU session (scripts/gpu_check.sh --dry-run sets it)
+CUDA_DRY_RUN = os.environ.get("IWM_CUDA_DRY_RUN") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available() or CUDA_DRY_RUN:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; on one, scripts/gpu_check.sh runs these (pytest -m cuda)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def tiny_overrides(tmp_path):
     return TINY + [f"run.out_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}"]

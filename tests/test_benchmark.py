@@ -27,3 +27,9 @@ def test_benchmark_case_and_flop_count(tmp_path):
     crops = next(iter(t.loader))[0]
     assert bench.step_flops(t, crops) > 0
     assert bench.peak_bf16_flops(torch.device("cpu"), n=64) > 0
+
+
+def test_input_pipeline_case():
+    res = bench.bench_input("tiny", side=20, size=16, n=64, batch=8, device="cpu", steps=2, workers=0)
+    assert res["loader_images_per_s"] > 0 and res["on_device_images_per_s"] > 0 and res["speedup"] > 0
+    assert "| tiny |" in bench.table([res])

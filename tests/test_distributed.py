@@ -1,5 +1,6 @@
 """Two processes under torchrun (gloo, CPU) train like one process with the same global batch,
-replicated (DDP) or sharded (FSDP), and a sharded run's checkpoint resumes in one process."""
+replicated (DDP) or sharded (FSDP), with crops from the loader or the device, and a sharded
+run's checkpoint resumes in one process."""
 
 import json
 import os
@@ -59,9 +60,10 @@ def _torchrun(*args):
 
 
 @needs_gloo
-@pytest.mark.parametrize("parallel,accum", [("ddp", 1), ("fsdp", 2)])  # FSDP also with gradient accumulation
-def test_two_processes_match_one(tmp_path, tiny_overrides, parallel, accum):
-    base = _base(tiny_overrides)
+@pytest.mark.parametrize("parallel,accum,on_device", [("ddp", 1, False), ("fsdp", 2, False),  # FSDP with accumulation
+                                                      ("ddp", 1, True)])  # crops cut on the device
+def test_two_processes_match_one(tmp_path, tiny_overrides, parallel, accum, on_device):
+    base = _base(tiny_overrides) + [f"data.on_device={str(on_device).lower()}"]
     a = _one_process(base, tmp_path / "one")
     log = _torchrun("-m", "iwm.cli", "pretrain", *base, "data.batch_size=4", f"run.parallel={parallel}",
                     f"optim.accum_steps={accum}", f"run.out_dir={tmp_path / 'two'}")

@@ -44,7 +44,8 @@ def test_reused_run_check_ignores_where_cifar10_is_kept():
 def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     out, runs = tmp_path / "docs" / "world_model.md", tmp_path / "runs"
     extra = EXTRA + [f"data.cache_dir={tmp_path / 'cache'}"]
-    res = run_study(out, runs, steps=2, mrr_images=1, mrr_bank=4, extra_overrides=extra, device="cpu")
+    extra += ["data.subset=16"]  # 2 steps per epoch
+    res = run_study(out, runs, steps=None, epochs=1, mrr_images=1, mrr_bank=4, extra_overrides=extra, device="cpu")
 
     saved = json.loads((runs / "study.json").read_text())
     assert json.loads(out.with_suffix(".json").read_text()) == saved  # the raw numbers beside the page
@@ -52,10 +53,13 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     assert set(saved["runs"]) == {r.name for r in GRID}
     assert all(r["step"] == 2 and r["trained_now"] for r in saved["runs"].values())
     assert (out.parent / "world_model_mrr.png").stat().st_size > 0
+    assert saved["settings"]["steps"] == 2 and saved["settings"]["epochs"] == 1
 
     md = out.read_text()
     assert "Table 1" in md and "Table 2" in md and md.count(VERDICT) == 2
-    assert "CPU, 1 threads" in md and "2 steps, batch 8" in md
+    assert "CPU, 1 threads" in md and "2 steps (1 epoch), batch 8" in md
+    pixels = f"{100 * saved['pixel_knn']['top1']:.2f} %"
+    assert _row(md, "raw pixels")[4] == pixels and f"raw pixels (no encoder, the same kNN): {pixels}" in md
     num = lambda v: f"{v:.4f}"  # noqa: E731
     for cond, run in study.table1_rows():
         r = saved["runs"][run.name]
@@ -81,9 +85,16 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
         raise AssertionError("a trained run was trained again")
 
     monkeypatch.setattr(grid, "pretrain", no_training)
-    again = run_study(out, runs, steps=2, mrr_images=1, mrr_bank=4, extra_overrides=extra, device="cpu")
+    gpu = tmp_path / "gpu" / "world_model_gpu.md"  # one epoch was two steps: the same runs, as a section
+    again = run_study(gpu, runs, steps=2, mrr_images=1, mrr_bank=4, extra_overrides=extra, device="cpu",
+                      section="GPU run")
     assert not any(r["trained_now"] for r in again["runs"].values())
     assert {n: r["mrr"] for n, r in again["runs"].items()} == {n: r["mrr"] for n, r in saved["runs"].items()}
+    page = gpu.read_text()
+    headings = [line for line in page.splitlines() if line.startswith("#")]
+    assert headings[0] == "## GPU run" and "### Table 1: conditioning of the predictor" in headings
+    assert all(h.startswith("###") for h in headings[1:])
+    assert "](world_model_gpu_mrr.png)" in page and (gpu.parent / "world_model_gpu_mrr.png").is_file()
 
 
 def test_only_remeasures_the_named_runs(tmp_path):

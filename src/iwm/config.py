@@ -34,6 +34,9 @@ class DataConfig:
     subset: int = 0  # train on a seeded random subset of N images (0 = all)
     synthetic_size: int = 512
     cache_dir: str = ""  # CIFAR-10 is looked for, downloaded and decoded here; "" = $XDG_CACHE_HOME/iwm or ~/.cache/iwm
+    # hold the uint8 images on the training device and cut the crops there, batched (data sets
+    # that fit in memory: cifar10, synthetic, small folders); false: crops in the loader's workers
+    on_device: bool = False
 
 
 @dataclass

@@ -59,8 +59,9 @@ class PhotometricParams:
     def __len__(self) -> int:
         return self.order.shape[0]
 
-    def to(self, device: torch.device | str) -> "PhotometricParams":
-        return PhotometricParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PhotometricParams":
+        return PhotometricParams(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                                    for f in fields(self)})
 
     def __getitem__(self, idx) -> "PhotometricParams":
         return PhotometricParams(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})

@@ -26,6 +26,7 @@ from . import config as config_mod
 from .checkpoint import LATEST, load_checkpoint, save_checkpoint
 from .config import Config
 from .data import ResumableSampler, build_dataset, normalize
+from .data.device_crops import device_images
 from .eval.features import subset
 from .masks import MultiBlockMasker
 from .models import IWM, build_encoder, build_predictor
@@ -137,6 +138,8 @@ class Trainer:
         self.loader = DataLoader(source, batch_size=cfg.data.batch_size, sampler=self.sampler,
                                  num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                                  drop_last=True, persistent_workers=False)
+        # data.on_device: the images live on the device and the loader is not used
+        self.on_device = device_images(source, cfg.data, cfg.run.seed, self.device) if cfg.data.on_device else None
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.total_steps = cfg.optim.max_steps or cfg.optim.epochs * self.steps_per_epoch
 
@@ -227,7 +230,9 @@ class Trainer:
         source, target = self.photometric.sample_pair(glob, g)
         masks = self.masker(glob, g)
         sl = slice(self.rank * b, (self.rank + 1) * b)
-        source, target = source[sl].to(self.device), target[sl].to(self.device)
+        # non-blocking: a blocking copy from the host waits for the GPU's queue to drain
+        source = source[sl].to(self.device, non_blocking=True)
+        target = target[sl].to(self.device, non_blocking=True)
         masks = masks[sl].to(self.device)
         c = crops.to(self.device, non_blocking=True).float().div_(255.0)
         # the transformations run where the model lives, batched
@@ -314,7 +319,7 @@ class Trainer:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, start)
                 self.dataset.set_epoch(epoch)
-                for crops, _ in self.loader:
+                for crops in self._crops():
                     pending.append((self.step, self.train_step(crops)))
                     at_log = self.step % cfg.run.log_every == 0 or self.step == stop
                     if at_log:
@@ -344,6 +349,15 @@ class Trainer:
             plot_losses(self.losses, self.run_dir / "loss.png")
         final = self.losses[-1][1] if self.losses else float("nan")
         return TrainResult(self.run_dir, self.step, final, self.losses, time.perf_counter() - t_start)
+
+    def _crops(self):
+        """This process's uint8 crops, one batch per step left in the epoch: from the loader's
+        workers, or cut on the device (drawn lazily, so that each batch knows its step)."""
+        if self.on_device is None:
+            yield from (crops for crops, _ in self.loader)
+            return
+        for glob in self.sampler.global_batches():
+            yield self.on_device.crops(glob, self.step, self.rank, self.world)
 
     def _open_metrics(self):
         """metrics.jsonl for appending, without the records of steps after the checkpoint we

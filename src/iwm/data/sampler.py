@@ -28,13 +28,18 @@ class ResumableSampler(Sampler[int]):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start = epoch, start_batch
 
-    def __iter__(self) -> Iterator[int]:
+    def global_batches(self) -> Iterator[torch.Tensor]:
+        """The epoch's global batches from ``start_batch`` on: (batch x world,) indices, every
+        process's slice in rank order (the device-side data path draws crops for all of them)."""
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         perm = torch.randperm(self.n, generator=g)
         glob = self.batch * self.world
         for k in range(self.start, self.batches_per_epoch):
-            lo = k * glob + self.rank * self.batch
-            yield from perm[lo:lo + self.batch].tolist()
+            yield perm[k * glob:(k + 1) * glob]
+
+    def __iter__(self) -> Iterator[int]:
+        for glob in self.global_batches():
+            yield from glob[self.rank * self.batch:(self.rank + 1) * self.batch].tolist()
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start) * self.batch

@@ -62,6 +62,8 @@ def center_view(img: torch.Tensor, size: int) -> torch.Tensor:
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """float images in [0, 1] (B, 3, H, W) -> network input."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    # filled on the device: torch.tensor(MEAN, device=...) would copy from the host and wait
+    # for the GPU to drain its queue, every step
+    mean = torch.stack([x.new_full((), m) for m in MEAN]).view(1, 3, 1, 1)
+    std = torch.stack([x.new_full((), s) for s in STD]).view(1, 3, 1, 1)
     return (x - mean) / std

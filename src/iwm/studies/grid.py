@@ -69,6 +69,16 @@ def ensure_trained(cfg: Config, steps: int) -> bool:
     return True
 
 
+def steps_per_epoch(cfg: Config) -> int:
+    """Optimizer steps in one epoch of the run's training data (one process)."""
+    from ..data import build_dataset
+
+    n = len(build_dataset(cfg.data, cfg.run.seed, "train"))
+    if 0 < cfg.data.subset < n:
+        n = cfg.data.subset
+    return n // cfg.data.batch_size
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

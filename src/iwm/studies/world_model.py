@@ -4,11 +4,13 @@ strength of the transformations and the depth of the predictor change it.
 
 Every run of :data:`GRID` is pretrained (or found already trained in ``runs_dir/<name>``),
 then measured: MRR of its world model (family ``all`` and per family, with the zeroed-action
-baseline) and kNN top-1 of its target encoder. The numbers go to ``runs_dir/study.json`` and
-to a markdown page with the tables, the paper's qualitative claims beside them, and a plot.
-The page states no conclusion: a placeholder per table is left for whoever reads the numbers.
+baseline) and kNN top-1 of its target encoder, beside the same kNN on raw pixels. The numbers
+go to ``runs_dir/study.json`` and to a markdown page with the tables, the paper's qualitative
+claims beside them, and a plot. The page states no conclusion: a placeholder per table is left
+for whoever reads the numbers.
 
     iwm study world-model --steps 800 --out docs/results/world_model.md
+    iwm study world-model --epochs 40 --mrr-bank 256 --section "GPU run" data.on_device=true  # scripts/gpu_study.sh
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..config import Config, encoder_dims
 from ..eval.knn import knn_eval
 from ..eval.mrr import FAMILIES, compute_mrr, strength_aug
 from ..train import resolve_device
-from .grid import GridRun, code_version, device_name, ensure_trained, run_config
+from .grid import GridRun, code_version, device_name, ensure_trained, run_config, steps_per_epoch
 
 VERDICT = "<!-- verdict: fill in after reading the numbers -->"
 STRENGTHS = {"weak": 0.5, "strong": 1.0}
@@ -124,14 +126,34 @@ def run_only(names: list[str], runs_dir: Path, steps: int, mrr_images: int, mrr_
     return out
 
 
-def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_bank: int, extra_overrides: list[str],
-              device: str = "auto", command: str | None = None) -> dict:
-    """Train (or reuse) and measure every run of :data:`GRID`; write ``runs_dir/study.json``,
-    ``out_md`` and ``world_model_mrr.png`` beside it. Returns the study dict."""
+class _Pixels(torch.nn.Module):
+    """Stands in for an encoder in :func:`knn_eval`: the normalised pixels are the features."""
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+def pixel_knn(cfg: Config, device: torch.device) -> dict:
+    """The same kNN (bank, test images, k, temperature) on raw pixels: the floor an encoder's
+    features should clear. (To be swapped for eval.knn's raw-pixel reference once it is there.)"""
+    return knn_eval(_Pixels(), cfg, device)
+
+
+def run_study(out_md: Path, runs_dir: Path, steps: int | None, mrr_images: int, mrr_bank: int,
+              extra_overrides: list[str], device: str = "auto", command: str | None = None,
+              epochs: int | None = None, section: str | None = None) -> dict:
+    """Train (or reuse) and measure every run of :data:`GRID` for ``steps`` optimizer steps, or
+    ``epochs`` epochs of the training data; write ``runs_dir/study.json``, ``out_md`` and
+    ``<out_md stem>_mrr.png`` beside it. ``section``: the page as a section of that title, to sit
+    beside another run's page (a GPU run beside the CPU one). Returns the study dict."""
     out_md, runs_dir = Path(out_md), Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     code = code_version()  # before the hours of training, during which the checkout may change
+    if (steps is None) == (epochs is None):
+        raise ValueError("give the study steps or epochs, one of the two")
+    if epochs is not None:
+        steps = epochs * steps_per_epoch(run_config(GRID[0], runs_dir, 1, extra_overrides, device))
     results = {}
     for run in GRID:
         cfg = run_config(run, runs_dir, steps, extra_overrides, device)
@@ -139,26 +161,30 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
         results[run.name] = {"config": run.config, "overrides": list(run.overrides), "tables": list(run.tables),
                              "trained_now": trained_now, **measure(run, cfg, mrr_images, mrr_bank, dev)}
     first = run_config(GRID[0], runs_dir, steps, extra_overrides, device)
+    pixels = pixel_knn(first, dev)
     dim, depth, heads = encoder_dims(first.model)
     study = {
         "device": device_name(dev),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "code": code,
         "command": command or shlex.join([Path(sys.executable).name, *sys.argv]),
-        "settings": {"steps": steps, "batch_size": first.data.batch_size, "dataset": first.data.dataset,
+        "settings": {"steps": steps, "epochs": epochs, "batch_size": first.data.batch_size,
+                     "dataset": first.data.dataset,
                      "image_size": first.data.image_size, "patch_size": first.model.patch_size,
                      "encoder": {"embed_dim": dim, "depth": depth, "num_heads": heads},
                      "predictor": {"width": first.predictor.width, "num_heads": first.predictor.num_heads},
                      "mrr_images": mrr_images, "mrr_bank": mrr_bank, "knn_k": first.eval.knn_k,
                      "knn_train": first.eval.knn_train, "knn_test": first.eval.knn_test,
                      "extra_overrides": list(extra_overrides)},
+        "pixel_knn": pixels,
         "runs": results,
     }
     (runs_dir / "study.json").write_text(json.dumps(study, indent=2))
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.with_suffix(".json").write_text(json.dumps(study, indent=2))  # the raw numbers beside the page
-    plot_mrr(study, out_md.parent / "world_model_mrr.png")
-    out_md.write_text(render_markdown(study))
+    plot = out_md.with_name(f"{out_md.stem}_mrr.png")
+    plot_mrr(study, plot)
+    out_md.write_text(render_markdown(study, plot.name, section))
     return study
 
 
@@ -181,10 +207,18 @@ TABLE1_PAPER = {
 }
 
 
-def render_markdown(study: dict) -> str:
+def _training(s: dict) -> str:
+    n = s.get("epochs")
+    epochs = f" ({n} epoch{'s' if n != 1 else ''})" if n else ""
+    return f"{s['steps']} steps{epochs}"
+
+
+def render_markdown(study: dict, plot: str = "world_model_mrr.png", section: str | None = None) -> str:
+    """The results page; with ``section``, the same one heading level down under ``## section``."""
     s, runs = study["settings"], study["runs"]
     enc, pred = s["encoder"], s["predictor"]
     chance = next(iter(runs.values()))["chance"]
+    pixels = study.get("pixel_knn")
     lines = [
         "# World-model study (paper's Tables 1 and 2)",
         "",
@@ -192,14 +226,15 @@ def render_markdown(study: dict) -> str:
         f"- date: {study['date']}",
         f"- code: {study.get('code', 'not recorded')}",
         f"- command: `{study['command']}`",
-        f"- training: {s['steps']} steps, batch {s['batch_size']}, {s['dataset']} at {s['image_size']} px, "
+        f"- training: {_training(s)}, batch {s['batch_size']}, {s['dataset']} at {s['image_size']} px, "
         f"patch {s['patch_size']}",
         f"- encoder: ViT width {enc['embed_dim']}, depth {enc['depth']}, {enc['num_heads']} heads; predictor width "
         f"{pred['width']}, {pred['num_heads']} heads (depth per run below)",
         f"- MRR: {s['mrr_images']} test images x {s['mrr_bank']} bank entries, seed 0; chance (random ranks) "
         f"{fmt_mrr(chance)}",
         f"- kNN: k={s['knn_k']}, bank {next(iter(runs.values()))['knn']['bank']} train images, "
-        f"{next(iter(runs.values()))['knn']['test']} test images, target encoder",
+        f"{next(iter(runs.values()))['knn']['test']} test images, target encoder"
+        + (f"; raw pixels (no encoder, the same kNN): {fmt_pct(pixels['top1'])}" if pixels else ""),
         f"- extra overrides: {' '.join(s['extra_overrides']) or 'none'}",
         "- raw numbers: the .json file of the same name beside this page",
         "",
@@ -214,6 +249,8 @@ def render_markdown(study: dict) -> str:
         r = runs[run.name]
         lines.append(f"| {cond} | {run.name} | {fmt_mrr(r['mrr'])} | {fmt_mrr(r['mrr_action_zeroed'])} | "
                      f"{fmt_pct(r['knn_top1'])} | {TABLE1_PAPER[cond]} |")
+    if pixels:
+        lines.append(f"| raw pixels | (no encoder) | | | {fmt_pct(pixels['top1'])} | the floor for kNN |")
     lines += [
         "",
         "Paper: without conditioning there is no world model (MRR ≈ 0); sequence and feature conditioning "
@@ -253,12 +290,14 @@ def render_markdown(study: dict) -> str:
     for label, value in STRENGTHS.items():
         row = [fmt_pct(runs[cells[(label, d)].name]["knn_top1"]) for d in DEPTHS]
         lines.append(f"| {label} ({value}) | " + " | ".join(row) + " |")
+    if pixels:
+        lines += ["", f"The same kNN on raw pixels: {fmt_pct(pixels['top1'])}."]
     lines += [
         "",
         "Paper: stronger transformations make a strong (equivariant) world model easier to learn, and deeper "
         "predictors learn strong world models over a wider range of transformations (capacity is key).",
         "",
-        "![MRR vs predictor depth](world_model_mrr.png)",
+        f"![MRR vs predictor depth]({plot})",
         "",
         VERDICT,
         "",
@@ -284,6 +323,9 @@ def render_markdown(study: dict) -> str:
     for name, r in runs.items():
         lines.append(f"| {name} | " + " | ".join(fmt_mrr(r["families"][f]["mrr"]) for f in FAMILIES) + " |")
     lines.append("")
+    if section:  # one level down: "# World-model study" becomes "## <section>", "## Table 1" "### Table 1"
+        lines[0] = f"## {section}"
+        lines = [f"#{line}" if line.startswith("## ") and i else line for i, line in enumerate(lines)]
     return "\n".join(lines)
 
 
@@ -308,7 +350,7 @@ def plot_mrr(study: dict, path: Path) -> None:
     ax.set_xticks(DEPTHS)
     ax.set_xlabel("predictor depth")
     ax.set_ylabel("MRR (all families)")
-    ax.set_title(f"world model, {study['settings']['steps']} steps")
+    ax.set_title(f"world model, {_training(study['settings'])}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -321,11 +363,18 @@ def plot_mrr(study: dict, path: Path) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    command = shlex.join(["iwm", "study", "world-model", "--steps", str(args.steps), "--mrr-images",
-                          str(args.mrr_images), "--mrr-bank", str(args.mrr_bank), "--runs-dir", args.runs_dir,
+    if args.steps is None and args.epochs is None:
+        args.steps = 800
+    length = ["--epochs", str(args.epochs)] if args.epochs is not None else ["--steps", str(args.steps)]
+    section = ["--section", args.section] if args.section else []
+    command = shlex.join(["iwm", "study", "world-model", *length, "--mrr-images", str(args.mrr_images),
+                          "--mrr-bank", str(args.mrr_bank), "--runs-dir", args.runs_dir,
                           *(["--only", args.only] if args.only else ["--out", args.out]),
-                          "--device", args.device, *args.overrides])
+                          "--device", args.device, *section, *args.overrides])
     if args.only:
+        if args.steps is None:
+            print("iwm: error: --only re-measures runs by --steps", file=sys.stderr)
+            return 2
         try:
             run_only([n for n in args.only.split(",") if n], Path(args.runs_dir), args.steps, args.mrr_images,
                      args.mrr_bank, args.overrides, args.device, command)
@@ -335,7 +384,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"wrote {Path(args.runs_dir) / only_file([n for n in args.only.split(',') if n])}")
         return 0
     run_study(Path(args.out), Path(args.runs_dir), args.steps, args.mrr_images, args.mrr_bank, args.overrides,
-              args.device, command=command)
+              args.device, command=command, epochs=args.epochs, section=args.section)
     print(f"wrote {args.out} and {Path(args.runs_dir) / 'study.json'}")
     return 0
 
@@ -343,7 +392,9 @@ def _main(args: argparse.Namespace) -> int:
 def add_cli(studies: argparse._SubParsersAction) -> None:
     """Register ``iwm study world-model``."""
     w = studies.add_parser("world-model", help="the paper's Tables 1 and 2: conditioning, strength x predictor depth")
-    w.add_argument("--steps", type=int, default=800, help="optimizer steps per run (default 800)")
+    length = w.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 800)")
+    length.add_argument("--epochs", type=int, default=None, help="epochs of the training data per run, instead")
     w.add_argument("--mrr-images", type=int, default=32, help="MRR test images (default 32)")
     w.add_argument("--mrr-bank", type=int, default=64, help="MRR bank size (default 64)")
     w.add_argument("--runs-dir", default="runs/study", help="one directory per run (default runs/study)")
@@ -351,5 +402,7 @@ def add_cli(studies: argparse._SubParsersAction) -> None:
     w.add_argument("--device", default="auto")
     w.add_argument("--only", default="", help="comma-separated runs to train and measure into "
                                                "<runs-dir>/study_only-<runs>.json (re-measuring a row; no page)")
+    w.add_argument("--section", default=None, help="write the page as a section of this title (e.g. 'GPU run'), "
+                                                    "to sit beside another run's page")
     w.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. data.path=...")
     w.set_defaults(fn=_main)
