@@ -84,7 +84,8 @@ def _knn(args: argparse.Namespace) -> int:
 
     run = load(args.run, device=args.device)
     cfg = config_mod.from_dict(run.config.to_dict(), args.overrides)
-    res = knn_eval(run.target_encoder, cfg, args.device, progress=True)
+    # the raw pixels through the same protocol beside: the score the encoder has to beat
+    res = knn_eval(run.target_encoder, cfg, args.device, progress=True, pixels=not args.no_pixels)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -117,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run")
     esub = p.add_subparsers(dest="protocol", required=True)
-    k = esub.add_parser("knn", help="kNN top-1 of the target encoder")
+    k = esub.add_parser("knn", help="kNN top-1 of the target encoder, and of the raw pixels beside it")
     k.add_argument("run", help="run directory or checkpoint")
     k.add_argument("--device", default="cpu")
+    k.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel reference (pixels_top1)")
     k.add_argument("overrides", nargs="*", help="e.g. eval.knn_k=10 data.path=...")
     k.set_defaults(fn=_knn)
     eval_mrr.add_cli(esub)
