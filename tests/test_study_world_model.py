@@ -44,6 +44,8 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     md = out.read_text()
     assert "Table 1" in md and "Table 2" in md and md.count(VERDICT) == 2
     assert "CPU, 1 threads" in md and "2 steps, batch 8" in md
+    pixels = f"{100 * saved['knn_pixels_top1']:.2f} %"
+    assert f"raw pixels by the same protocol: {pixels}" in md and f"same kNN protocol: {pixels}" in md
     num = lambda v: f"{v:.4f}"  # noqa: E731
     for cond, run in study.table1_rows():
         r = saved["runs"][run.name]

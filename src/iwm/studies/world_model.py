@@ -4,7 +4,8 @@ strength of the transformations and the depth of the predictor change it.
 
 Every run of :data:`GRID` is pretrained (or found already trained in ``runs_dir/<name>``),
 then measured: MRR of its world model (family ``all`` and per family, with the zeroed-action
-baseline) and kNN top-1 of its target encoder. The numbers go to ``runs_dir/study.json`` and
+baseline) and kNN top-1 of its target encoder, beside the raw pixels' kNN top-1 by the same
+protocol (the reference a representation must beat). The numbers go to ``runs_dir/study.json`` and
 to a markdown page with the tables, the paper's qualitative claims beside them, and a plot.
 The page states no conclusion: a placeholder per table is left for whoever reads the numbers.
 
@@ -25,6 +26,7 @@ import torch
 from ..config import Config, encoder_dims
 from ..eval.knn import knn_eval
 from ..eval.mrr import FAMILIES, compute_mrr, strength_aug
+from ..eval.pixels import RawPixels
 from ..train import resolve_device
 from .grid import GridRun, code_version, device_name, ensure_trained, run_config
 
@@ -115,6 +117,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
                              "trained_now": trained_now, **measure(run, cfg, mrr_images, mrr_bank, dev)}
     first = run_config(GRID[0], runs_dir, steps, extra_overrides, device)
     dim, depth, heads = encoder_dims(first.model)
+    pixels = knn_eval(RawPixels.of(first), first, dev)["top1"]  # every run shares the data and image size
     study = {
         "device": device_name(dev),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -127,6 +130,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
                      "mrr_images": mrr_images, "mrr_bank": mrr_bank, "knn_k": first.eval.knn_k,
                      "knn_train": first.eval.knn_train, "knn_test": first.eval.knn_test,
                      "extra_overrides": list(extra_overrides)},
+        "knn_pixels_top1": pixels,
         "runs": results,
     }
     (runs_dir / "study.json").write_text(json.dumps(study, indent=2))
@@ -174,7 +178,9 @@ def render_markdown(study: dict) -> str:
         f"- MRR: {s['mrr_images']} test images x {s['mrr_bank']} bank entries, seed 0; chance (random ranks) "
         f"{fmt_mrr(chance)}",
         f"- kNN: k={s['knn_k']}, bank {next(iter(runs.values()))['knn']['bank']} train images, "
-        f"{next(iter(runs.values()))['knn']['test']} test images, target encoder",
+        f"{next(iter(runs.values()))['knn']['test']} test images, target encoder"
+        + ("" if study.get("knn_pixels_top1") is None else
+           f"; raw pixels by the same protocol: {fmt_pct(study['knn_pixels_top1'])}"),
         f"- extra overrides: {' '.join(s['extra_overrides']) or 'none'}",
         "- raw numbers: the .json file of the same name beside this page",
         "",
@@ -228,6 +234,9 @@ def render_markdown(study: dict) -> str:
     for label, value in STRENGTHS.items():
         row = [fmt_pct(runs[cells[(label, d)].name]["knn_top1"]) for d in DEPTHS]
         lines.append(f"| {label} ({value}) | " + " | ".join(row) + " |")
+    if study.get("knn_pixels_top1") is not None:
+        lines += ["", f"The raw pixels, by the same kNN protocol: {fmt_pct(study['knn_pixels_top1'])}. A representation "
+                  "below them has not yet learned more than its input holds."]
     lines += [
         "",
         "Paper: stronger transformations make a strong (equivariant) world model easier to learn, and deeper "
