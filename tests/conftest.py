@@ -15,6 +15,9 @@ TINY = [
     "data.num_workers=0", "model.patch_size=4", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
     "predictor.depth=2", "predictor.width=32", "predictor.num_heads=2", "mask.min_context=2",
     "mask.num_targets=2", "aug.blur_sigma=[0.1,1.0]", "run.progress=false", "run.log_every=1",
+    # training health stays on (the default), on a few held-out images
+    "eval.health_bank=48", "eval.health_test=24", "eval.health_loss_batch=8", "eval.health_mrr_images=2",
+    "eval.health_mrr_bank=8",
 ]
 
 

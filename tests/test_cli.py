@@ -8,12 +8,18 @@ def test_cli_pretrains_two_steps_and_resumes(tmp_path, tiny_overrides, capsys):
     assert main(args) == 0
     run = tmp_path / "run"
     assert (run / "checkpoints" / "latest.pt").is_file()
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
     # pointing at the same run with a longer schedule resumes from step 2
     assert main(args[:-1] + ["optim.max_steps=3"]) == 0
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2, 3]
+    assert [r["step"] for r in recs if r["kind"] == "health"] == [0, 2, 3]  # first, last, last again
     assert "final loss" in capsys.readouterr().out
+    # kNN of the run, with the raw pixels by the same protocol beside it
+    assert main(["eval", "knn", str(run), "eval.knn_train=32", "eval.knn_test=16"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 0 <= res["top1"] <= 1 and 0 <= res["pixels_top1"] <= 1 and (res["bank"], res["test"]) == (32, 16)
 
 
 def test_cli_refuses_bad_config(tmp_path, capsys):

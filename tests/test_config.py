@@ -35,6 +35,10 @@ def test_overrides_are_typed(tmp_path):
     ("aug.grayscale_prob=1.5", "aug.grayscale_prob"),
     ("mask.num_targets=8", "mask.num_targets"),
     ("run.device=tpu", "run.device"),
+    ("eval.every=-1", "eval.every"),
+    ("eval.health_loss_batch=1000", "eval.health_loss_batch"),
+    ("eval.health_mrr_bank=1", "eval.health_mrr_bank"),
+    ("eval.collapse_std=-0.1", "eval.collapse_std"),
     ("nosection.x=1", "nosection"),
 ])
 def test_bad_values_name_the_key(override, key):

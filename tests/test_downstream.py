@@ -144,11 +144,28 @@ def test_probes_run_on_a_run(run):
     assert [r["kind"] for r in rows] == ["linear", "attentive", "knn"]
     d, c = run.target_encoder.embed_dim, num_classes(train, test)
     for r in rows:
-        assert set(r) == {"kind", "top1", "trainable_params", "seconds", "settings"}
-        assert 0.0 <= r["top1"] <= 1.0
+        assert set(r) == {"kind", "features", "top1", "trainable_params", "seconds", "settings"}
+        assert 0.0 <= r["top1"] <= 1.0 and r["features"] == "target encoder"
     assert rows[0]["trainable_params"] == d * c + c
     assert rows[1]["trainable_params"] > d * c and rows[1]["settings"]["cached_tokens"]
     assert rows[2]["trainable_params"] == 0
+
+
+def test_probes_put_the_raw_pixels_beside_the_encoder(run):
+    train, test = train_set(run, size=32, augment=False), eval_set(run, size=16)
+    rows = run_probes(run, ["linear", "attentive", "knn"], train, test, epochs=2, batch_size=16, pixels=True)
+    assert [(r["kind"], r["features"]) for r in rows] == [
+        (k, f) for k in ("linear", "attentive", "knn") for f in ("target encoder", "raw pixels")]
+    s, c = run.config.data.image_size, num_classes(train, test)
+    assert rows[1]["trainable_params"] == 3 * s * s * c + c  # the linear probe reads the whole image
+    assert rows[3]["settings"]["num_heads"] >= 1  # attentive: pixel patches as tokens
+    # kNN on the pixels is the same protocol on the flattened, normalised images
+    views = lambda ds: torch.stack([ds[i][0] for i in range(len(ds))])  # noqa: E731
+    labels = lambda ds: torch.tensor([ds[i][1] for i in range(len(ds))])  # noqa: E731
+    flat = lambda ds: encoder_input(views(ds)).flatten(1)  # noqa: E731
+    e = run.config.eval
+    assert rows[5]["top1"] == knn_probe(flat(train), labels(train), flat(test), labels(test), e.knn_k,
+                                        e.knn_temperature)["top1"]
 
 
 def test_token_set_streams_what_it_caches(run):
@@ -453,7 +470,8 @@ def test_cli_commands_print_tables_and_write_json(run_path, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| probe" in out and "| protocol" in out and "multi-task top-1" in out and "mIoU" in out
     probe = json.loads((run_path / "leverage_probe.json").read_text())
-    assert [r["kind"] for r in probe["rows"]] == ["linear", "knn"]
+    assert [(r["kind"], r["features"]) for r in probe["rows"]] == [
+        ("linear", "target encoder"), ("linear", "raw pixels"), ("knn", "target encoder"), ("knn", "raw pixels")]
     fin = json.loads((run_path / "leverage_finetune.json").read_text())
     assert [r["protocol"] for r in fin["rows"]] == ["predictor", "random_predictor"]
     assert fin["rows"][0]["settings"]["predictor_lr"] == pytest.approx(0.1 * fin["rows"][0]["settings"]["lr"])

@@ -26,7 +26,8 @@ def _cli(args, **kw):
 
 
 def _losses(run_dir):
-    return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["kind"] == "train"]  # health rows are kind "health"
 
 
 def _wait_for(pred, proc, timeout=120):

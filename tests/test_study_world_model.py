@@ -58,8 +58,9 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     md = out.read_text()
     assert "Table 1" in md and "Table 2" in md and md.count(VERDICT) == 2
     assert "CPU, 1 threads" in md and "2 steps (1 epoch), batch 8" in md
-    pixels = f"{100 * saved['pixel_knn']['top1']:.2f} %"
-    assert _row(md, "raw pixels")[4] == pixels and f"raw pixels (no encoder, the same kNN): {pixels}" in md
+    pixels = f"{100 * saved['knn_pixels_top1']:.2f} %"
+    assert _row(md, "raw pixels")[4] == pixels
+    assert f"raw pixels by the same protocol: {pixels}" in md and f"same kNN protocol: {pixels}" in md
     num = lambda v: f"{v:.4f}"  # noqa: E731
     for cond, run in study.table1_rows():
         r = saved["runs"][run.name]

@@ -84,13 +84,14 @@ def _knn(args: argparse.Namespace) -> int:
     run = load(args.run, device=args.device, image_size=args.image_size)
     cfg = config_mod.from_dict(run.config.to_dict(), args.overrides)
     run.resize(cfg.data.image_size)  # data.image_size=N among the overrides works as --image-size N
-    res = knn_eval(run.target_encoder, cfg, args.device, progress=True)
+    # the raw pixels through the same protocol beside: the score the encoder has to beat
+    res = knn_eval(run.target_encoder, cfg, args.device, progress=True, pixels=not args.no_pixels)
     res["image_size"] = cfg.data.image_size
     print(json.dumps(res, indent=2))
     out = Path(args.out) if args.out else run_dir(run) / "knn.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {out}")
+    print(f"wrote {out}", file=sys.stderr)  # stdout holds the JSON alone
     return 0
 
 
@@ -155,12 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run")
     esub = p.add_subparsers(dest="protocol", required=True)
-    k = esub.add_parser("knn", help="kNN top-1 of the target encoder")
+    k = esub.add_parser("knn", help="kNN top-1 of the target encoder, and of the raw pixels beside it")
     k.add_argument("run", help=RUN_HELP)
     k.add_argument("--device", default="cpu")
     k.add_argument("--image-size", type=int, default=None,
                    help="images at this size instead of the pretraining one (the sin-cos positions are rebuilt)")
     k.add_argument("--out", default=None, help="JSON file (default <run_dir>/knn.json)")
+    k.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel reference (pixels_top1)")
     k.add_argument("overrides", nargs="*", help="e.g. eval.knn_k=10 data.path=...")
     k.set_defaults(fn=_knn)
     eval_mrr.add_cli(esub)

@@ -150,6 +150,19 @@ class EvalConfig:
     knn_temperature: float = 0.07
     knn_train: int = 10000  # size of the labelled bank drawn from the train split (0 = all)
     knn_test: int = 0  # test images scored (0 = all)
+    # training health (iwm.eval.health): measured every `every` steps (and at the first and last
+    # step) on held-out images fixed at start-up; 0 = off
+    every: int = 200
+    health_bank: int = 1000  # labelled train images in the health kNN bank (0 = no kNN)
+    health_test: int = 500  # held-out test images: kNN queries and feature statistics
+    health_loss_batch: int = 64  # of those, scored by the loss per transformation family
+    health_mrr_images: int = 8  # of those, ranked by the world model (0 = no MRR)
+    health_mrr_bank: int = 32  # transformed targets each is ranked among
+    # signs of collapse, warned about: the target encoder's pooled features spread less than this
+    # (std of the L2-normalised features x sqrt(dim): 0 = one point, ~1 = isotropic) or have a
+    # lower effective rank (RankMe); 0 = never warn
+    collapse_std: float = 0.05
+    collapse_rank: float = 2.0
 
 
 @dataclass
@@ -334,6 +347,16 @@ def validate(cfg: Config) -> Config:
     _check(e.knn_k >= 1, "eval.knn_k", "must be at least 1")
     _check(e.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
     _check(e.knn_train >= 0 and e.knn_test >= 0, "eval.knn_train", "counts must be >= 0 (0 = all)")
+    _check(e.every >= 0, "eval.every", "must be >= 0 (steps between health checks; 0 = off)")
+    _check(e.health_bank >= 0, "eval.health_bank", "must be >= 0 (0 = no kNN in the health checks)")
+    _check(e.health_test >= 2, "eval.health_test", "need at least 2 held-out images for feature statistics")
+    _check(1 <= e.health_loss_batch <= e.health_test, "eval.health_loss_batch",
+           f"must lie in [1, eval.health_test ({e.health_test})]")
+    _check(0 <= e.health_mrr_images <= e.health_test, "eval.health_mrr_images",
+           f"must lie in [0, eval.health_test ({e.health_test})] (0 = no MRR)")
+    _check(e.health_mrr_bank >= 2, "eval.health_mrr_bank", "rank among at least 2 targets")
+    _check(e.collapse_std >= 0, "eval.collapse_std", "must be >= 0 (0 = never warn)")
+    _check(e.collapse_rank >= 0, "eval.collapse_rank", "must be >= 0 (0 = never warn)")
     return cfg
 
 

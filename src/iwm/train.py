@@ -28,6 +28,7 @@ from .config import Config
 from .data import ResumableSampler, build_dataset, normalize
 from .data.device_crops import device_images
 from .eval.features import subset
+from .eval.health import HealthMonitor, plot_health, read_health
 from .masks import MultiBlockMasker
 from .models import IWM, build_encoder, build_predictor
 from .parallel import (full_tensor, load_model_state, load_optimizer_state, model_state, optimizer_state,
@@ -174,6 +175,11 @@ class Trainer:
         self.consecutive = torch.zeros((), device=self.device)
         self.worst_run = torch.zeros((), device=self.device)  # longest streak of skipped steps
         self.stop_signal: int | None = None
+        # training health on held-out data: rank 0 measures it; under FSDP every process takes
+        # part, as the sharded networks gather their weights collectively
+        self.health = (HealthMonitor(cfg, self.device, self.amp_dtype, verbose=self.rank == 0)
+                       if cfg.eval.every and (self.rank == 0 or self.sharded) else None)
+        self.postfix: dict[str, str] = {}  # the progress bar's latest figures
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -310,6 +316,8 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True)
         metrics = self._open_metrics() if self.rank == 0 else None
+        if self.health is not None and self.step == 0:
+            self._check_health(writer, metrics, bar)  # the random initialisation: the baseline
         t_start = time.perf_counter()
         t_log, step_log = t_start, self.step
         pending: list[tuple[int, torch.Tensor]] = []
@@ -328,6 +336,8 @@ class Trainer:
                         self._log(pending, rate, writer, metrics, bar)
                         pending, t_log, step_log = [], now, self.step
                         self._check_finite()
+                    if self.health is not None and (self.step % cfg.eval.every == 0 or self.step == self.total_steps):
+                        t_log += self._check_health(writer, metrics, bar)  # not counted in images/s
                     if self._signalled(at_log):
                         self.save(periodic=False)
                         raise Preempted(self.stop_signal, self.step)
@@ -347,6 +357,9 @@ class Trainer:
                 writer.close()
         if self.rank == 0:
             plot_losses(self.losses, self.run_dir / "loss.png")
+            health = read_health(self.run_dir / "metrics.jsonl")
+            if health:
+                plot_health(health, self.run_dir / "health.png", cfg)
         final = self.losses[-1][1] if self.losses else float("nan")
         return TrainResult(self.run_dir, self.step, final, self.losses, time.perf_counter() - t_start)
 
@@ -399,6 +412,26 @@ class Trainer:
                 f"weights from before the fault are in {self.ckpt_dir / LATEST}. Lower optim.lr, set "
                 "optim.clip_grad, use run.precision=fp32, or check the data.")
 
+    def _check_health(self, writer, metrics, bar) -> float:
+        """Measure and log the run's health now; returns the seconds it took."""
+        t0 = time.perf_counter()
+        rec = self.health(self.model, self.step)
+        if self.rank == 0:
+            metrics.write(json.dumps(rec) + "\n")
+            metrics.flush()
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k not in ("step", "kind"):
+                    writer.add_scalar(f"health/{k}", float(v), self.step)
+            if rec.get("knn_top1") is not None:
+                self.postfix["knn"] = f"{rec['knn_top1']:.1%}"
+            self.postfix["rank"] = f"{rec['effective_rank']:.1f}"
+            self.postfix.pop("health", None)
+            if rec["collapse"]:
+                self.postfix["health"] = "COLLAPSE?"
+            if bar is not None:
+                bar.set_postfix(self.postfix)
+        return time.perf_counter() - t0
+
     def _log(self, pending, rate, writer, metrics, bar) -> None:
         # The only host-device sync of the loop: losses stay on the device between logs.
         values = torch.stack([v for _, v in pending]).float().cpu().tolist()
@@ -412,7 +445,7 @@ class Trainer:
         if self.rank != 0:
             return
         o, total = self.cfg.optim, self.total_steps
-        rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss,
+        rec = {"kind": "train", "step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss,
                "lr": learning_rate(o, self.step - 1, total), "wd": weight_decay(o, self.step - 1, total),
                "momentum": ema_momentum(o, self.step - 1, total), "images_per_s": rate,
                "skipped_steps": int(self.skipped.item())}
@@ -422,7 +455,8 @@ class Trainer:
             writer.add_scalar(f"train/{k}", rec[k], self.step)
         if bar is not None:
             bar.update(self.step - bar.n)
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+            self.postfix.update(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+            bar.set_postfix(self.postfix)
 
 
 def plot_losses(losses: list[tuple[int, float]], path: Path) -> None:

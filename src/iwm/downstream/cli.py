@@ -51,8 +51,9 @@ def _probe(args: argparse.Namespace) -> int:
     train, test = _classification_sets(run, args, augment=False)
     rows = run_probes(run, kinds, train, test, encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device,
-                      num_workers=args.workers, cache_gb=args.cache_gb, progress=not args.no_progress)
-    table = format_table(rows, [("kind", "probe", "s"), ("top1", "top-1", ".4f"),
+                      num_workers=args.workers, cache_gb=args.cache_gb, progress=not args.no_progress,
+                      pixels=not args.no_pixels)
+    table = format_table(rows, [("kind", "probe", "s"), ("features", "features", "s"), ("top1", "top-1", ".4f"),
                                 ("trainable_params", "trainable params", ",d"), ("seconds", "seconds", ".2f")])
     return _finish(run, args, {"rows": rows}, table)
 
@@ -191,6 +192,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", action="append", choices=(*KINDS, "all"), help="repeatable (default: all)")
     p.add_argument("--cache-gb", type=float, default=2.0,
                    help="largest token cache for the attentive probe, GiB (beyond: recompute per batch)")
+    p.add_argument("--no-pixels", action="store_true",
+                   help="skip the raw-pixel reference (by default each probe also runs on the pixels)")
     p.set_defaults(fn=_guarded(_probe))
 
     p = sub.add_parser("finetune", help="predictor / encoder / end-to-end / random-predictor finetuning (Table 4)")

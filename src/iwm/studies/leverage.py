@@ -19,6 +19,10 @@ With ``--table4`` the equivariant run also gets encoder finetuning, end-to-end f
 the random-predictor control (the paper's Table 4 and Figure 3); with ``--multitask``,
 multi-task predictor tuning against single-task tuning (Table 7).
 
+The raw pixels go through the same probes (kNN, linear, attentive): the reference every
+model's row is read against, since a representation that does not beat its own input has not
+earned its training.
+
 Every finished evaluation is stored in ``runs_dir/leverage.json`` at once with its settings; a
 second call with the same settings reuses it, so the study resumes where it stopped. The page
 states no conclusion: a placeholder per table is left for whoever reads the numbers.
@@ -59,6 +63,8 @@ MODELS = (
                                           "with predictor finetuning and out of domain"),
     Model("I-JEPA", "ijepa", "among the 'other JEPA methods' the invariant IWM beats in linear probing"),
 )
+PIXELS = "raw pixels"  # the reference row: the probes on the images themselves
+PIXEL_KINDS = ("knn", "linear", "attentive")  # the protocols that need no pretrained network
 # classification evaluations, from the simplest head to the most flexible one (Figure 5's axis)
 CLASSIFICATION = ("knn", "linear", "attentive", "predictor_ft")
 SEGMENTATION = ("seg_encoder", "seg_predictor")
@@ -87,8 +93,9 @@ def default_settings() -> dict[str, Any]:
 # one evaluation
 
 
-def evaluate(run, kind: str, s: dict[str, Any], device: torch.device, progress: bool) -> dict:
-    """One evaluation of a loaded run: {"top1" or "miou"/"pixel_acc", "trainable_params", ...}."""
+def evaluate(run, kind: str, s: dict[str, Any], device: torch.device, progress: bool, pixels: bool = False) -> dict:
+    """One evaluation of a loaded run: {"top1" or "miou"/"pixel_acc", "trainable_params", ...};
+    with ``pixels``, a probe of :data:`PIXEL_KINDS` on the raw pixels at the run's image size."""
     from ..downstream.data import eval_set, train_set
 
     if kind in ("knn", "linear", "attentive"):
@@ -97,9 +104,11 @@ def evaluate(run, kind: str, s: dict[str, Any], device: torch.device, progress: 
         train = train_set(run, size=s["train_size"], seed=s["seed"], augment=False)
         test = eval_set(run, size=s["test_size"], seed=s["seed"])
         epochs = s["attentive_epochs"] if kind == "attentive" else None
-        (row,) = run_probes(run, [kind], train, test, epochs=epochs, seed=s["seed"], device=device,
-                            progress=progress)
+        (row,) = run_probes(run, [kind], train, test, encoder="pixels" if pixels else "target", epochs=epochs,
+                            seed=s["seed"], device=device, progress=progress)
         return row
+    if pixels:
+        raise ValueError(f"{kind!r} has no raw-pixel reference; those are {', '.join(PIXEL_KINDS)}")
     if kind in ("predictor_ft", *TABLE4):
         from ..downstream.finetune import run_protocols
 
@@ -196,6 +205,17 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
             study["models"][model.label] = {"run": model.run, "step": run.step, "evals": evals}
             _write(store, study, previous)  # a finished evaluation survives a stop
         study["models"][model.label] = {"run": model.run, "step": run.step, "evals": evals}
+    # the same probes on the raw pixels (of the last run's data and image size: every run shares them)
+    done, evals = previous.get(PIXELS, {}).get("evals", {}), {}
+    for kind in PIXEL_KINDS:
+        key = _setting_key(kind, settings, 0)
+        if kind in done and done[kind]["key"] == key:
+            evals[kind] = done[kind]
+            continue
+        evals[kind] = {"key": key, "device": device_name(dev), **evaluate(run, kind, settings, dev, progress, True)}
+        study["models"][PIXELS] = {"run": None, "step": 0, "evals": evals}
+        _write(store, study, previous)
+    study["models"][PIXELS] = {"run": None, "step": 0, "evals": evals}
     study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if only:  # re-measuring some rows: the stored results are updated, the page needs every model
         _write(store, study, previous)
@@ -283,6 +303,11 @@ def render_markdown(study: dict) -> str:
         cells = [_pct(ev.get(k)) for k in CLASSIFICATION] + [_pct(ev.get(k), "miou") for k in SEGMENTATION]
         lines.append(f"| {m.label} | {'n/a' if mrr is None else f'{mrr:.4f}'} | " + " | ".join(cells)
                      + f" | {m.paper} |")
+    if PIXELS in models:
+        ev = models[PIXELS]["evals"]
+        cells = [_pct(ev.get(k)) for k in CLASSIFICATION] + [_pct(ev.get(k), "miou") for k in SEGMENTATION]
+        lines.append(f"| {PIXELS} (reference) | n/a | " + " | ".join(cells) + " | the same probes on the images "
+                     "themselves: a representation has to beat this |")
     lines += [
         "",
         "![top-1 by protocol, one line per model](leverage_spectrum.png)",
@@ -297,12 +322,11 @@ def render_markdown(study: dict) -> str:
         "| model | protocol | trainable params | time |",
         "|---|---|---|---|",
     ]
-    for m in MODELS:
-        ev = models[m.label]["evals"]
-        for k, row in ev.items():
+    for label in [m.label for m in MODELS] + ([PIXELS] if PIXELS in models else []):
+        for k, row in models[label]["evals"].items():
             secs = row.get("seconds_per_epoch", row.get("seconds"))
             unit = "s / epoch" if "seconds_per_epoch" in row else "s in all"
-            lines.append(f"| {m.label} | {LABELS[k]} | {row['trainable_params']:,} | "
+            lines.append(f"| {label} | {LABELS[k]} | {row['trainable_params']:,} | "
                          f"{'n/a' if secs is None else f'{secs:.1f} {unit}'} |")
     equi = models["IWM-equivariant"]["evals"]
     if any(k in equi for k in TABLE4):
@@ -374,6 +398,11 @@ def plot_spectrum(study: dict, path: Path) -> None:
                 label=m.label)
         bx.bar([j + (i - 1) * width for j in range(len(SEGMENTATION))],
                [100 * (ev[k]["miou"] or 0.0) for k in SEGMENTATION], width, label=m.label)
+    if PIXELS in study["models"]:
+        ev = study["models"][PIXELS]["evals"]
+        kinds = [k for k in CLASSIFICATION if k in ev]
+        ax.plot([CLASSIFICATION.index(k) for k in kinds], [100 * ev[k]["top1"] for k in kinds], marker="x", ls="--",
+                color="gray", label=f"{PIXELS} (reference)")
     ax.set_xticks(range(len(CLASSIFICATION)), [LABELS[k] for k in CLASSIFICATION])
     ax.set_ylabel("CIFAR-10 top-1 (%)")
     ax.set_title("in domain: growing head capacity")
