@@ -68,3 +68,15 @@ def make_seg_folder(root: Path, counts=(("training", 3), ("validation", 2)), h=1
             Image.fromarray(img).save(root / "images" / split / f"{split}_{i:04d}.jpg", quality=95)
             Image.fromarray(mask, mode="L").save(root / "annotations" / split / f"{split}_{i:04d}.png")
     return root
+
+
+def train_tiny(tmp: Path, steps: int = 2) -> Path:
+    """A tiny run of ``steps`` steps in ``tmp/run``, for module fixtures whose tests only read it."""
+    from iwm import config
+    from iwm.train import Trainer
+
+    torch.set_num_threads(1)
+    cfg = config.from_dict(None, TINY + [f"run.out_dir={tmp / 'run'}", f"data.cache_dir={tmp / 'cache'}",
+                                         f"optim.max_steps={steps}"])
+    Trainer(cfg).fit()
+    return Path(cfg.run.out_dir)

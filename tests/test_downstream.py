@@ -4,14 +4,13 @@ import argparse
 import copy
 import json
 import tarfile
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import iwm
-from conftest import TINY, make_seg_folder
+from conftest import train_tiny, make_seg_folder
 from iwm import config
 from iwm.downstream import cli as leverage_cli
 from iwm.downstream.data import eval_set, num_classes, train_set
@@ -28,7 +27,6 @@ from iwm.downstream.segdata import IGNORE, SegFolder, seg_root
 from iwm.downstream.segmentation import SOURCES, build_segmenter, run_segmentation, seg_loss
 from iwm.models import Predictor
 from iwm.schedules import learning_rate
-from iwm.train import Trainer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,12 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory):
     """One tiny two-step run shared by the module's tests (they only read it)."""
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("leverage")
-    cfg = config.from_dict(None, TINY + [f"run.out_dir={tmp / 'run'}", f"data.cache_dir={tmp / 'cache'}",
-                                         "optim.max_steps=2"])
-    Trainer(cfg).fit()
-    return Path(cfg.run.out_dir)
+    return train_tiny(tmp_path_factory.mktemp("leverage"))
 
 
 @pytest.fixture

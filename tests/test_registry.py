@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import iwm
-from conftest import TINY
-from iwm import config, registry
+from conftest import train_tiny
+from iwm import registry
 from iwm.cli import main
-from iwm.train import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,13 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory):
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("registry")
-    cfg = config.from_dict(None, TINY + [f"run.out_dir={tmp / 'run'}", f"data.cache_dir={tmp / 'cache'}",
-                                         "optim.max_steps=2"])
-    Trainer(cfg).fit()
-    (tmp / "run" / "mrr.json").write_text(json.dumps({"families": {"all": {"mrr": 0.25}}}))
-    return Path(cfg.run.out_dir)
+    run = train_tiny(tmp_path_factory.mktemp("registry"))
+    (run / "mrr.json").write_text(json.dumps({"families": {"all": {"mrr": 0.25}}}))
+    return run
 
 
 @pytest.fixture

@@ -1,20 +1,18 @@
 """Runs at an image size other than the pretraining one: positions rebuilt for the new grid."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from timm.layers import build_sincos2d_pos_embed
 
 import iwm
-from conftest import TINY, make_seg_folder
+from conftest import train_tiny, make_seg_folder
 from iwm import config
 from iwm.cli import main
 from iwm.config import ConfigError
 from iwm.downstream.feeding import predict_all
 from iwm.models import build_encoder
-from iwm.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,12 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory):
     """A tiny two-step run at 16 px (a 4x4 grid), shared by the module's tests."""
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("resolution")
-    cfg = config.from_dict(None, TINY + [f"run.out_dir={tmp / 'run'}", f"data.cache_dir={tmp / 'cache'}",
-                                         "optim.max_steps=2"])
-    Trainer(cfg).fit()
-    return Path(cfg.run.out_dir)
+    return train_tiny(tmp_path_factory.mktemp("resolution"))
 
 
 def test_resize_rebuilds_the_sincos_positions_for_twice_the_size(run_path):

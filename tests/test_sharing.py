@@ -1,7 +1,6 @@
 """Weights out the way the field shares them: a Hub-style folder, timm, run arguments."""
 
 import json
-from pathlib import Path
 
 import pytest
 import timm
@@ -9,24 +8,19 @@ import torch
 from safetensors.torch import load_file
 
 import iwm
-from conftest import TINY
-from iwm import config, sharing
+from conftest import train_tiny
+from iwm import sharing
 from iwm.cli import main
-from iwm.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory):
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("sharing")
-    cfg = config.from_dict(None, TINY + [f"run.out_dir={tmp / 'run'}", f"data.cache_dir={tmp / 'cache'}",
-                                         "optim.max_steps=2"])
-    Trainer(cfg).fit()
-    (tmp / "run" / "knn.json").write_text(json.dumps({"top1": 0.375, "k": 20}))
-    (tmp / "run" / "leverage_probe.json").write_text(json.dumps({"rows": [{"kind": "linear", "top1": 0.5}]}))
-    return Path(cfg.run.out_dir)
+    run = train_tiny(tmp_path_factory.mktemp("sharing"))
+    (run / "knn.json").write_text(json.dumps({"top1": 0.375, "k": 20}))
+    (run / "leverage_probe.json").write_text(json.dumps({"rows": [{"kind": "linear", "top1": 0.5}]}))
+    return run
 
 
 def images(n=2, size=16):
