@@ -177,8 +177,12 @@ class Trainer:
         self.stop_signal: int | None = None
         # training health on held-out data: rank 0 measures it; under FSDP every process takes
         # part, as the sharded networks gather their weights collectively
-        self.health = (HealthMonitor(cfg, self.device, self.amp_dtype, verbose=self.rank == 0)
-                       if cfg.eval.every and (self.rank == 0 or self.sharded) else None)
+        self.health = None
+        if cfg.eval.every and (self.rank == 0 or self.sharded):
+            try:
+                self.health = HealthMonitor(cfg, self.device, self.amp_dtype, verbose=self.rank == 0)
+            except FileNotFoundError as err:  # no held-out split (a folder of training images only)
+                log.warning("training health is off: %s", err)
         self.postfix: dict[str, str] = {}  # the progress bar's latest figures
 
     # -- state ---------------------------------------------------------------------------------
@@ -316,7 +320,9 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True)
         metrics = self._open_metrics() if self.rank == 0 else None
-        if self.health is not None and self.step == 0:
+        # under FSDP the first forward must be the whole model's (it sets up the sharding), so
+        # the random-initialisation baseline is skipped there
+        if self.health is not None and self.step == 0 and not self.sharded:
             self._check_health(writer, metrics, bar)  # the random initialisation: the baseline
         t_start = time.perf_counter()
         t_log, step_log = t_start, self.step
