@@ -13,6 +13,7 @@ import torch
 from . import config as config_mod
 from .cli import resolve_config
 from .eval import knn_eval
+from .files import write_text
 from .train import build_model, pretrain, resolve_device
 
 DEMO_STEPS = 800  # about 2 epochs: sized so the whole demo stays inside 15 minutes on 2 CPU cores
@@ -49,7 +50,7 @@ def run_demo(data: str, out_dir: str = "runs/demo", steps: int | None = None,
         "threads": torch.get_num_threads(),
     }
     run_dir = Path(result.run_dir)
-    (run_dir / "demo_report.json").write_text(json.dumps(report, indent=2))
+    write_text(run_dir / "demo_report.json", json.dumps(report, indent=2))
     verdict = "learned something" if report["knn_top1_pretrained"] > report["knn_top1_random_init"] else \
         "did NOT beat the random encoder (train longer: --steps)"
     print(f"""

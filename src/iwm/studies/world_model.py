@@ -25,6 +25,7 @@ import torch
 from ..config import Config, encoder_dims
 from ..eval.knn import knn_eval
 from ..eval.mrr import FAMILIES, compute_mrr, strength_aug
+from ..files import save_figure, write_text
 from ..train import resolve_device
 from .grid import GridRun, code_version, device_name, ensure_trained, run_config
 
@@ -129,11 +130,10 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
                      "extra_overrides": list(extra_overrides)},
         "runs": results,
     }
-    (runs_dir / "study.json").write_text(json.dumps(study, indent=2))
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.with_suffix(".json").write_text(json.dumps(study, indent=2))  # the raw numbers beside the page
+    write_text(runs_dir / "study.json", json.dumps(study, indent=2))
+    write_text(out_md.with_suffix(".json"), json.dumps(study, indent=2))  # the raw numbers beside the page
     plot_mrr(study, out_md.parent / "world_model_mrr.png")
-    out_md.write_text(render_markdown(study))
+    write_text(out_md, render_markdown(study))
     return study
 
 
@@ -287,7 +287,7 @@ def plot_mrr(study: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
