@@ -1,4 +1,7 @@
-"""``iwm`` command line: pretrain, demo, knn evaluation, weight export."""
+"""``iwm`` command line: pretrain, demo, knn evaluation, weight export.
+
+Exit status: 0 done, 2 a usage error (bad config, missing or damaged checkpoint, run directory
+busy or not writable), 3 non-finite training, 4 no space left on device, 75 preempted."""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ from . import config as config_mod
 from . import studies
 from . import viz
 from .downstream import cli as downstream_cli
+from .checkpoint import CheckpointError, intact_note
 from .config import ConfigError
 from .eval import mrr as eval_mrr
+from .files import DISK_FULL_EXIT_CODE, DiskFullError, is_disk_full
 
 SHIPPED = Path(__file__).parent / "configs"
 
@@ -54,6 +59,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     except NonFiniteError as err:
         print(f"iwm: error: {err}", file=sys.stderr)
         return 3
+    except OSError as err:  # a full disk, whatever the write (metrics, plot): say which checkpoint is intact
+        if not is_disk_full(err):
+            raise
+        said = isinstance(err, DiskFullError) and err.safe
+        note = "" if said else f"; {intact_note(Path(cfg.run.out_dir) / 'checkpoints')}"
+        print(f"iwm: error: {err}{note}", file=sys.stderr)
+        return DISK_FULL_EXIT_CODE
     print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}, run in {result.run_dir}")
     return 0
 
@@ -140,9 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, CheckpointError) as err:
         print(f"iwm: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        print(f"iwm: error: {err}", file=sys.stderr)
+        return DISK_FULL_EXIT_CODE
 
 
 if __name__ == "__main__":
