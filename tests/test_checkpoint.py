@@ -31,7 +31,8 @@ def test_rotation_keeps_latest_and_newest_periodic(tmp_path):
     for step in range(1, 6):
         save_checkpoint({"step": step}, tmp_path, step, keep=2, periodic=True)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["latest.pt", "step-00000004.pt", "step-00000005.pt"]
+    assert names == ["latest.pt", "latest.pt.json", "step-00000004.pt", "step-00000004.pt.json",
+                     "step-00000005.pt", "step-00000005.pt.json"]
     assert load_checkpoint(tmp_path / "latest.pt")["step"] == 5
     assert load_checkpoint(tmp_path / "step-00000004.pt")["step"] == 4
 

@@ -1,4 +1,7 @@
-"""``iwm`` command line: pretrain, demo, knn evaluation, weights out (export, ship) and in (import-ijepa)."""
+"""``iwm`` command line: pretrain, demo, knn evaluation, weights out (export, ship) and in (import-ijepa).
+
+Exit status: 0 done, 2 a usage error (bad config, missing or damaged checkpoint, run directory
+busy or not writable), 3 non-finite training, 4 no space left on device, 75 preempted."""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ from . import sharing, studies, viz
 from .api import HUB, RUN_HELP
 from .config import ConfigError, resolve_config
 from .downstream import cli as downstream_cli
+from .checkpoint import CheckpointError, intact_note
 from .eval import mrr as eval_mrr
+from .files import DISK_FULL_EXIT_CODE, DiskFullError, is_disk_full, write_text
 
 
 def _pretrain_config(args: argparse.Namespace) -> config_mod.Config:
@@ -52,6 +57,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     except NonFiniteError as err:
         print(f"iwm: error: {err}", file=sys.stderr)
         return 3
+    except OSError as err:  # a full disk, whatever the write (metrics, plot): say which checkpoint is intact
+        if not is_disk_full(err):
+            raise
+        said = isinstance(err, DiskFullError) and err.safe
+        note = "" if said else f"; {intact_note(Path(cfg.run.out_dir) / 'checkpoints')}"
+        print(f"iwm: error: {err}{note}", file=sys.stderr)
+        return DISK_FULL_EXIT_CODE
     print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}, run in {result.run_dir}")
     return 0
 
@@ -90,7 +102,7 @@ def _knn(args: argparse.Namespace) -> int:
     print(json.dumps(res, indent=2))
     out = Path(args.out) if args.out else run_dir(run) / "knn.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
+    write_text(out, json.dumps(res, indent=2))
     print(f"wrote {out}", file=sys.stderr)  # stdout holds the JSON alone
     return 0
 
@@ -202,9 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, sharing.WeightsError) as err:
+    except (ConfigError, FileNotFoundError, sharing.WeightsError, CheckpointError) as err:
         print(f"iwm: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        print(f"iwm: error: {err}", file=sys.stderr)
+        return DISK_FULL_EXIT_CODE
 
 
 if __name__ == "__main__":

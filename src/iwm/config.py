@@ -427,7 +427,9 @@ def resolve_config(name: str | None) -> Path | None:
 
 
 def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from .files import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 __all__ = ["Config", "ConfigError", "load", "from_dict", "save", "validate", "encoder_dims", "resolve_config",

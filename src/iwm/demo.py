@@ -13,6 +13,7 @@ import torch
 from . import config as config_mod
 from .data import find_cifar10
 from .eval import knn_eval
+from .files import write_text
 from .train import build_model, pretrain, resolve_device
 
 DEMO_STEPS = 800  # about 2 epochs: sized so the whole demo stays inside 15 minutes on 2 CPU cores
@@ -53,7 +54,7 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
         "threads": torch.get_num_threads(),
     }
     run_dir = Path(result.run_dir)
-    (run_dir / "demo_report.json").write_text(json.dumps(report, indent=2))
+    write_text(run_dir / "demo_report.json", json.dumps(report, indent=2))
     best = max(report["knn_top1_pretrained"], report["knn_top1_pretrained_context_encoder"])
     if best > report["knn_top1_raw_pixels"]:
         verdict = "beats the raw pixels: its features hold more than the images they came from"

@@ -15,6 +15,7 @@ import torch
 
 from . import sharing
 from .config import ConfigError
+from .files import write_text
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 ROOT_ENV = "IWM_WEIGHTS_DIR"  # another registry folder (tests; a private set of models)
@@ -85,8 +86,5 @@ def ship(run, name: str, root: str | Path | None = None) -> dict[str, Any]:
     data = manifest(root)
     data["models"][name] = entry
     data["models"] = dict(sorted(data["models"].items()))
-    target = root / MANIFEST
-    tmp = target.with_name(f".{MANIFEST}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, target)
+    write_text(root / MANIFEST, json.dumps(data, indent=2) + "\n")
     return entry

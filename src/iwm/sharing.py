@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .config import Config, encoder_dims
+from .files import write_bytes, write_text
 
 FORMAT = "iwm-weights"
 FORMAT_VERSION = 1
@@ -44,7 +45,7 @@ def write_folder(nets: dict[str, nn.Module], cfg: Config, step: int, out: str | 
                  dtype: torch.dtype | None = None, scores: dict[str, float] | None = None,
                  license: str = DEFAULT_LICENSE, source: str = "") -> Path:
     """Write the folder; ``dtype`` (float16 for shipping) casts the floating-point weights."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from . import __version__
 
@@ -53,11 +54,11 @@ def write_folder(nets: dict[str, nn.Module], cfg: Config, step: int, out: str | 
     for name in NETWORKS:
         state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
                  for k, v in nets[name].state_dict().items()}
-        save_file(state, str(out / weight_file(name)), metadata={"format": FORMAT, "network": name})
+        write_bytes(out / weight_file(name), save(state, metadata={"format": FORMAT, "network": name}))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "iwm_version": __version__, "step": int(step),
             "license": license, "source": source, "scores": dict(scores or {}), "config": cfg.to_dict()}
-    (out / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    (out / CARD).write_text(model_card(meta, out.name))
+    write_text(out / CONFIG, json.dumps(meta, indent=2) + "\n")
+    write_text(out / CARD, model_card(meta, out.name))
     return out
 
 

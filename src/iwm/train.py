@@ -23,7 +23,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from . import config as config_mod
-from .checkpoint import LATEST, load_checkpoint, save_checkpoint
+from . import files, runlock
+from .checkpoint import LATEST, load_newest_sound, save_checkpoint
 from .config import Config
 from .data import ResumableSampler, build_dataset, normalize
 from .data.device_crops import device_images
@@ -175,6 +176,8 @@ class Trainer:
         self.consecutive = torch.zeros((), device=self.device)
         self.worst_run = torch.zeros((), device=self.device)  # longest streak of skipped steps
         self.stop_signal: int | None = None
+        # one writer per run directory, refused here (before any step) if busy or read-only
+        self.lock = runlock.hold(self.run_dir, self.ckpt_dir) if self.rank == 0 else None
         # training health on held-out data: rank 0 measures it; under FSDP every process takes
         # part, as the sharded networks gather their weights collectively
         self.health = None
@@ -222,11 +225,10 @@ class Trainer:
             dist.barrier()
 
     def maybe_resume(self) -> bool:
-        latest = self.ckpt_dir / LATEST
-        if not latest.is_file():
-            return False
-        self.load_state_dict(load_checkpoint(latest, map_location=self.device))
-        return True
+        state = load_newest_sound(self.ckpt_dir, map_location=self.device)
+        if state is not None:
+            self.load_state_dict(state)
+        return state is not None
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -302,6 +304,8 @@ class Trainer:
         and at the end."""
         cfg = self.cfg
         stop = min(until or self.total_steps, self.total_steps)
+        if self.lock is not None:
+            self.lock.acquire()  # a no-op unless an earlier fit released it
         resumed = self.maybe_resume()
         writer = None
         if self.rank == 0:
@@ -352,6 +356,11 @@ class Trainer:
                     if self.step >= stop:
                         break
             self.save(periodic=True)
+            if self.rank == 0:
+                plot_losses(self.losses, self.run_dir / "loss.png")
+                health = read_health(self.run_dir / "metrics.jsonl")
+                if health:
+                    plot_health(health, self.run_dir / "health.png", cfg)
         finally:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
@@ -361,11 +370,8 @@ class Trainer:
                 metrics.close()
             if writer is not None:
                 writer.close()
-        if self.rank == 0:
-            plot_losses(self.losses, self.run_dir / "loss.png")
-            health = read_health(self.run_dir / "metrics.jsonl")
-            if health:
-                plot_health(health, self.run_dir / "health.png", cfg)
+            if self.lock is not None:
+                self.lock.release()
         final = self.losses[-1][1] if self.losses else float("nan")
         return TrainResult(self.run_dir, self.step, final, self.losses, time.perf_counter() - t_start)
 
@@ -385,7 +391,7 @@ class Trainer:
         if path.is_file():
             keep = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= self.step]
-            path.write_text("".join(line + "\n" for line in keep))
+            files.write_text(path, "".join(line + "\n" for line in keep))
         return open(path, "a")
 
     def _catch_signals(self) -> dict:
@@ -480,7 +486,7 @@ def plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    files.save_figure(fig, path)
     plt.close(fig)
 
 

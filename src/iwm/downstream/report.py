@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import write_text
+
 Column = tuple[str, str, str]  # (row key, header, format spec such as ".4f" or ",d")
 
 
@@ -31,10 +33,7 @@ def format_table(rows: Sequence[dict], columns: Sequence[Column]) -> str:
 
 def write_json(result: Any, path: str | Path) -> Path:
     """Write ``result`` as indented JSON (NaN written as null), creating folders as needed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(result), indent=2))
-    return path
+    return write_text(path, json.dumps(_finite(result), indent=2))
 
 
 def _finite(obj: Any) -> Any:

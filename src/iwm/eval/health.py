@@ -29,6 +29,7 @@ from .features import extract, subset
 from .knn import knn_accuracy
 from .mrr import FAMILIES, chance_mrr, compute_mrr, family_params
 from .pixels import RawPixels
+from ..files import save_figure
 
 if TYPE_CHECKING:
     from ..models import IWM
@@ -243,5 +244,5 @@ def plot_health(records: list[dict], path: str | Path, cfg: Config | None = None
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)

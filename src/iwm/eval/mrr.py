@@ -37,6 +37,7 @@ from ..api import RUN_HELP
 from ..config import AugConfig
 from ..data import build_dataset, normalize
 from ..data.views import center_view
+from ..files import write_text
 from ..masks import Masks, MultiBlockMasker
 from ..models import gather_tokens
 from ..photometric import PhotometricParams, PhotometricSampler, apply, blur_kernel_size
@@ -295,8 +296,7 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     print(format_table(res))
     out = Path(args.out) if args.out else run_dir(run) / "mrr.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
+    write_text(out, json.dumps(res, indent=2))
     print(f"wrote {out}")
     return 0
 

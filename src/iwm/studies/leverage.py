@@ -45,6 +45,7 @@ import torch
 from ..config import encoder_dims
 from ..downstream.cli import DEFAULT_SEG_DATA
 from ..downstream.finetune import HEADS, PREDICTOR_LR_RATIO
+from ..files import save_figure, write_text
 from ..train import resolve_device
 from .grid import GridRun, code_version, device_name, ensure_trained, run_config
 from .world_model import GRID, VERDICT
@@ -230,7 +231,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
     out_md.parent.mkdir(parents=True, exist_ok=True)
     _write(out_md.with_suffix(".json"), study, {})  # the raw numbers beside the page
     plot_spectrum(study, out_md.parent / "leverage_spectrum.png")
-    out_md.write_text(render_markdown(study))
+    write_text(out_md, render_markdown(study))
     return study
 
 
@@ -413,7 +414,7 @@ def plot_spectrum(study: dict, path: Path) -> None:
     bx.set_title("out of domain: segmentation")
     bx.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

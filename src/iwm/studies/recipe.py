@@ -27,6 +27,7 @@ from ..eval.knn import knn_eval
 from ..eval.mrr import compute_mrr
 from ..train import resolve_device
 from .grid import GridRun, code_version, device_name, ensure_trained, run_config
+from ..files import write_text
 
 # (name, overrides on cifar10_equi, what it tests)
 VARIANTS: list[tuple[str, tuple[str, ...], str]] = [
@@ -75,7 +76,7 @@ def measure(cfg: Config, mrr_images: int, mrr_bank: int, device: torch.device) -
            "mrr_action_zeroed": mrr["families"]["all"]["mrr_action_zeroed"], "chance": mrr["chance"],
            "images_per_s": sum(rates) / len(rates) if rates else None,
            "final_loss": sum(losses[-5:]) / max(1, len(losses[-5:])), "measured": time.time()}
-    cache.write_text(json.dumps(res, indent=2))
+    write_text(cache, json.dumps(res, indent=2))
     return res
 
 
@@ -97,8 +98,8 @@ def run_study(out_md: Path | None, runs_dir: Path, steps: int, mrr_images: int, 
              "runs": results}
     if out_md is not None:
         out_md.parent.mkdir(parents=True, exist_ok=True)
-        out_md.with_suffix(".json").write_text(json.dumps(study, indent=2))
-        out_md.write_text(render_table(study))
+        write_text(out_md.with_suffix(".json"), json.dumps(study, indent=2))
+        write_text(out_md, render_table(study))
     return study
 
 

@@ -28,6 +28,7 @@ from ..config import Config, encoder_dims
 from ..eval.knn import knn_eval
 from ..eval.mrr import FAMILIES, compute_mrr, strength_aug
 from ..eval.pixels import RawPixels
+from ..files import save_figure, write_text
 from ..train import resolve_device
 from .grid import GridRun, code_version, device_name, ensure_trained, run_config, steps_per_epoch
 
@@ -123,7 +124,7 @@ def run_only(names: list[str], runs_dir: Path, steps: int, mrr_images: int, mrr_
         cfg = run_config(run, runs_dir, steps, extra_overrides, device)
         ensure_trained(cfg, steps)
         out["runs"][name] = {"overrides": list(run.overrides), **measure(run, cfg, mrr_images, mrr_bank, dev)}
-        (Path(runs_dir) / only_file(names)).write_text(json.dumps(out, indent=2))
+        write_text(Path(runs_dir) / only_file(names), json.dumps(out, indent=2))
     return out
 
 
@@ -167,12 +168,11 @@ def run_study(out_md: Path, runs_dir: Path, steps: int | None, mrr_images: int, 
         "knn_pixels_top1": pixels,
         "runs": results,
     }
-    (runs_dir / "study.json").write_text(json.dumps(study, indent=2))
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.with_suffix(".json").write_text(json.dumps(study, indent=2))  # the raw numbers beside the page
+    write_text(runs_dir / "study.json", json.dumps(study, indent=2))
+    write_text(out_md.with_suffix(".json"), json.dumps(study, indent=2))  # the raw numbers beside the page
     plot = out_md.with_name(f"{out_md.stem}_mrr.png")
     plot_mrr(study, plot)
-    out_md.write_text(render_markdown(study, plot.name, section))
+    write_text(out_md, render_markdown(study, plot.name, section))
     return study
 
 
@@ -344,7 +344,7 @@ def plot_mrr(study: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

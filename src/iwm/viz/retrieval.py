@@ -19,6 +19,7 @@ import torch
 from ..api import RUN_HELP
 from ..eval.mrr import (DESTRUCTIVE, FAMILIES, Probe, eval_images, family_params, image_generator,
                         reciprocal_ranks, run_dir, squared_distances, strength_aug)
+from ..files import save_figure
 
 if TYPE_CHECKING:
     from ..api import Run
@@ -90,10 +91,7 @@ def retrieval_figure(run: Run, out_path: str | Path, num_images: int = 4, num_ne
             for j, k in enumerate(order[:num_neighbours].tolist()):
                 _show(ax[LEADING + j], trial.bank_images[k], "lime" if k == 0 else None)
             row += 1
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    return out
+    return save_figure(fig, out_path, dpi=DPI)
 
 
 def _main(args: argparse.Namespace) -> int:

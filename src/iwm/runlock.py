@@ -1,0 +1,90 @@
+"""One writer per run directory: an exclusive ``flock`` on ``<run>/.lock``, which records who holds
+it; the kernel drops the lock when its process dies, so even ``kill -9`` never blocks the next run."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from .config import ConfigError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+
+
+class RunLocked(ConfigError):
+    """Another process is writing this run directory."""
+
+
+def check_writable(*dirs: Path) -> None:
+    """Create each folder and a file in it, so that a read-only or foreign run directory is
+    refused at start-up rather than at the first checkpoint."""
+    for d in dirs:
+        probe = d / f".write-test{os.getpid()}"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(f"run.out_dir: cannot write to {d} ({err.strerror or err}); fix its permissions "
+                              "or choose another run.out_dir") from None
+
+
+class RunLock:
+    """Held by the process that trains in ``run_dir`` (rank 0 under torchrun); readers such as
+    ``iwm eval`` never take it."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.file = None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock (a no-op if this object holds it); raise :class:`RunLocked` naming the
+        holder if another process has it."""
+        if self.file is not None:
+            return self
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read()
+            f.close()
+            raise RunLocked(f"{self.path.parent} is in use by another iwm process ({describe(holder)}); wait "
+                            "for it to end, stop it, or choose another run.out_dir") from None
+        except OSError as err:  # e.g. a network filesystem mounted without lock support: run, but say so
+            log.warning("cannot lock %s (%s): nothing stops a second run from writing this directory",
+                        self.path, err.strerror)
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}) + "\n")
+        f.flush()
+        self.file = f
+        return self
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing the descriptor drops the flock
+            self.file = None
+
+
+def describe(holder: str) -> str:
+    """The lock file's record as ``pid 123 on host gpu01, started ...``."""
+    try:
+        h = json.loads(holder)
+        return f"pid {h['pid']} on host {h['host']}, started {h['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def hold(run_dir: Path, *more: Path) -> RunLock:
+    """Check that ``run_dir`` (and ``more`` folders in it) can be written, then lock it."""
+    check_writable(run_dir, *more)
+    return RunLock(run_dir).acquire()
