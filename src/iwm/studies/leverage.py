@@ -41,6 +41,7 @@ import torch
 
 from ..config import encoder_dims
 from ..downstream.cli import DEFAULT_SEG_DATA
+from ..downstream.probes import PIXELS  # the reference row: the probes on the images themselves
 from ..train import resolve_device
 from .grid import GridRun, code_version, device_name, ensure_trained, run_config
 from .world_model import GRID, VERDICT
@@ -59,7 +60,6 @@ MODELS = (
                                           "with predictor finetuning and out of domain"),
     Model("I-JEPA", "ijepa", "among the 'other JEPA methods' the invariant IWM beats in linear probing"),
 )
-PIXELS = "raw pixels"  # the reference row: the probes on the images themselves
 PIXEL_KINDS = ("knn", "linear", "attentive")  # the protocols that need no pretrained network
 # classification evaluations, from the simplest head to the most flexible one (Figure 5's axis)
 CLASSIFICATION = ("knn", "linear", "attentive", "predictor_ft")
