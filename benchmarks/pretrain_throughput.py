@@ -4,8 +4,12 @@ input pipeline alone, crops from the loader's workers vs cut on the device (data
     python benchmarks/pretrain_throughput.py                 # CPU: tiny ViT, 32 px
     python benchmarks/pretrain_throughput.py --gpu           # GPU: ViT-S/16 and ViT-B/16, 224 px
     python benchmarks/pretrain_throughput.py --write docs/benchmarks.md
+    python benchmarks/pretrain_throughput.py --case cifar10_equi-32px   # one case
 
 Every figure comes from this run on this machine; the device is printed beside the table.
+The training-health checks (``eval.every``) are timed between the training steps, so that a
+machine shared with other work slows both alike: health_pct is one check's cost as a share of
+the ``eval.every`` training steps it follows, at the config's default cadence.
 Synthetic images stand in for a data set, so "data" is the loader's cost of cropping in-memory
 uint8 images (decoding JPEGs from disk is the data workers' business and scales with them).
 """
@@ -84,8 +88,10 @@ def _compiled_graphs() -> int:
 
 
 def bench_case(name: str, overrides: list[str], device: str, steps: int, out_dir: Path,
-               synthetic_size: int = 2048, peak_flops: float | None = None, warmup: int = 3) -> dict:
-    """One model's step, timed; ``peak_flops`` (a measured bf16 peak) adds its MFU."""
+               synthetic_size: int = 2048, peak_flops: float | None = None, warmup: int = 3,
+               health_checks: int = 3) -> dict:
+    """One model's step, timed; ``peak_flops`` (a measured bf16 peak) adds its MFU; health checks
+    at the config's ``eval.every`` are timed between the steps."""
     cfg = config.from_dict(None, ["data.dataset=synthetic", f"data.synthetic_size={synthetic_size}",
                                   f"run.device={device}", f"run.out_dir={out_dir / name}", "run.progress=false",
                                   "data.num_workers=2", *overrides])
@@ -110,9 +116,18 @@ def bench_case(name: str, overrides: list[str], device: str, steps: int, out_dir
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     # full steps and steps with the transformations off, interleaved on the same batches so that
-    # drift on a noisy machine hits both alike
-    aug_s = full_s = off_s = 0.0
-    for crops in batches:
+    # drift on a noisy machine hits both alike; health checks in between, for the same reason
+    aug_s = full_s = off_s = health_s = 0.0
+    check_at = {int((i + 0.5) * steps / health_checks) for i in range(health_checks)} if t.health else set()
+    if t.health:
+        t.health(t.model, t.step)  # warm-up
+    for i, crops in enumerate(batches):
+        if i in check_at:
+            sync(dev)
+            t0 = time.perf_counter()
+            t.health(t.model, t.step)
+            sync(dev)
+            health_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         t.make_batch(crops, t.step)
         sync(dev)
@@ -135,6 +150,10 @@ def bench_case(name: str, overrides: list[str], device: str, steps: int, out_dir
            "model_pct": 100 * (full_s - aug_s) / total}
     if cfg.run.compile:  # a graph compiled inside the timed steps would inflate them: say so
         res["recompiles"] = _compiled_graphs() - graphs
+    if check_at:
+        health_s /= len(check_at)
+        res["health_ms"] = 1000 * health_s
+        res["health_pct"] = 100 * health_s / (cfg.eval.every * full_s)
     crops = batches[-1]
     if dev.type == "cuda":
         res["peak_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
@@ -220,9 +239,9 @@ def device_name(device: str) -> str:
 
 def table(rows: list[dict]) -> str:
     cols = ["case", "batch", "images_per_s", "step_ms", "step_ms_no_aug", "aug_overhead_pct", "data_pct",
-            "augment_pct", "model_pct", "aug_batched_ms", "aug_per_image_ms", "aug_speedup", "masks_2048_ms",
-            "peak_mem_gib", "peak_rss_gib", "mfu_pct", "recompiles", "loader_workers", "loader_images_per_s",
-            "on_device_images_per_s", "speedup"]
+            "augment_pct", "model_pct", "health_ms", "health_pct", "aug_batched_ms", "aug_per_image_ms",
+            "aug_speedup", "masks_2048_ms", "peak_mem_gib", "peak_rss_gib", "mfu_pct", "recompiles",
+            "loader_workers", "loader_images_per_s", "on_device_images_per_s", "speedup"]
     cols = [c for c in cols if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -245,10 +264,15 @@ def main() -> None:
     ap.add_argument("--out-dir", default="/tmp/iwm-bench")
     ap.add_argument("--write", default=None, help="append the tables to this markdown file")
     ap.add_argument("--json", default=None, help="write the rows to this JSON file")
+    ap.add_argument("--case", action="append", help="run only this case (repeatable; default: every case)")
     args = ap.parse_args()
     device = args.device or ("cuda" if args.gpu else "cpu")
     dev = torch.device(device)
     cases = {} if args.input_only else GPU_CASES if args.gpu else CPU_CASES
+    unknown = set(args.case or ()) - set(cases)
+    if unknown:
+        ap.error(f"unknown case {', '.join(sorted(unknown))}; the cases are {', '.join(cases)}")
+    cases = {n: o for n, o in cases.items() if not args.case or n in args.case}
     peak = peak_bf16_flops(dev) if dev.type == "cuda" and cases else None
     rows = []
     for name, overrides in cases.items():
@@ -267,7 +291,8 @@ def main() -> None:
                                   "--compile" if args.compile else "", "--compile-only" if args.compile_only else "",
                                   "--input-only" if args.input_only else f"--steps {args.steps}",
                                   f"--input-steps {args.input_steps}" if args.input_steps != 10 else "",
-                                  f"--set {' '.join(args.set)}" if args.set else "") if a)
+                                  f"--set {' '.join(args.set)}" if args.set else "",
+                                  *(f"--case {c}" for c in args.case or ())) if a)
     text = (f"\n### {device_name(device)} (torch {torch.__version__}, {time.strftime('%Y-%m-%d')})\n\n"
             f"Command: `python benchmarks/pretrain_throughput.py {flags}`\n\n" + (table(rows) + "\n" if rows else ""))
     if peak:

@@ -19,6 +19,7 @@ def test_benchmark_case_and_flop_count(tmp_path):
     assert res["images_per_s"] > 0 and res["aug_speedup"] > 0
     assert abs(res["data_pct"] + res["augment_pct"] + res["model_pct"] - 100) < 1e-6
     assert res["step_ms_no_aug"] > 0
+    assert res["health_ms"] > 0 and res["health_pct"] > 0  # the health checks, timed between the steps
     assert "| tiny |" in bench.table([res])
     from iwm import config
     from iwm.train import Trainer

@@ -45,6 +45,7 @@ import torch
 from ..config import encoder_dims
 from ..downstream.cli import DEFAULT_SEG_DATA
 from ..downstream.finetune import HEADS, PREDICTOR_LR_RATIO
+from ..downstream.probes import PIXELS  # the reference row: the probes on the images themselves
 from ..files import save_figure, write_text
 from ..train import resolve_device
 from .grid import GridRun, code_version, device_name, ensure_trained, run_config
@@ -64,7 +65,6 @@ MODELS = (
                                           "with predictor finetuning and out of domain"),
     Model("I-JEPA", "ijepa", "among the 'other JEPA methods' the invariant IWM beats in linear probing"),
 )
-PIXELS = "raw pixels"  # the reference row: the probes on the images themselves
 PIXEL_KINDS = ("knn", "linear", "attentive")  # the protocols that need no pretrained network
 # classification evaluations, from the simplest head to the most flexible one (Figure 5's axis)
 CLASSIFICATION = ("knn", "linear", "attentive", "predictor_ft")
