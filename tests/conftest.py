@@ -15,6 +15,9 @@ TINY = [
     "data.num_workers=0", "model.patch_size=4", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
     "predictor.depth=2", "predictor.width=32", "predictor.num_heads=2", "mask.min_context=2",
     "mask.num_targets=2", "aug.blur_sigma=[0.1,1.0]", "run.progress=false", "run.log_every=1",
+    # training health stays on (the default), on a few held-out images
+    "eval.health_bank=48", "eval.health_test=24", "eval.health_loss_batch=8", "eval.health_mrr_images=2",
+    "eval.health_mrr_bank=8",
 ]
 
 
@@ -65,3 +68,15 @@ def make_seg_folder(root: Path, counts=(("training", 3), ("validation", 2)), h=1
             Image.fromarray(img).save(root / "images" / split / f"{split}_{i:04d}.jpg", quality=95)
             Image.fromarray(mask, mode="L").save(root / "annotations" / split / f"{split}_{i:04d}.png")
     return root
+
+
+def train_tiny(tmp: Path, steps: int = 2) -> Path:
+    """A tiny run of ``steps`` steps in ``tmp/run``, for module fixtures whose tests only read it."""
+    from iwm import config
+    from iwm.train import Trainer
+
+    torch.set_num_threads(1)
+    cfg = config.from_dict(None, TINY + [f"run.out_dir={tmp / 'run'}", f"data.cache_dir={tmp / 'cache'}",
+                                         f"optim.max_steps={steps}"])
+    Trainer(cfg).fit()
+    return Path(cfg.run.out_dir)

@@ -73,6 +73,6 @@ def test_load_api_and_export(tmp_path, tiny_overrides):
     pred = run.predict(run.encode(x, target=False, keep=ctx_idx), ctx_idx, torch.tensor([[9, 10]] * 2),
                        params.action())
     assert pred.shape == (2, 2, 32)
-    run.export(tmp_path / "w.safetensors")
-    weights = load_file(str(tmp_path / "w.safetensors"))
-    assert torch.equal(weights["encoder.patch_embed.proj.weight"], run.encoder.patch_embed.proj.weight)
+    folder = run.save_pretrained(tmp_path / "w")
+    weights = load_file(str(folder / "encoder.safetensors"))
+    assert torch.equal(weights["patch_embed.proj.weight"], run.encoder.patch_embed.proj.weight)

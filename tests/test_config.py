@@ -1,7 +1,7 @@
 import pytest
 
 from iwm import config
-from iwm.cli import resolve_config
+from iwm.config import resolve_config
 from iwm.config import ConfigError
 
 
@@ -35,6 +35,10 @@ def test_overrides_are_typed(tmp_path):
     ("aug.grayscale_prob=1.5", "aug.grayscale_prob"),
     ("mask.num_targets=8", "mask.num_targets"),
     ("run.device=tpu", "run.device"),
+    ("eval.every=-1", "eval.every"),
+    ("eval.health_loss_batch=1000", "eval.health_loss_batch"),
+    ("eval.health_mrr_bank=1", "eval.health_mrr_bank"),
+    ("eval.collapse_std=-0.1", "eval.collapse_std"),
     ("nosection.x=1", "nosection"),
 ])
 def test_bad_values_name_the_key(override, key):
@@ -51,3 +55,24 @@ def test_conditioning_error_lists_choices():
 def test_unknown_shipped_config():
     with pytest.raises(ConfigError, match="cifar10_equi"):
         resolve_config("nope")
+
+
+def test_shipped_configs_say_where_each_augmentation_value_comes_from():
+    import yaml
+
+    from iwm.config import SHIPPED
+
+    for path in sorted(SHIPPED.glob("*.yaml")):
+        lines = path.read_text().splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("aug:"))
+        body = []
+        for line in lines[start + 1:]:
+            if not line.startswith(" "):
+                break
+            body.append(line)
+        keys = [line for line in body if line.strip() and not line.strip().startswith("#")]
+        undocumented = [line.split(":")[0].strip() for line in keys if "#" not in line]
+        assert not undocumented, (path.name, undocumented)
+        aug = yaml.safe_load(path.read_text())["aug"]
+        if "saturation" in aug:  # the paper's reported values
+            assert aug["saturation"] == 0.2 and aug.get("solarize_prob", 0.1) == 0.1, path.name

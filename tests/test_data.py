@@ -76,3 +76,54 @@ def test_sampler_global_batches_split_across_processes():
     assert list(s) == one[8:]
     with pytest.raises(ValueError, match="batch_size"):
         ResumableSampler(3, batch=4)
+
+
+def _class_tree(root, splits, classes=("cats", "dogs"), per_class=2):
+    for split in splits:
+        for c, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True)
+            for k in range(per_class):
+                Image.new("RGB", (20, 20), (40 * c, 10 * k, 0)).save(root / split / cls / f"{split}_{k}.png")
+    return root
+
+
+def _folder(path):
+    return DataConfig(dataset="folder", path=str(path), image_size=16)
+
+
+def test_folder_held_out_split_is_val_beside_train(tmp_path):
+    root = _class_tree(tmp_path / "ds", ["train", "val"])
+    for path in (root, root / "train"):  # the dataset root, or its train/ folder (as ImageNet configs were)
+        held_out = build_dataset(_folder(path), seed=0, split="test")
+        assert held_out.classes == ["cats", "dogs"]
+        assert {p.parent.parent.name for p in held_out.files} == {"val"}
+        train = build_dataset(_folder(path), seed=0, split="train")
+        assert {p.parent.parent.name for p in train.files} == {"train"}
+
+
+def test_folder_held_out_split_names_in_order(tmp_path):
+    root = _class_tree(tmp_path / "ds", ["train", "test", "validation"])
+    assert build_dataset(_folder(root), 0, "test").files[0].parts[-3] == "validation"
+    _class_tree(root, ["val"])
+    assert build_dataset(_folder(root), 0, "test").files[0].parts[-3] == "val"
+
+
+def test_folder_without_held_out_split_is_refused_for_evaluation(tmp_path):
+    root = _class_tree(tmp_path / "photos", [""])  # classes straight under the root
+    assert len(build_dataset(_folder(root), 0, "train")) == 4  # training on it is fine
+    with pytest.raises(FileNotFoundError, match=r"has no held-out split \(looked for val/, validation/, test/"):
+        build_dataset(_folder(root), 0, "test")
+    only_train = _class_tree(tmp_path / "ds", ["train"])
+    with pytest.raises(FileNotFoundError, match="no held-out split"):
+        build_dataset(_folder(only_train / "train"), 0, "test")
+
+
+def test_knn_on_a_folder_without_held_out_split_is_refused(tmp_path, tiny_overrides):
+    from iwm import config
+    from iwm.eval import knn_eval
+    from iwm.train import build_model
+
+    root = _class_tree(tmp_path / "photos", [""])
+    cfg = config.from_dict(None, tiny_overrides + ["data.dataset=folder", f"data.path={root}"])
+    with pytest.raises(FileNotFoundError, match=f"data.path: {root} has no held-out split"):
+        knn_eval(build_model(cfg).target_encoder, cfg)

@@ -4,20 +4,21 @@ import argparse
 import copy
 import json
 import tarfile
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import iwm
-from conftest import TINY, make_seg_folder
+from conftest import train_tiny, make_seg_folder
 from iwm import config
 from iwm.downstream import cli as leverage_cli
 from iwm.downstream.data import eval_set, num_classes, train_set
 from iwm.downstream.feeding import encoder_input, predict_all
-from iwm.downstream.finetune import PROTOCOLS, build_protocol, run_protocols, train_classifier
-from iwm.downstream.loop import count_trainable, cosine_lr
+from iwm.downstream.finetune import PREDICTOR_LR_RATIO, PROTOCOLS, build_protocol, run_protocols, train_classifier
+from iwm.downstream.heads import AttentiveClassifier, PooledHead
+from iwm.downstream import loop
+from iwm.downstream.loop import count_trainable, fit
 from iwm.downstream.metrics import confusion, iou_per_class, mean_iou, pixel_accuracy
 from iwm.downstream.multitask import (CIFAR10_TASKS, MultiTaskModel, compare_multitask, default_tasks,
                                       parse_tasks)
@@ -25,7 +26,7 @@ from iwm.downstream.probes import TokenSet, knn_probe, linear_probe, run_probes
 from iwm.downstream.segdata import IGNORE, SegFolder, seg_root
 from iwm.downstream.segmentation import SOURCES, build_segmenter, run_segmentation, seg_loss
 from iwm.models import Predictor
-from iwm.train import Trainer
+from iwm.schedules import learning_rate
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,12 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory):
     """One tiny two-step run shared by the module's tests (they only read it)."""
-    torch.set_num_threads(1)
-    tmp = tmp_path_factory.mktemp("leverage")
-    cfg = config.from_dict(None, TINY + [f"run.out_dir={tmp / 'run'}", f"data.cache_dir={tmp / 'cache'}",
-                                         "optim.max_steps=2"])
-    Trainer(cfg).fit()
-    return Path(cfg.run.out_dir)
+    return train_tiny(tmp_path_factory.mktemp("leverage"))
 
 
 @pytest.fixture
@@ -74,10 +70,37 @@ def test_prefix_path_matches_predictor_forward(conditioning):
         predict_all(pred, tokens[:, :5])
 
 
-def test_cosine_schedule_warms_up_then_decays():
-    lrs = [cosine_lr(s, 10, 1.0, 2) for s in range(10)]
-    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[2] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.05
+def record_lrs(monkeypatch) -> list[dict[int, float]]:
+    """Patch the downstream optimizer so that each of its steps records {id(parameter): lr}."""
+    steps: list[dict[int, float]] = []
+    make = loop.make_optimizer
+
+    def recording(*args, **kwargs):
+        opt = make(*args, **kwargs)
+        step = opt.step
+
+        def recorded_step(*a, **k):
+            steps.append({id(p): g["lr"] for g in opt.param_groups for p in g["params"]})
+            return step(*a, **k)
+
+        opt.step = recorded_step
+        return opt
+
+    monkeypatch.setattr(loop, "make_optimizer", recording)
+    return steps
+
+
+def test_downstream_schedule_is_the_pretraining_schedule(monkeypatch):
+    steps = record_lrs(monkeypatch)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 2)
+    x, y = torch.randn(8, 4), torch.tensor([0, 1] * 4)
+    fit(head, lambda i: F.cross_entropy(head(x[i]), y[i]), lambda e: [torch.arange(4), torch.arange(4, 8)] * 2,
+        epochs=5, steps_per_epoch=4, lr=0.3, weight_decay=0.0, warmup=0.25)
+    o = config.OptimConfig(lr=0.3, start_lr=0.0, final_lr=0.0, warmup=0.25)
+    want = [learning_rate(o, s, 20) for s in range(20)]
+    assert [s[id(head.weight)] for s in steps] == want  # the same function, to the bit
+    assert want[0] == 0.0 and max(want) == 0.3 and want[5] == 0.3 and want[-1] < 0.01
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,11 +137,28 @@ def test_probes_run_on_a_run(run):
     assert [r["kind"] for r in rows] == ["linear", "attentive", "knn"]
     d, c = run.target_encoder.embed_dim, num_classes(train, test)
     for r in rows:
-        assert set(r) == {"kind", "top1", "trainable_params", "seconds", "settings"}
-        assert 0.0 <= r["top1"] <= 1.0
+        assert set(r) == {"kind", "features", "top1", "trainable_params", "seconds", "settings"}
+        assert 0.0 <= r["top1"] <= 1.0 and r["features"] == "target encoder"
     assert rows[0]["trainable_params"] == d * c + c
     assert rows[1]["trainable_params"] > d * c and rows[1]["settings"]["cached_tokens"]
     assert rows[2]["trainable_params"] == 0
+
+
+def test_probes_put_the_raw_pixels_beside_the_encoder(run):
+    train, test = train_set(run, size=32, augment=False), eval_set(run, size=16)
+    rows = run_probes(run, ["linear", "attentive", "knn"], train, test, epochs=2, batch_size=16, pixels=True)
+    assert [(r["kind"], r["features"]) for r in rows] == [
+        (k, f) for k in ("linear", "attentive", "knn") for f in ("target encoder", "raw pixels")]
+    s, c = run.config.data.image_size, num_classes(train, test)
+    assert rows[1]["trainable_params"] == 3 * s * s * c + c  # the linear probe reads the whole image
+    assert rows[3]["settings"]["num_heads"] >= 1  # attentive: pixel patches as tokens
+    # kNN on the pixels is the same protocol on the flattened, normalised images
+    views = lambda ds: torch.stack([ds[i][0] for i in range(len(ds))])  # noqa: E731
+    labels = lambda ds: torch.tensor([ds[i][1] for i in range(len(ds))])  # noqa: E731
+    flat = lambda ds: encoder_input(views(ds)).flatten(1)  # noqa: E731
+    e = run.config.eval
+    assert rows[5]["top1"] == knn_probe(flat(train), labels(train), flat(test), labels(test), e.knn_k,
+                                        e.knn_temperature)["top1"]
 
 
 def test_token_set_streams_what_it_caches(run):
@@ -167,17 +207,52 @@ def test_encoder_protocol_trains_the_encoder_but_not_its_positions(run):
 def test_protocol_parameter_counts_and_control(run):
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     d, c = run.target_encoder.embed_dim, 4
-    head = 2 * d + d * c + c  # LayerNorm + linear
+    pooled = 2 * d + d * c + c  # LayerNorm + linear
+    attentive = n(AttentiveClassifier(d, config.encoder_dims(run.config.model)[2], c))
     enc = n(run.target_encoder) - run.target_encoder.pos_embed.numel()
     counts = {p: count_trainable(build_protocol(run, p, c)) for p in PROTOCOLS}
-    assert counts == {"predictor": n(run.predictor) + head, "encoder": enc + head,
-                      "end2end": enc + n(run.predictor) + head, "random_predictor": n(run.predictor) + head}
+    assert counts == {"predictor": n(run.predictor) + attentive, "encoder": enc + pooled,
+                      "end2end": enc + n(run.predictor) + pooled, "random_predictor": n(run.predictor) + attentive}
     pretrained, control = build_protocol(run, "predictor", c), build_protocol(run, "random_predictor", c)
     w = "blocks.0.attn.qkv.weight"
     assert not torch.equal(pretrained.predictor.state_dict()[w], control.predictor.state_dict()[w])
     assert same_state(pretrained.head.state_dict(), control.head.state_dict())  # only the predictor differs
     with pytest.raises(ValueError, match="unknown protocol"):
         build_protocol(run, "linear", c)
+    with pytest.raises(ValueError, match="predictor_lr_ratio"):
+        build_protocol(run, "predictor", c, predictor_lr_ratio=0.0)
+
+
+def test_predictor_finetuning_heads_are_attentive_over_the_predictor_tokens(run):
+    x = encoder_input(torch.stack([eval_set(run, size=2)[i][0] for i in range(2)]))
+    for p in ("predictor", "random_predictor"):
+        model = build_protocol(run, p, num_classes=4).eval()
+        assert isinstance(model.head, AttentiveClassifier)
+        with torch.no_grad():
+            tokens = predict_all(model.predictor, model.encoder.tokens(x))
+            assert torch.equal(model(x), model.head(tokens))
+    assert all(isinstance(build_protocol(run, p, 4).head, PooledHead) for p in ("encoder", "end2end"))
+
+
+def test_pretrained_predictor_trains_at_a_tenth_of_the_random_predictors_lr(run, monkeypatch):
+    assert PREDICTOR_LR_RATIO == 0.1  # the paper's value is the default
+    steps = record_lrs(monkeypatch)
+    lrs = {}
+    for p in ("predictor", "random_predictor"):
+        model = build_protocol(run, p, num_classes=4)
+        steps.clear()
+        train_classifier(model, train_set(run, size=32), epochs=3, batch_size=8, lr=1e-3, weight_decay=0.05,
+                         seed=0, device="cpu")
+        part = lambda m: [sorted({s[id(q)] for q in m.parameters()}) for s in steps]  # noqa: E731
+        lrs[p] = {"predictor": part(model.predictor), "head": part(model.head)}
+    total = 3 * 4
+    assert len(lrs["predictor"]["head"]) == total
+    schedule = [s[0] for s in lrs["random_predictor"]["predictor"]]
+    assert len(set(schedule)) > total // 2 and max(schedule) == pytest.approx(1e-3)  # warm-up and decay
+    for k in range(total):  # one lr per part and step; the pretrained predictor's at a tenth
+        assert lrs["random_predictor"]["predictor"][k] == lrs["random_predictor"]["head"][k] == [schedule[k]]
+        assert lrs["predictor"]["head"][k] == [schedule[k]]
+        assert lrs["predictor"]["predictor"][k] == [0.1 * schedule[k]]
 
 
 def test_all_protocols_run_side_by_side_and_leave_the_run_alone(run):
@@ -188,6 +263,9 @@ def test_all_protocols_run_side_by_side_and_leave_the_run_alone(run):
     for r in rows:
         assert 0.0 <= r["top1"] <= 1.0 and r["seconds_per_epoch"] > 0 and r["trainable_params"] > 0
         assert r["settings"]["steps"] == 2
+    assert [r["settings"]["head"] for r in rows] == ["attentive", "pooled", "pooled", "attentive"]
+    lr = rows[0]["settings"]["lr"]
+    assert [r["settings"]["predictor_lr"] for r in rows] == [pytest.approx(0.1 * lr), None, lr, lr]
     assert all(same_state(b, state(m)) for b, m in zip(before, (run.encoder, run.target_encoder, run.predictor)))
     again = run_protocols(run, ["predictor"], train_set(run, size=32), eval_set(run, size=16), epochs=1,
                           batch_size=16, seed=0)
@@ -299,6 +377,11 @@ def test_seg_loss_ignores_void_pixels():
 # segmentation: data and protocol
 
 
+def test_segmentation_without_data_says_how_to_give_it():
+    with pytest.raises(FileNotFoundError, match=r"none given; pass --seg-data or set \$IWM_CAMVID"):
+        seg_root("")
+
+
 def test_seg_reader_extracts_a_tarball_once_and_crops_jointly(tmp_path):
     folder = make_seg_folder(tmp_path / "wrap" / "tiny-seg")
     tgz = tmp_path / "tiny-seg.tar.gz"
@@ -380,11 +463,16 @@ def test_cli_commands_print_tables_and_write_json(run_path, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| probe" in out and "| protocol" in out and "multi-task top-1" in out and "mIoU" in out
     probe = json.loads((run_path / "leverage_probe.json").read_text())
-    assert [r["kind"] for r in probe["rows"]] == ["linear", "knn"]
+    assert [(r["kind"], r["features"]) for r in probe["rows"]] == [
+        ("linear", "target encoder"), ("linear", "raw pixels"), ("knn", "target encoder"), ("knn", "raw pixels")]
     fin = json.loads((run_path / "leverage_finetune.json").read_text())
     assert [r["protocol"] for r in fin["rows"]] == ["predictor", "random_predictor"]
+    assert fin["rows"][0]["settings"]["predictor_lr"] == pytest.approx(0.1 * fin["rows"][0]["settings"]["lr"])
     assert json.loads((run_path / "leverage_multitask.json").read_text())["rows"]
     seg = json.loads((run_path / "leverage_segment.json").read_text())
     assert seg["rows"][0]["settings"]["num_classes"] == 3
     assert leverage(["finetune", str(run_path), "--epochs", "0", "--device", "cpu", "--no-progress"]) == 2
     assert "epochs" in capsys.readouterr().err
+    assert leverage(["finetune", str(run_path), "--predictor-lr-ratio", "-1", *small]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "iwm: error: --predictor-lr-ratio must be > 0 (the paper's is 0.1), got -1"

@@ -12,9 +12,11 @@ def test_sizes_and_no_overlap():
     assert (b, t) == (32, 4)
     assert 0.05 * grid * grid <= nt <= 0.3 * grid * grid  # scale 0.15-0.2 of 196, rounding aside
     assert masks.context.shape[0] == 32 and masks.context.shape[1] >= 10
+    lengths = masks.context_lengths()
     for i in range(b):
-        ctx = set(masks.context[i].tolist())
-        assert len(ctx) == masks.context.shape[1]  # no duplicates
+        real = masks.context[i, : lengths[i]].tolist()
+        ctx = set(real)
+        assert len(ctx) == len(real) >= 10  # no duplicates, at least min_context
         for j in range(t):
             tgt = masks.targets[i, j].tolist()
             assert len(set(tgt)) == nt
@@ -50,4 +52,40 @@ def test_context_falls_back_to_uncovered_patches_when_blocks_crowd_it():
     m = MultiBlockMasker(cfg, 8)(16, torch.Generator().manual_seed(0))
     assert m.context.shape[1] >= 1
     for i in range(16):
-        assert set(m.context[i].tolist()).isdisjoint(m.targets[i].flatten().tolist())
+        real = m.context[i, : m.context_lengths()[i]]
+        assert set(real.tolist()).isdisjoint(m.targets[i].flatten().tolist())
+
+
+def test_every_sample_keeps_its_whole_context():
+    # a context block of the whole grid: each context must be exactly the patches no target covers
+    cfg = MaskConfig(num_targets=4, target_scale=(0.15, 0.2), context_scale=(1.0, 1.0), min_context=4)
+    grid = 8
+    m = MultiBlockMasker(cfg, grid)(128, torch.Generator().manual_seed(0))
+    lengths = m.context_lengths()
+    assert lengths.min() < lengths.max()  # lengths differ, so nothing was cut to the shortest
+    for i in range(128):
+        kept = m.context[i][m.context_valid[i]].tolist()
+        uncovered = set(range(grid * grid)) - set(m.targets[i].flatten().tolist())
+        assert kept == sorted(uncovered)
+
+
+def test_padding_sits_after_the_real_context_and_slices_with_it():
+    m = MultiBlockMasker(MaskConfig(min_context=4), 8)(16, torch.Generator().manual_seed(4))
+    valid = m.context_valid
+    assert valid is not None and valid.any(1).all()
+    # True entries first, then padding: a prefix of each row
+    assert torch.equal(valid, valid.cumprod(1).bool())
+    part = m[4:8]
+    assert torch.equal(part.context, m.context[4:8]) and torch.equal(part.context_valid, valid[4:8])
+    assert torch.equal(part.context_lengths(), valid[4:8].sum(1))
+
+
+def test_cut_context_is_ijepa_rule():
+    cfg = MaskConfig(num_targets=4, target_scale=(0.15, 0.2), context_scale=(1.0, 1.0), min_context=4,
+                     cut_context=True)
+    m = MultiBlockMasker(cfg, 8)(64, torch.Generator().manual_seed(0))
+    assert m.context_valid is None
+    for i in range(64):  # the same length for all, each a subset of its uncovered patches
+        uncovered = set(range(64)) - set(m.targets[i].flatten().tolist())
+        assert set(m.context[i].tolist()) <= uncovered
+        assert torch.equal(m.context[i], m.context[i].sort().values)

@@ -61,3 +61,56 @@ def test_encoder_is_a_timm_vit_with_masked_forward(tiny_overrides):
     keep = torch.tensor([[0, 3, 5], [1, 2, 15]])
     assert enc.tokens(img, keep).shape == (2, 3, 32)
     assert not enc.pos_embed.requires_grad
+
+
+@pytest.mark.parametrize("conditioning", ["none", "sequence", "feature"])
+def test_context_padding_does_not_change_the_prediction(tiny_overrides, conditioning):
+    """A sample padded to a longer context (as in a batch) predicts what it predicts alone."""
+    cfg = config.from_dict(None, tiny_overrides + [f"predictor.conditioning={conditioning}"])
+    torch.manual_seed(0)
+    enc, pred = build_encoder(cfg).eval(), build_predictor(cfg).eval()
+    img = torch.randn(1, 3, 16, 16)
+    ctx = torch.tensor([[0, 1, 4, 5, 6]])
+    tgt = torch.tensor([[10, 11, 14, 15]])
+    action = torch.randn(1, 7)
+    with torch.no_grad():
+        alone = pred(enc.tokens(img, ctx), ctx, tgt, action)
+        padded_idx = torch.cat([ctx, torch.zeros(1, 3, dtype=torch.long)], 1)  # three padding entries
+        valid = torch.tensor([[True] * 5 + [False] * 3])
+        z = enc.tokens(img, padded_idx, valid)
+        padded = pred(z, padded_idx, tgt, action, valid)
+        leaky = pred(z, padded_idx, tgt, action)  # the padding attended to: a different answer
+    assert torch.allclose(z[:, :5], enc.tokens(img, ctx), atol=1e-6)
+    assert torch.allclose(padded, alone, atol=1e-6)
+    assert (leaky - alone).abs().max() > 1e-4
+
+
+def test_feature_conditioning_residual_keeps_the_mask_token(tiny_overrides):
+    cfg = config.from_dict(None, tiny_overrides + ["predictor.conditioning=feature", "predictor.cond_residual=true"])
+    pred = build_predictor(cfg).eval()
+    torch.nn.init.zeros_(pred.cond[-1].weight)
+    torch.nn.init.zeros_(pred.cond[-1].bias)
+    ref = build_predictor(config.from_dict(None, tiny_overrides + ["predictor.conditioning=none"])).eval()
+    ref.load_state_dict({k: v for k, v in pred.state_dict().items() if not k.startswith("cond.")})
+    ctx, tgt = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[8, 9]])
+    z = torch.randn(1, 4, 32)
+    with torch.no_grad():  # a zero last layer: the action changes nothing, the position gets through
+        assert torch.allclose(pred(z, ctx, tgt, torch.randn(1, 7)), ref(z, ctx, tgt), atol=1e-6)
+
+
+def test_length_groups_give_the_same_loss_and_gradients(tiny_overrides):
+    cfg = config.from_dict(None, tiny_overrides + ["mask.num_targets=2"])
+    masks = MultiBlockMasker(cfg.mask, 4)(8, torch.Generator().manual_seed(3))
+    assert masks.context_valid is not None  # the batch really is padded
+    g = torch.Generator().manual_seed(0)
+    x, y, a = torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 7, generator=g)
+    results = []
+    for groups in (1, 3):
+        torch.manual_seed(0)
+        model = IWM(build_encoder(cfg), build_predictor(cfg), per_block=False, length_groups=groups)
+        loss = model(x, y, a, masks)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.encoder.parameters() if p.grad is not None]))
+    (l1, g1), (l3, g3) = results
+    assert torch.allclose(l1, l3, atol=1e-6)
+    assert all(torch.allclose(u, v, atol=1e-6) for u, v in zip(g1, g3))

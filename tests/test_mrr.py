@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -114,3 +115,17 @@ def test_cli_parsers_write_results(tiny_run, tmp_path, capsys):
     args = ap.parse_args(["eval", "mrr", str(tiny_run), "--images", "1", "--bank", "3", "--strength", "0",
                           "--no-progress", "--out", str(out)])
     assert args.fn(args) == 0 and json.loads(out.read_text())["meaningful"] is False
+
+
+def test_weak_bank_has_no_untouched_entries(tiny_run):
+    """At strength 0.5 every bank entry is still jittered: an untouched duplicate would tie with
+    other untouched entries and cap even a perfect predictor's MRR near 0.5."""
+    run = iwm.load(tiny_run)
+    probe = mrr.Probe(run, dataclasses.replace(run.config.aug, strength=0.5))
+    image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    trial = probe.trial(image, 256, torch.Generator().manual_seed(1))
+    t = trial.bank_params
+    untouched = (t.brightness == 1) & (t.contrast == 1) & (t.saturation == 1) & (t.hue == 0)
+    assert not untouched.any()
+    flat = trial.bank_images.flatten(1)
+    assert not (flat == trial.image.flatten(1)).all(1).any()  # no entry is the image itself

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import TINY, make_seg_folder
 from iwm.studies import leverage
-from iwm.studies.leverage import CLASSIFICATION, MODELS, SEGMENTATION, TABLE4, run_study
+from iwm.studies.leverage import CLASSIFICATION, MODELS, PIXEL_KINDS, PIXELS, SEGMENTATION, TABLE4, run_study
 from iwm.studies.world_model import GRID, VERDICT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +38,10 @@ def test_study_evaluates_every_model_writes_the_page_and_resumes(tmp_path, monke
 
     saved = json.loads((runs / "leverage.json").read_text())
     assert json.loads(out.with_suffix(".json").read_text()) == saved  # the raw numbers beside the page
-    assert set(saved["models"]) == {m.label for m in MODELS}
+    assert set(saved["models"]) == {m.label for m in MODELS} | {PIXELS}
+    pixels = saved["models"][PIXELS]["evals"]
+    assert list(pixels) == list(PIXEL_KINDS) and all(r["features"] == "raw pixels" for r in pixels.values())
+    assert pixels["linear"]["trainable_params"] > saved["models"]["I-JEPA"]["evals"]["linear"]["trainable_params"]
     for m in MODELS:
         ev = saved["models"][m.label]["evals"]
         extra_kinds = TABLE4 if m.run == "strong_d4" else ()
@@ -63,7 +66,14 @@ def test_study_evaluates_every_model_writes_the_page_and_resumes(tmp_path, monke
         ev = saved["models"][m.label]["evals"]
         assert _row(md, m.label)[2:8] == ([f"{100 * ev[k]['top1']:.2f}" for k in CLASSIFICATION]
                                           + [f"{100 * ev[k]['miou']:.2f}" for k in SEGMENTATION])
-    assert _row(md, "encoder FT")[1] == f"{100 * saved['models']['IWM-equivariant']['evals']['encoder']['top1']:.2f}"
+    assert _row(md, f"{PIXELS} (reference)")[2:8] == (
+        [f"{100 * pixels[k]['top1']:.2f}" for k in PIXEL_KINDS] + ["n/a"] * 3)
+    equi = saved["models"]["IWM-equivariant"]["evals"]
+    assert _row(md, "encoder FT")[1:4] == ["pooled", "-", f"{100 * equi['encoder']['top1']:.2f}"]
+    # the paper's predictor finetuning: attentive head, the pretrained predictor at a tenth of the lr
+    assert _row(md, "predictor FT")[1:3] == ["attentive", f"{0.1 * settings['finetune_lr']:g}"]
+    assert _row(md, "random predictor FT")[1:3] == ["attentive", f"{settings['finetune_lr']:g}"]
+    assert equi["predictor_ft"]["settings"]["predictor_lr"] == pytest.approx(0.1 * settings["finetune_lr"])
 
     def no_work(*args, **kwargs):
         raise AssertionError("a stored evaluation was redone")
@@ -76,10 +86,14 @@ def test_study_evaluates_every_model_writes_the_page_and_resumes(tmp_path, monke
     # a changed setting redoes exactly the evaluations it decides
     redone = []
     monkeypatch.setattr(leverage, "evaluate", lambda run, kind, *a, **k: redone.append(kind) or {
-        "top1": 0.5, "trainable_params": 1, "seconds": 0.0, "settings": {}})
+        "top1": 0.5, "trainable_params": 1, "seconds": 0.0, "seconds_per_epoch": 0.0, "settings": {}})
     run_study(out, runs, steps=2, settings={**settings, "attentive_epochs": 2}, extra_overrides=extra,
               device="cpu", table4=True, multitask=True, progress=False)
-    assert redone == ["attentive"] * len(MODELS)
+    assert redone == ["attentive"] * (len(MODELS) + 1)  # the pixels' attentive probe too
+    redone.clear()
+    run_study(out, runs, steps=2, settings={**settings, "attentive_epochs": 2, "predictor_lr_ratio": 1.0},
+              extra_overrides=extra, device="cpu", table4=True, multitask=True, progress=False)
+    assert redone == ["predictor_ft"] * len(MODELS)
 
 
 def test_cli_refuses_bad_counts(capsys):
@@ -87,3 +101,5 @@ def test_cli_refuses_bad_counts(capsys):
 
     assert main(["study", "leverage", "--seg-epochs", "0"]) == 2
     assert "--seg-epochs must be at least 1" in capsys.readouterr().err
+    assert main(["study", "leverage", "--predictor-lr-ratio", "0"]) == 2
+    assert "--predictor-lr-ratio must be > 0" in capsys.readouterr().err

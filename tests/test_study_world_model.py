@@ -29,6 +29,18 @@ def _row(md: str, first_cell: str) -> list[str]:
     raise AssertionError(f"no row {first_cell!r}")
 
 
+def test_reused_run_check_ignores_where_cifar10_is_kept():
+    from iwm.config import Config
+
+    base = Config().to_dict()
+    moved = json.loads(json.dumps(base))
+    moved["data"].update(path="/elsewhere/cifar-10-python.tar.gz", cache_dir="/tmp/c")
+    assert grid._training_part(moved) == grid._training_part(base)
+    for d, path in ((base, "/photos"), (moved, "/other-photos")):  # a folder's path says which images: it counts
+        d["data"].update(dataset="folder", path=path)
+    assert grid._training_part(moved) != grid._training_part(base)
+
+
 def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     out, runs = tmp_path / "docs" / "world_model.md", tmp_path / "runs"
     extra = EXTRA + [f"data.cache_dir={tmp_path / 'cache'}"]
@@ -46,8 +58,9 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     md = out.read_text()
     assert "Table 1" in md and "Table 2" in md and md.count(VERDICT) == 2
     assert "CPU, 1 threads" in md and "2 steps (1 epoch), batch 8" in md
-    pixels = f"{100 * saved['pixel_knn']['top1']:.2f} %"
-    assert _row(md, "raw pixels")[4] == pixels and f"raw pixels (no encoder, the same kNN): {pixels}" in md
+    pixels = f"{100 * saved['knn_pixels_top1']:.2f} %"
+    assert _row(md, "raw pixels")[4] == pixels
+    assert f"raw pixels by the same protocol: {pixels}" in md and f"same kNN protocol: {pixels}" in md
     num = lambda v: f"{v:.4f}"  # noqa: E731
     for cond, run in study.table1_rows():
         r = saved["runs"][run.name]
@@ -83,3 +96,26 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     assert headings[0] == "## GPU run" and "### Table 1: conditioning of the predictor" in headings
     assert all(h.startswith("###") for h in headings[1:])
     assert "](world_model_gpu_mrr.png)" in page and (gpu.parent / "world_model_gpu_mrr.png").is_file()
+
+
+def test_only_remeasures_the_named_runs(tmp_path):
+    out = study.run_only(["weak_d1"], tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", "cmd")
+    assert list(out["runs"]) == ["weak_d1"]
+    assert json.loads((tmp_path / "runs" / "study_only-weak_d1.json").read_text())["runs"]["weak_d1"]["knn_top1"] >= 0
+    assert not (tmp_path / "runs" / "strong_d4").exists()  # nothing else trained
+    with pytest.raises(ValueError, match="unknown run"):
+        study.run_only(["nope"], tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", "cmd")
+
+
+def test_recipe_study_trains_each_variant_and_writes_its_table(tmp_path):
+    from iwm.studies import recipe
+
+    res = recipe.run_study(tmp_path / "recipe.md", tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", ["base", "cut_context"],
+                           "cmd")
+    assert set(res["runs"]) == {"base", "cut_context"}
+    page = (tmp_path / "recipe.md").read_text()
+    assert "| base |" in page and "| cut_context |" in page
+    again = recipe.run_study(None, tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", ["base"], "cmd")  # cached
+    assert again["runs"]["base"]["measured"] == res["runs"]["base"]["measured"]
+    with pytest.raises(ValueError, match="unknown variant"):
+        recipe.variant_runs(["nope"])

@@ -18,9 +18,14 @@ def test_few_steps_lower_the_loss(tiny_overrides):
     run = res.run_dir
     assert (run / "config.yaml").is_file() and (run / "loss.png").stat().st_size > 0
     assert list((run / "tensorboard").iterdir())
-    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    recs = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in recs] == list(range(1, 41))
     assert {"step", "loss", "lr", "momentum", "images_per_s"} <= set(recs[0])
+    # health at the start and the last step (eval.every is larger than the run), and its panel
+    health = [r for r in rows if r["kind"] == "health"]
+    assert [r["step"] for r in health] == [0, 40] and (run / "health.png").stat().st_size > 0
+    assert health[-1]["loss_all"] < health[0]["loss_all"]
 
 
 def _params(trainer):

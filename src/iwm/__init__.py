@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .api import Run, load
+from .api import Run, from_pretrained, load, pretrained
 from .config import Config, ConfigError
 
-__all__ = ["Config", "ConfigError", "Run", "load", "__version__"]
+__all__ = ["Config", "ConfigError", "Run", "from_pretrained", "load", "pretrained", "__version__"]

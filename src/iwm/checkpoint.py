@@ -1,7 +1,7 @@
 """Checkpoints: atomic writes, ``latest`` plus rotated periodic copies, safe loading.
 
 A checkpoint is a plain dict of tensors and numbers, loaded with ``weights_only=True`` so a
-file can never run code. Weights for sharing are exported as safetensors.
+file can never run code. Weights for sharing: :mod:`iwm.sharing`.
 """
 
 from __future__ import annotations
@@ -107,11 +107,3 @@ def find_checkpoint(path: str | Path) -> Path:
         raise FileNotFoundError(f"no such run or checkpoint: {p}")
     return p
 
-
-def export_safetensors(modules: dict[str, nn.Module], path: str | Path) -> None:
-    """Weights only, as safetensors, keys prefixed by module name (``encoder.blocks.0...``)."""
-    from safetensors.torch import save_file
-
-    flat = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items()
-            for k, v in m.state_dict().items()}
-    save_file(flat, str(path))

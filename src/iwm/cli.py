@@ -1,4 +1,4 @@
-"""``iwm`` command line: pretrain, demo, knn evaluation, weight export."""
+"""``iwm`` command line: pretrain, demo, knn evaluation, weights out (export, ship) and in (import-ijepa)."""
 
 from __future__ import annotations
 
@@ -10,41 +10,39 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from . import studies
-from . import viz
+from . import sharing, studies, viz
+from .api import HUB, RUN_HELP
+from .config import ConfigError, resolve_config
 from .downstream import cli as downstream_cli
-from .config import ConfigError
 from .eval import mrr as eval_mrr
 
-SHIPPED = Path(__file__).parent / "configs"
 
+def _pretrain_config(args: argparse.Namespace) -> config_mod.Config:
+    """--config; else the run's own config when run.out_dir holds a run (it resumes); else the
+    config of the weights it starts from (run.out_dir holding shared weights, or run.init_from),
+    for its architecture; else the defaults. Overrides go on top."""
+    cfg_path = resolve_config(args.config)
+    if cfg_path is not None:
+        return config_mod.load(cfg_path, args.overrides)
+    given = dict(o.split("=", 1) for o in args.overrides if "=" in o)
+    out, init = given.get("run.out_dir"), given.get("run.init_from")
+    if out and (Path(out) / "config.yaml").is_file():
+        return config_mod.load(Path(out) / "config.yaml", args.overrides)
+    source = out if out and sharing.is_folder(out) else init
+    if not source:
+        return config_mod.load(None, args.overrides)
+    from .api import read_config
 
-def resolve_config(name: str | None) -> Path | None:
-    """A YAML path, or the name of a shipped config (``cifar10_equi``)."""
-    if name is None:
-        return None
-    p = Path(name)
-    if p.is_file():
-        return p
-    shipped = SHIPPED / f"{name.removesuffix('.yaml')}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(q.stem for q in SHIPPED.glob("*.yaml")))
-    raise ConfigError(f"--config: no file {name!r} and no shipped config of that name (shipped: {names})")
+    base = read_config(source).to_dict()
+    base["run"].pop("out_dir", None)  # the source's own directory is not where this run goes
+    base["run"].pop("init_from", None)
+    return config_mod.from_dict(base, args.overrides)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from .train import PREEMPTED_EXIT_CODE, NonFiniteError, Preempted, pretrain
 
-    cfg_path = resolve_config(args.config)
-    run_dir_cfg = None
-    if cfg_path is None and args.overrides:
-        # `iwm pretrain run.out_dir=runs/x` on an existing run resumes it with its own config
-        for o in args.overrides:
-            if o.startswith("run.out_dir="):
-                cand = Path(o.split("=", 1)[1]) / "config.yaml"
-                run_dir_cfg = cand if cand.is_file() else None
-    cfg = config_mod.load(cfg_path or run_dir_cfg, args.overrides)
+    cfg = _pretrain_config(args)
     _setup_distributed(cfg)
     try:
         result = pretrain(cfg)
@@ -81,19 +79,59 @@ def _demo(args: argparse.Namespace) -> int:
 def _knn(args: argparse.Namespace) -> int:
     from .api import load
     from .eval import knn_eval
+    from .eval.mrr import run_dir
 
-    run = load(args.run, device=args.device)
+    run = load(args.run, device=args.device, image_size=args.image_size)
     cfg = config_mod.from_dict(run.config.to_dict(), args.overrides)
-    res = knn_eval(run.target_encoder, cfg, args.device, progress=True)
+    run.resize(cfg.data.image_size)  # data.image_size=N among the overrides works as --image-size N
+    # the raw pixels through the same protocol beside: the score the encoder has to beat
+    res = knn_eval(run.target_encoder, cfg, args.device, progress=True, pixels=not args.no_pixels)
+    res["image_size"] = cfg.data.image_size
     print(json.dumps(res, indent=2))
+    out = Path(args.out) if args.out else run_dir(run) / "knn.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out}", file=sys.stderr)  # stdout holds the JSON alone
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    import torch
+
     from .api import load
 
-    load(args.run).export(args.out)
-    print(f"wrote {args.out}")
+    if args.out.endswith((".safetensors", ".pt")):
+        raise ConfigError(f"iwm export writes a folder (weights, config.json, model card): give a folder name, "
+                          f"not {args.out!r}")
+    run = load(args.run)
+    folder = run.save_pretrained(args.out, dtype=torch.float16 if args.fp16 else None)
+    print(f"wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+    print(f"iwm:   run = iwm.from_pretrained({str(folder)!r})   (or any iwm command: iwm eval knn {folder})")
+    print("timm:  import timm")
+    print(f"       model = {sharing.timm_call(run.config, folder / sharing.weight_file('target_encoder'))}")
+    return 0
+
+
+def _ship(args: argparse.Namespace) -> int:
+    from .api import load
+    from .registry import registry_root, ship
+
+    entry = ship(load(args.run), args.name, args.registry)
+    root = registry_root(args.registry)
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in entry["scores"].items()) or "none recorded"
+    print(f"shipped {args.name} into {root / entry['folder']} (step {entry['step']}, scores: {scores}); "
+          f"manifest {root / 'manifest.json'}")
+    print(f"load it with iwm.pretrained({args.name!r}) or pretrained:{args.name} on the command line")
+    return 0
+
+
+def _import_ijepa(args: argparse.Namespace) -> int:
+    from .ijepa import import_ijepa
+
+    folder = import_ijepa(args.checkpoint, args.out, args.num_heads, args.predictor_heads)
+    print(f"wrote {folder} (licence CC BY-NC 4.0, as the I-JEPA weights); use it as a run: iwm eval knn {folder}; "
+          f"continue training as an IWM: iwm pretrain run.out_dir={folder} predictor.conditioning=feature "
+          "aug.strength=1 data.path=...")
     return 0
 
 
@@ -108,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_pretrain)
 
     p = sub.add_parser("demo", help="pretrain on CIFAR-10 on the CPU and compare kNN with a random encoder")
-    p.add_argument("--data", default=os.environ.get("IWM_CIFAR10", "../shared/data/cifar10-jpg.tar.gz"),
-                   help="CIFAR-10 JPEG tarball or extracted folder (default: $IWM_CIFAR10 or ../shared/data/...)")
+    p.add_argument("--data", default=None,
+                   help="CIFAR-10: cifar-10-python.tar.gz, its extracted folder, a torchvision root or a class-folder "
+                        "tree (default: $IWM_CIFAR10, else ~/.cache/iwm, else downloaded there, about 170 MB)")
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's CPU budget)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides")
@@ -117,17 +156,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run")
     esub = p.add_subparsers(dest="protocol", required=True)
-    k = esub.add_parser("knn", help="kNN top-1 of the target encoder")
-    k.add_argument("run", help="run directory or checkpoint")
+    k = esub.add_parser("knn", help="kNN top-1 of the target encoder, and of the raw pixels beside it")
+    k.add_argument("run", help=RUN_HELP)
     k.add_argument("--device", default="cpu")
+    k.add_argument("--image-size", type=int, default=None,
+                   help="images at this size instead of the pretraining one (the sin-cos positions are rebuilt)")
+    k.add_argument("--out", default=None, help="JSON file (default <run_dir>/knn.json)")
+    k.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel reference (pixels_top1)")
     k.add_argument("overrides", nargs="*", help="e.g. eval.knn_k=10 data.path=...")
     k.set_defaults(fn=_knn)
     eval_mrr.add_cli(esub)
 
-    p = sub.add_parser("export", help="write a run's weights as safetensors")
-    p.add_argument("run")
-    p.add_argument("out")
+    p = sub.add_parser("export", help="write a run as shared weights: safetensors per network, config.json, "
+                                      "model card (loads in iwm, timm, the Hugging Face Hub)")
+    p.add_argument("run", help=RUN_HELP)
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--fp16", action="store_true", help="store the weights in float16 (half the size)")
     p.set_defaults(fn=_export)
+
+    p = sub.add_parser("ship", help="add a run to the models shipped with the package (pretrained:NAME)")
+    p.add_argument("run", help=RUN_HELP)
+    p.add_argument("name", help="model name, e.g. cifar10_equi")
+    p.add_argument("--registry", default=None, help="registry folder (default: the package's iwm/weights, or "
+                                                   "$IWM_WEIGHTS_DIR)")
+    p.set_defaults(fn=_ship)
+
+    p = sub.add_parser("import-ijepa", help="an I-JEPA checkpoint -> a folder every iwm command takes")
+    p.add_argument("checkpoint", help="a .pth.tar of the I-JEPA code (encoder, predictor, target_encoder)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--num-heads", type=int, default=None,
+                   help="encoder attention heads (default: from I-JEPA's model sizes)")
+    p.add_argument("--predictor-heads", type=int, default=None, help="default: the encoder's, as I-JEPA")
+    p.set_defaults(fn=_import_ijepa)
     viz.add_cli(sub)
     downstream_cli.add_cli(sub)
     studies.add_cli(sub)
@@ -135,12 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub: we load no hub weights
+    words = sys.argv[1:] if argv is None else argv
+    if not any(str(w).startswith(HUB) for w in words):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub unless a run comes from it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, sharing.WeightsError) as err:
         print(f"iwm: error: {err}", file=sys.stderr)
         return 2
 

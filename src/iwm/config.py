@@ -23,8 +23,9 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     dataset: Literal["cifar10", "folder", "synthetic"] = "cifar10"
-    # cifar10: the CIFAR-10 JPEG tarball (or its extracted folder); folder: an ImageFolder root.
-    path: str = "../shared/data/cifar10-jpg.tar.gz"
+    # cifar10: "" = $IWM_CIFAR10, else the cache folder, else downloaded there (iwm.data.cifar10),
+    # or a path to it in any usual form; folder: the dataset root (train/ beside val/) or a folder of classes
+    path: str = ""
     image_size: int = 32
     crop_scale: tuple[float, float] = (0.3, 1.0)
     hflip: bool = True
@@ -32,7 +33,7 @@ class DataConfig:
     num_workers: int = 2
     subset: int = 0  # train on a seeded random subset of N images (0 = all)
     synthetic_size: int = 512
-    cache_dir: str = ""  # decoded CIFAR arrays go here; "" = ~/.cache/iwm
+    cache_dir: str = ""  # CIFAR-10 is looked for, downloaded and decoded here; "" = $XDG_CACHE_HOME/iwm or ~/.cache/iwm
     # hold the uint8 images on the training device and cut the crops there, batched (data sets
     # that fit in memory: cifar10, synthetic, small folders); false: crops in the loader's workers
     on_device: bool = False
@@ -48,17 +49,18 @@ class AugConfig:
     below, >1 stronger (probabilities saturate at 1).
     """
 
+    # Defaults: the recipe the paper reports (Garrido et al. 2024, arXiv 2403.00504).
     strength: float = 1.0
-    jitter_prob: float = 0.8  # source x
+    jitter_prob: float = 0.8  # source x; paper: p = 0.8 on both views
     target_jitter_prob: float = 0.8  # target y
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.2
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_prob: float = 0.2
+    brightness: float = 0.4  # paper
+    contrast: float = 0.4  # paper
+    saturation: float = 0.2  # paper (BYOL/I-JEPA-style pipelines use 0.4; the paper reports 0.2)
+    hue: float = 0.1  # paper
+    grayscale_prob: float = 0.2  # paper, source only
+    blur_prob: float = 0.2  # paper, source only
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # paper silent: BYOL's range, for 224 px
+    solarize_prob: float = 0.1  # the paper's hyper-parameter table (its prose says 0.2)
 
 
 @dataclass
@@ -70,6 +72,12 @@ class MaskConfig:
     target_aspect: tuple[float, float] = (0.75, 1.5)
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_context: int = 4  # fewest context tokens a sample may keep
+    # I-JEPA's rule: cut every context to the shortest in the batch (a random subset of each),
+    # so no padding is needed; off, every sample keeps its whole context, padded and key-masked
+    cut_context: bool = False
+    # run each batch in this many groups of similar context length, each padded only to its own
+    # longest: less padding for the same loss (worth it on CPUs; 1 = one batched pass, for GPUs)
+    length_groups: int = 1
 
 
 @dataclass
@@ -81,6 +89,7 @@ class ModelConfig:
     embed_dim: int = 0
     depth: int = 0
     num_heads: int = 0
+    mlp_ratio: float = 4.0  # MLP width / embedding width (ViT-g: 48/11)
 
 
 @dataclass
@@ -90,6 +99,9 @@ class PredictorConfig:
     num_heads: int = 0  # 0 = width // 64 (at least 1)
     conditioning: Literal["none", "sequence", "feature"] = "feature"
     cond_tokens: int = 1  # tokens a_x->y is embedded to under sequence conditioning
+    # feature conditioning: add the action MLP's output to the mask token (m + MLP([m, a]))
+    # rather than replace it; the token's position then reaches the blocks at full strength
+    cond_residual: bool = False
     # True: each target block gets its own predictor pass (I-JEPA); False: all blocks in one
     # pass, about num_targets times cheaper, as the mask tokens of all blocks share the context.
     per_block: bool = True
@@ -109,6 +121,8 @@ class OptimConfig:
     ema: tuple[float, float] = (0.996, 1.0)
     clip_grad: float = 1.0  # 0 = no clipping
     accum_steps: int = 1  # split each batch into this many micro-batches (same result, less memory)
+    # the regression loss on the target tokens: squared L2 (I-JEPA, the paper) or smooth L1
+    loss: Literal["l2", "smooth_l1"] = "l2"
 
 
 @dataclass
@@ -124,6 +138,9 @@ class RunConfig:
     progress: bool = True
     compile: bool = False  # torch.compile the model (worth it on GPUs for long runs)
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model, or shard it (ViT-L/H)
+    # a fresh run starts from these weights (any run argument: run dir, checkpoint, exported
+    # folder, pretrained:NAME); the optimizer starts anew at step 0
+    init_from: str = ""
 
 
 @dataclass
@@ -133,6 +150,19 @@ class EvalConfig:
     knn_temperature: float = 0.07
     knn_train: int = 10000  # size of the labelled bank drawn from the train split (0 = all)
     knn_test: int = 0  # test images scored (0 = all)
+    # training health (iwm.eval.health): measured every `every` steps (and at the first and last
+    # step) on held-out images fixed at start-up; 0 = off
+    every: int = 200
+    health_bank: int = 1000  # labelled train images in the health kNN bank (0 = no kNN)
+    health_test: int = 500  # held-out test images: kNN queries and feature statistics
+    health_loss_batch: int = 64  # of those, scored by the loss per transformation family
+    health_mrr_images: int = 8  # of those, ranked by the world model (0 = no MRR)
+    health_mrr_bank: int = 32  # transformed targets each is ranked among
+    # signs of collapse, warned about: the target encoder's pooled features spread less than this
+    # (std of the L2-normalised features x sqrt(dim): 0 = one point, ~1 = isotropic) or have a
+    # lower effective rank (RankMe); 0 = never warn
+    collapse_std: float = 0.05
+    collapse_rank: float = 2.0
 
 
 @dataclass
@@ -249,7 +279,7 @@ def validate(cfg: Config) -> Config:
     _check(d.subset >= 0, "data.subset", "must be 0 (all images) or a positive count")
     _check(d.synthetic_size > 0, "data.synthetic_size", "must be at least 1")
     _check_range("data.crop_scale", d.crop_scale, 1e-3, 1.0)
-    _check(d.dataset == "synthetic" or bool(d.path), "data.path", "set the path to the images")
+    _check(d.dataset != "folder" or bool(d.path), "data.path", "set it to the image folder (data.dataset=folder)")
 
     _check(a.strength >= 0, "aug.strength", "must be >= 0 (0 = identity, as I-JEPA)")
     for name in ("jitter_prob", "target_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
@@ -268,6 +298,7 @@ def validate(cfg: Config) -> Config:
     dim, depth, heads = encoder_dims(mo)
     _check(dim > 0 and depth > 0 and heads > 0, "model", "embed_dim, depth and num_heads must be positive (0 = the size's default)")
     _check(dim % heads == 0, "model.num_heads", f"must divide the embedding width {dim}")
+    _check(mo.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
 
     _check(p.depth >= 1, "predictor.depth", "must be at least 1")
     _check(p.width > 0, "predictor.width", "must be positive")
@@ -278,6 +309,8 @@ def validate(cfg: Config) -> Config:
     grid = d.image_size // mo.patch_size
     n = grid * grid
     _check(m.num_targets >= 1, "mask.num_targets", "must be at least 1")
+    _check(1 <= m.length_groups <= d.batch_size // max(1, o.accum_steps), "mask.length_groups",
+           "must lie in [1, micro-batch size] (1 = no grouping)")
     _check_range("mask.target_scale", m.target_scale, 0.0, 1.0)
     _check_range("mask.context_scale", m.context_scale, 0.0, 1.0)
     _check_range("mask.target_aspect", m.target_aspect, 1e-2, 100.0)
@@ -314,6 +347,16 @@ def validate(cfg: Config) -> Config:
     _check(e.knn_k >= 1, "eval.knn_k", "must be at least 1")
     _check(e.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
     _check(e.knn_train >= 0 and e.knn_test >= 0, "eval.knn_train", "counts must be >= 0 (0 = all)")
+    _check(e.every >= 0, "eval.every", "must be >= 0 (steps between health checks; 0 = off)")
+    _check(e.health_bank >= 0, "eval.health_bank", "must be >= 0 (0 = no kNN in the health checks)")
+    _check(e.health_test >= 2, "eval.health_test", "need at least 2 held-out images for feature statistics")
+    _check(1 <= e.health_loss_batch <= e.health_test, "eval.health_loss_batch",
+           f"must lie in [1, eval.health_test ({e.health_test})]")
+    _check(0 <= e.health_mrr_images <= e.health_test, "eval.health_mrr_images",
+           f"must lie in [0, eval.health_test ({e.health_test})] (0 = no MRR)")
+    _check(e.health_mrr_bank >= 2, "eval.health_mrr_bank", "rank among at least 2 targets")
+    _check(e.collapse_std >= 0, "eval.collapse_std", "must be >= 0 (0 = never warn)")
+    _check(e.collapse_rank >= 0, "eval.collapse_rank", "must be >= 0 (0 = never warn)")
     return cfg
 
 
@@ -366,10 +409,27 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
     return from_dict(values, overrides)
 
 
+SHIPPED = Path(__file__).parent / "configs"  # the configs that ship with the package
+
+
+def resolve_config(name: str | None) -> Path | None:
+    """A YAML path, or the name of a shipped config (``cifar10_equi``)."""
+    if name is None:
+        return None
+    p = Path(name)
+    if p.is_file():
+        return p
+    shipped = SHIPPED / f"{name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(q.stem for q in SHIPPED.glob("*.yaml")))
+    raise ConfigError(f"--config: no file {name!r} and no shipped config of that name (shipped: {names})")
+
+
 def save(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["Config", "ConfigError", "load", "from_dict", "save", "validate", "encoder_dims",
+__all__ = ["Config", "ConfigError", "load", "from_dict", "save", "validate", "encoder_dims", "resolve_config",
            "DataConfig", "AugConfig", "MaskConfig", "ModelConfig", "PredictorConfig",
            "OptimConfig", "RunConfig", "EvalConfig"]

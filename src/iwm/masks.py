@@ -3,8 +3,11 @@
 Per batch, one target block size and one context block size are drawn (so every sample has
 the same number of target tokens); per sample, ``num_targets`` target blocks and one context
 block are placed at random, and the context loses every patch that any target covers, so the
-predictor never sees what it must predict. Context lengths differ between samples; they are
-cut to the shortest in the batch (keeping a random subset) so the batch stacks into tensors.
+predictor never sees what it must predict. Context lengths differ between samples: every sample
+keeps its whole context, padded to the longest in the batch, and ``Masks.context_valid`` says
+which entries are real (the attention ignores the padding). I-JEPA instead cuts every context to
+the shortest in the batch (``mask.cut_context``), which on an 8x8 grid at batch 128 throws away
+a third of the context on average; ``benchmarks/context_padding.py`` measures both.
 """
 
 from __future__ import annotations
@@ -19,11 +22,33 @@ from .config import MaskConfig
 
 @dataclass
 class Masks:
-    context: torch.Tensor  # (B, Nc) patch indices the context encoder sees, sorted
+    context: torch.Tensor  # (B, Nc) patch indices the context encoder sees, sorted; padding at the end
     targets: torch.Tensor  # (B, T, Nt) patch indices of each target block, sorted
+    # (B, Nc) True where context holds a real patch; None when no sample is padded
+    context_valid: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Masks":
-        return Masks(self.context.to(device, non_blocking=True), self.targets.to(device, non_blocking=True))
+        valid = None if self.context_valid is None else self.context_valid.to(device, non_blocking=True)
+        return Masks(self.context.to(device, non_blocking=True), self.targets.to(device, non_blocking=True), valid)
+
+    def __getitem__(self, idx: slice | torch.Tensor) -> "Masks":
+        """The masks of some samples (a process's or a micro-batch's share), padding kept."""
+        valid = None if self.context_valid is None else self.context_valid[idx]
+        return Masks(self.context[idx], self.targets[idx], valid)
+
+    def trimmed(self) -> "Masks":
+        """The same masks without the padding columns no sample here needs."""
+        if self.context_valid is None:
+            return self
+        longest = int(self.context_valid.sum(1).max())
+        valid = self.context_valid[:, :longest]
+        return Masks(self.context[:, :longest], self.targets, None if bool(valid.all()) else valid)
+
+    def context_lengths(self) -> torch.Tensor:
+        """(B,) number of real context patches per sample."""
+        if self.context_valid is None:
+            return torch.full(self.context.shape[:1], self.context.shape[1], device=self.context.device)
+        return self.context_valid.sum(1)
 
 
 def _block_size(scale: tuple[float, float], aspect: tuple[float, float], grid: int,
@@ -80,8 +105,28 @@ class MultiBlockMasker:
             context[redo] = ~targets[redo].any(1)
             if (context[redo].sum(1) < 1).any():
                 raise RuntimeError("mask: target blocks cover the whole image; lower mask.target_scale")
-        # cut every context to the shortest, keeping a random subset, in patch order
-        keep = int(context.sum(1).min())
-        keys = torch.where(context, torch.rand(batch, n, generator=g), 2.0)
-        kept = keys.argsort(1)[:, :keep].sort(1).values
-        return Masks(kept, target_idx)
+        if c.cut_context:
+            return Masks(cut_context(context, g), target_idx)
+        idx, valid = pad_context(context)  # every sample keeps its whole context
+        return Masks(idx, target_idx, valid)
+
+
+def cut_context(context: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """(B, N) boolean context masks -> (B, K) patch indices in patch order, K the shortest
+    context: a random subset of each longer context is dropped (I-JEPA's rule)."""
+    keep = int(context.sum(1).min())
+    keys = torch.where(context, torch.rand(context.shape, generator=g), 2.0)
+    return keys.argsort(1)[:, :keep].sort(1).values
+
+
+def pad_context(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, N) boolean context masks -> (B, Nc) patch indices in patch order, padded to the
+    longest context with index 0, and the (B, Nc) validity mask (None when nothing is padded)."""
+    n = context.shape[1]
+    lengths = context.sum(1)
+    longest = int(lengths.max())
+    order = torch.where(context, torch.arange(n), n).sort(1).values[:, :longest]
+    valid = order < n
+    if bool(valid.all()):
+        return order, None
+    return order.masked_fill(~valid, 0), valid

@@ -94,8 +94,11 @@ def blur_kernel_size(cfg: AugConfig, image_size: int) -> int:
 class PhotometricSampler:
     """Draws per-sample corruption parameters from an :class:`AugConfig`."""
 
-    def __init__(self, cfg: AugConfig):
+    def __init__(self, cfg: AugConfig, jitter_every_target: bool = False):
+        # jitter_every_target: every target view is jittered whatever the strength (the MRR
+        # bank, whose entries must all differ from each other and from the untouched image)
         self.cfg = cfg
+        self.jitter_every_target = jitter_every_target
 
     def _scaled(self) -> dict[str, float]:
         c, s = self.cfg, self.cfg.strength
@@ -117,7 +120,8 @@ class PhotometricSampler:
         ``target``, the target's (jitter only)."""
         v = self._scaled()
         if target:
-            v = {**v, "jitter_prob": v["target_jitter_prob"], "grayscale_prob": 0.0, "blur_prob": 0.0,
+            jitter = 1.0 if self.jitter_every_target else v["target_jitter_prob"]
+            v = {**v, "jitter_prob": jitter, "grayscale_prob": 0.0, "blur_prob": 0.0,
                  "solarize_prob": 0.0}
         g = generator
 

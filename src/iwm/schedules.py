@@ -1,4 +1,5 @@
-"""Schedules as pure functions of the global step, so resume and multi-process runs agree."""
+"""Schedules as pure functions of the global step, so resume and multi-process runs agree.
+Pretraining and every downstream protocol take their learning rate from :func:`warmup_cosine`."""
 
 from __future__ import annotations
 
@@ -7,13 +8,20 @@ import math
 from .config import OptimConfig
 
 
+def warmup_cosine(step: int, total: int, peak: float, warmup: float, start: float = 0.0,
+                  final: float = 0.0) -> float:
+    """Linear warm-up from ``start`` to ``peak`` over the first ``warmup`` fraction of ``total``
+    steps, then cosine decay to ``final`` at step ``total``."""
+    warm = int(warmup * total)
+    if step < warm:
+        return start + (peak - start) * step / warm
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * t))
+
+
 def learning_rate(o: OptimConfig, step: int, total: int) -> float:
     """Linear warm-up from ``start_lr`` to ``lr``, then cosine decay to ``final_lr``."""
-    warm = int(o.warmup * total)
-    if step < warm:
-        return o.start_lr + (o.lr - o.start_lr) * step / warm
-    t = min(1.0, (step - warm) / max(1, total - warm))
-    return o.final_lr + 0.5 * (o.lr - o.final_lr) * (1 + math.cos(math.pi * t))
+    return warmup_cosine(step, total, o.lr, o.warmup, o.start_lr, o.final_lr)
 
 
 def weight_decay(o: OptimConfig, step: int, total: int) -> float:

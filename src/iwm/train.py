@@ -28,12 +28,14 @@ from .config import Config
 from .data import ResumableSampler, build_dataset, normalize
 from .data.device_crops import device_images
 from .eval.features import subset
-from .masks import Masks, MultiBlockMasker
+from .eval.health import HealthMonitor, plot_health, read_health
+from .masks import MultiBlockMasker
 from .models import IWM, build_encoder, build_predictor
 from .parallel import (full_tensor, load_model_state, load_optimizer_state, model_state, optimizer_state,
                        shard)
 from .photometric import PhotometricSampler, apply, blur_kernel_size
 from .schedules import ema_momentum, learning_rate, weight_decay
+from .warmstart import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,8 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def build_model(cfg: Config) -> IWM:
     torch.manual_seed(cfg.run.seed)  # the same seed gives the same initial weights
-    return IWM(build_encoder(cfg), build_predictor(cfg), cfg.predictor.per_block)
+    return IWM(build_encoder(cfg), build_predictor(cfg), cfg.predictor.per_block, cfg.optim.loss,
+               cfg.mask.length_groups)
 
 
 def build_optimizer(model: IWM, cfg: Config, device: torch.device) -> torch.optim.AdamW:
@@ -142,6 +145,8 @@ class Trainer:
         self.total_steps = cfg.optim.max_steps or cfg.optim.epochs * self.steps_per_epoch
 
         self.model = build_model(cfg).to(self.device)
+        if not (self.ckpt_dir / LATEST).is_file():  # a fresh run may start from weights trained elsewhere
+            warm_start(self.model, cfg)
         self.net: torch.nn.Module = self.model
         self.sharded = self.world > 1 and cfg.run.parallel == "fsdp"
         if self.sharded:  # in place: self.net is self.model, its parameters now shards
@@ -170,6 +175,15 @@ class Trainer:
         self.consecutive = torch.zeros((), device=self.device)
         self.worst_run = torch.zeros((), device=self.device)  # longest streak of skipped steps
         self.stop_signal: int | None = None
+        # training health on held-out data: rank 0 measures it; under FSDP every process takes
+        # part, as the sharded networks gather their weights collectively
+        self.health = None
+        if cfg.eval.every and (self.rank == 0 or self.sharded):
+            try:
+                self.health = HealthMonitor(cfg, self.device, self.amp_dtype, verbose=self.rank == 0)
+            except FileNotFoundError as err:  # no held-out split (a folder of training images only)
+                log.warning("training health is off: %s", err)
+        self.postfix: dict[str, str] = {}  # the progress bar's latest figures
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -229,7 +243,7 @@ class Trainer:
         # non-blocking: a blocking copy from the host waits for the GPU's queue to drain
         source = source[sl].to(self.device, non_blocking=True)
         target = target[sl].to(self.device, non_blocking=True)
-        masks = Masks(masks.context[sl], masks.targets[sl]).to(self.device)
+        masks = masks[sl].to(self.device)
         c = crops.to(self.device, non_blocking=True).float().div_(255.0)
         # the transformations run where the model lives, batched
         x = apply(c, source, self.kernel_size)
@@ -258,7 +272,7 @@ class Trainer:
             if self.sharded:
                 self.model.set_requires_gradient_sync(sync_now)
             with autocast, (nullcontext() if sync_now or self.sharded else self.net.no_sync()):
-                part = self.net(x[sl], y[sl], action[sl], Masks(masks.context[sl], masks.targets[sl])) / n
+                part = self.net(x[sl], y[sl], action[sl], masks[sl]) / n
             self.scaler.scale(part).backward()
             loss += part.detach()
         self.scaler.unscale_(self.optimizer)  # a no-op unless fp16
@@ -306,6 +320,10 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True)
         metrics = self._open_metrics() if self.rank == 0 else None
+        # under FSDP the first forward must be the whole model's (it sets up the sharding), so
+        # the random-initialisation baseline is skipped there
+        if self.health is not None and self.step == 0 and not self.sharded:
+            self._check_health(writer, metrics, bar)  # the random initialisation: the baseline
         t_start = time.perf_counter()
         t_log, step_log = t_start, self.step
         pending: list[tuple[int, torch.Tensor]] = []
@@ -324,6 +342,8 @@ class Trainer:
                         self._log(pending, rate, writer, metrics, bar)
                         pending, t_log, step_log = [], now, self.step
                         self._check_finite()
+                    if self.health is not None and (self.step % cfg.eval.every == 0 or self.step == self.total_steps):
+                        t_log += self._check_health(writer, metrics, bar)  # not counted in images/s
                     if self._signalled(at_log):
                         self.save(periodic=False)
                         raise Preempted(self.stop_signal, self.step)
@@ -343,6 +363,9 @@ class Trainer:
                 writer.close()
         if self.rank == 0:
             plot_losses(self.losses, self.run_dir / "loss.png")
+            health = read_health(self.run_dir / "metrics.jsonl")
+            if health:
+                plot_health(health, self.run_dir / "health.png", cfg)
         final = self.losses[-1][1] if self.losses else float("nan")
         return TrainResult(self.run_dir, self.step, final, self.losses, time.perf_counter() - t_start)
 
@@ -395,6 +418,26 @@ class Trainer:
                 f"weights from before the fault are in {self.ckpt_dir / LATEST}. Lower optim.lr, set "
                 "optim.clip_grad, use run.precision=fp32, or check the data.")
 
+    def _check_health(self, writer, metrics, bar) -> float:
+        """Measure and log the run's health now; returns the seconds it took."""
+        t0 = time.perf_counter()
+        rec = self.health(self.model, self.step)
+        if self.rank == 0:
+            metrics.write(json.dumps(rec) + "\n")
+            metrics.flush()
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k not in ("step", "kind"):
+                    writer.add_scalar(f"health/{k}", float(v), self.step)
+            if rec.get("knn_top1") is not None:
+                self.postfix["knn"] = f"{rec['knn_top1']:.1%}"
+            self.postfix["rank"] = f"{rec['effective_rank']:.1f}"
+            self.postfix.pop("health", None)
+            if rec["collapse"]:
+                self.postfix["health"] = "COLLAPSE?"
+            if bar is not None:
+                bar.set_postfix(self.postfix)
+        return time.perf_counter() - t0
+
     def _log(self, pending, rate, writer, metrics, bar) -> None:
         # The only host-device sync of the loop: losses stay on the device between logs.
         values = torch.stack([v for _, v in pending]).float().cpu().tolist()
@@ -408,7 +451,7 @@ class Trainer:
         if self.rank != 0:
             return
         o, total = self.cfg.optim, self.total_steps
-        rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss,
+        rec = {"kind": "train", "step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss,
                "lr": learning_rate(o, self.step - 1, total), "wd": weight_decay(o, self.step - 1, total),
                "momentum": ema_momentum(o, self.step - 1, total), "images_per_s": rate,
                "skipped_steps": int(self.skipped.item())}
@@ -418,7 +461,8 @@ class Trainer:
             writer.add_scalar(f"train/{k}", rec[k], self.step)
         if bar is not None:
             bar.update(self.step - bar.n)
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+            self.postfix.update(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+            bar.set_postfix(self.postfix)
 
 
 def plot_losses(losses: list[tuple[int, float]], path: Path) -> None:

@@ -1,6 +1,7 @@
-from .datasets import ArrayDataset, ImageFolder, ViewDataset, build_dataset, load_cifar10, synthetic_images
+from .cifar10 import CIFAR10_CLASSES, find_cifar10, load_cifar10
+from .datasets import ArrayDataset, ImageFolder, ViewDataset, build_dataset, folder_split, synthetic_images
 from .sampler import ResumableSampler
 from .views import normalize
 
-__all__ = ["ArrayDataset", "ImageFolder", "ViewDataset", "ResumableSampler", "build_dataset",
-           "load_cifar10", "normalize", "synthetic_images"]
+__all__ = ["ArrayDataset", "CIFAR10_CLASSES", "ImageFolder", "ViewDataset", "ResumableSampler", "build_dataset",
+           "find_cifar10", "folder_split", "load_cifar10", "normalize", "synthetic_images"]

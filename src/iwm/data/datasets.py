@@ -1,5 +1,5 @@
-"""Image sources: an ImageFolder (class sub-folders or a flat folder), the CIFAR-10 JPEG
-tarball (decoded once and cached as uint8 arrays), and a small synthetic set for tests.
+"""Image sources: an ImageFolder (class sub-folders or a flat folder; its train and held-out
+splits), CIFAR-10 (read by :mod:`.cifar10`), and a small synthetic set for tests.
 
 Each dataset yields ``(view, label)``: the target view y as a uint8 (3, S, S) tensor and an
 integer label (-1 where there is none). Photometric work happens later, batched, on the
@@ -8,11 +8,7 @@ device; data workers only decode and crop.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +22,9 @@ from .views import center_view, sample_generator, target_view
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# where a folder dataset keeps its held-out split, beside train/, in the order looked for
+# (ImageNet's labelled held-out split is val/; its test/ is unlabelled)
+HELD_OUT_SPLITS = ("val", "validation", "test")
 
 
 class ViewDataset(Dataset):
@@ -130,70 +128,6 @@ def _images_in(d: Path, recursive: bool = True) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------
-# CIFAR-10 (JPEG copy)
-
-
-def _cache_path(src: Path, cache_dir: str) -> Path:
-    st = src.stat()
-    key = hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iwm"
-    return root / f"cifar10-{key}.npz"
-
-
-def _decode(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _read_cifar(src: Path) -> dict[str, np.ndarray]:
-    found: dict[str, list[tuple[str, int, np.ndarray]]] = {"train": [], "test": []}
-    index = {c: k for k, c in enumerate(CIFAR10_CLASSES)}
-
-    def add(rel: str, data: bytes) -> None:
-        parts = Path(rel).parts
-        for j, part in enumerate(parts[:-2]):
-            if part in found and parts[j + 1] in index:
-                found[part].append((rel, index[parts[j + 1]], _decode(data)))
-                return
-
-    if src.is_dir():
-        for p in sorted(src.rglob("*.jpg")):
-            add(str(p.relative_to(src)), p.read_bytes())
-    else:
-        with tarfile.open(src) as tar:
-            for m in tar:
-                if m.isfile() and m.name.lower().endswith((".jpg", ".jpeg", ".png")):
-                    add(m.name, tar.extractfile(m).read())
-    out = {}
-    for split, items in found.items():
-        if not items:
-            raise FileNotFoundError(f"data.path: {src} holds no CIFAR-10 '{split}/<class>/*.jpg' images")
-        items.sort(key=lambda t: t[0])
-        out[f"{split}_x"] = np.stack([t[2] for t in items])
-        out[f"{split}_y"] = np.asarray([t[1] for t in items], dtype=np.int64)
-    return out
-
-
-def load_cifar10(path: str | Path, cache_dir: str = "") -> dict[str, np.ndarray]:
-    """{'train_x' (50000, 32, 32, 3) uint8, 'train_y', 'test_x', 'test_y'} from the tarball
-    or its extracted folder; decoded once, then read from the cache."""
-    src = Path(path)
-    if not src.exists():
-        raise FileNotFoundError(
-            f"data.path: {str(src)!r} does not exist; point it at cifar10-jpg.tar.gz (or its extracted folder)")
-    cache = _cache_path(src, cache_dir)
-    if cache.is_file():
-        with np.load(cache) as z:
-            return {k: z[k] for k in z.files}
-    arrays = _read_cifar(src)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, cache)
-    return arrays
-
-
-# ----------------------------------------------------------------------------------------------
 # synthetic
 
 
@@ -220,19 +154,44 @@ def synthetic_images(n: int, size: int = 32, num_classes: int = 4, seed: int = 0
 
 
 def build_dataset(cfg: DataConfig, seed: int, split: str = "train", augment: bool | None = None) -> ViewDataset:
-    """The dataset a config names. Views are random crops for training (``augment``, the
-    default on the train split) and centred, unaugmented images otherwise."""
+    """The dataset a config names: its ``train`` split, or (any other ``split``) its held-out
+    split. Views are random crops for training (``augment``, the default on the train split)
+    and centred, unaugmented images otherwise."""
     train = split == "train"
     kw = dict(scale=cfg.crop_scale, hflip=cfg.hflip, seed=seed, train=train if augment is None else augment)
     if cfg.dataset == "synthetic":
         images, labels = synthetic_images(cfg.synthetic_size, cfg.image_size, seed=seed + (0 if train else 1))
         return ArrayDataset(images, labels, cfg.image_size, **kw)
     if cfg.dataset == "cifar10":
+        from .cifar10 import CIFAR10_CLASSES, load_cifar10
+
         arrays = load_cifar10(cfg.path, cfg.cache_dir)
-        ds = ArrayDataset(arrays[f"{split}_x"], arrays[f"{split}_y"], cfg.image_size, **kw)
+        part = "train" if train else "test"
+        ds = ArrayDataset(arrays[f"{part}_x"], arrays[f"{part}_y"], cfg.image_size, **kw)
         ds.classes = list(CIFAR10_CLASSES)
         return ds
-    root = Path(cfg.path)
-    if (root / split).is_dir():  # an ImageFolder with train/ and test/ (or val/) sub-folders
-        root = root / split
-    return ImageFolder(root, cfg.image_size, **kw)
+    return ImageFolder(folder_split(cfg.path, train), cfg.image_size, **kw)
+
+
+def folder_split(path: str | Path, train: bool = True) -> Path:
+    """The folder of a folder dataset's train or held-out split. ``path`` is the dataset root
+    (``train/`` beside ``val/``, ``validation/`` or ``test/``, looked for in that order), its
+    ``train/`` folder itself (the held-out split is then a sibling), or a folder of classes
+    with no split (training only: evaluation is refused, it would score training images)."""
+    path = Path(path)
+    if (path / "train").is_dir():
+        root, train_dir = path, path / "train"
+    elif path.name == "train":
+        root, train_dir = path.parent, path
+    else:
+        root, train_dir = None, path
+    if train:
+        return train_dir
+    for name in HELD_OUT_SPLITS if root is not None else ():
+        if (root / name).is_dir():
+            return root / name
+    where = root if root is not None else path
+    raise FileNotFoundError(
+        f"data.path: {path} has no held-out split (looked for {', '.join(f'{n}/' for n in HELD_OUT_SPLITS)} "
+        f"beside train/ in {where}); evaluating on training images would be meaningless: put held-out images "
+        f"in {where / 'val'}/<class>/ beside {where / 'train'}/<class>/ and point data.path at {where}")

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..api import RUN_HELP
 from .report import format_table, write_json
 
-DEFAULT_SEG_DATA = os.environ.get("IWM_CAMVID", "../shared/data/camvid-180x240.tar.gz")
+DEFAULT_SEG_DATA = os.environ.get("IWM_CAMVID", "")  # an ADE20K-layout folder or tarball; none is shipped
 
 
 def _load(args: argparse.Namespace):
@@ -22,7 +23,7 @@ def _load(args: argparse.Namespace):
     from ..train import resolve_device
 
     device = resolve_device(args.device)
-    return load(args.run, device=device), device
+    return load(args.run, device=device, image_size=args.image_size), device
 
 
 def _classification_sets(run, args: argparse.Namespace, augment: bool):
@@ -50,22 +51,27 @@ def _probe(args: argparse.Namespace) -> int:
     train, test = _classification_sets(run, args, augment=False)
     rows = run_probes(run, kinds, train, test, encoder=args.encoder, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device,
-                      num_workers=args.workers, cache_gb=args.cache_gb, progress=not args.no_progress)
-    table = format_table(rows, [("kind", "probe", "s"), ("top1", "top-1", ".4f"),
+                      num_workers=args.workers, cache_gb=args.cache_gb, progress=not args.no_progress,
+                      pixels=not args.no_pixels)
+    table = format_table(rows, [("kind", "probe", "s"), ("features", "features", "s"), ("top1", "top-1", ".4f"),
                                 ("trainable_params", "trainable params", ",d"), ("seconds", "seconds", ".2f")])
     return _finish(run, args, {"rows": rows}, table)
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from .finetune import PROTOCOLS, run_protocols
+    from .finetune import PREDICTOR_LR_RATIO, PROTOCOLS, run_protocols
 
+    if not args.predictor_lr_ratio > 0:
+        raise ValueError(f"--predictor-lr-ratio must be > 0 (the paper's is {PREDICTOR_LR_RATIO:g}), "
+                         f"got {args.predictor_lr_ratio:g}")
     run, device = _load(args)
     protocols = _chosen(args.protocol, PROTOCOLS)
     train, test = _classification_sets(run, args, augment=not args.no_augment)
     rows = run_protocols(run, protocols, train, test, epochs=_pick(args.epochs, 10),
                          batch_size=_pick(args.batch_size, 128), lr=_pick(args.lr, 5e-4),
                          weight_decay=_pick(args.weight_decay, 0.05), encoder=args.encoder, seed=args.seed,
-                         device=device, num_workers=args.workers, progress=not args.no_progress)
+                         device=device, num_workers=args.workers, progress=not args.no_progress,
+                         predictor_lr_ratio=args.predictor_lr_ratio)
     table = format_table(rows, [("protocol", "protocol", "s"), ("top1", "top-1", ".4f"),
                                 ("trainable_params", "trainable params", ",d"),
                                 ("seconds_per_epoch", "s / epoch", ".2f")])
@@ -146,7 +152,7 @@ def _guarded(fn):
 
 
 def _common(p: argparse.ArgumentParser, epochs_default: str) -> None:
-    p.add_argument("run", help="run directory or checkpoint")
+    p.add_argument("run", help=RUN_HELP)
     p.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {epochs_default})")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: per protocol)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: per protocol)")
@@ -154,6 +160,8 @@ def _common(p: argparse.ArgumentParser, epochs_default: str) -> None:
     p.add_argument("--encoder", choices=("target", "context"), default="target",
                    help="the run's EMA target encoder (default) or its context encoder")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="images at this size instead of the pretraining one (the sin-cos positions are rebuilt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--train-size", type=int, default=0, help="seeded subset of the train split (0 = all)")
@@ -170,7 +178,7 @@ def _classification_data(p: argparse.ArgumentParser, augment: bool) -> None:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``leverage`` and its four sub-commands."""
-    from .finetune import PROTOCOLS
+    from .finetune import PREDICTOR_LR_RATIO, PROTOCOLS
     from .probes import KINDS
     from .segmentation import SOURCES
 
@@ -184,12 +192,17 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", action="append", choices=(*KINDS, "all"), help="repeatable (default: all)")
     p.add_argument("--cache-gb", type=float, default=2.0,
                    help="largest token cache for the attentive probe, GiB (beyond: recompute per batch)")
+    p.add_argument("--no-pixels", action="store_true",
+                   help="skip the raw-pixel reference (by default each probe also runs on the pixels)")
     p.set_defaults(fn=_guarded(_probe))
 
     p = sub.add_parser("finetune", help="predictor / encoder / end-to-end / random-predictor finetuning (Table 4)")
     _common(p, "10")
     _classification_data(p, augment=True)
     p.add_argument("--protocol", action="append", choices=(*PROTOCOLS, "all"), help="repeatable (default: all)")
+    p.add_argument("--predictor-lr-ratio", type=float, default=PREDICTOR_LR_RATIO,
+                   help="the pretrained predictor's lr over --lr, the lr of the random predictor and of every "
+                        f"head (default {PREDICTOR_LR_RATIO:g}: the paper's one tenth)")
     p.set_defaults(fn=_guarded(_finetune))
 
     p = sub.add_parser("multitask", help="multi-task predictor tuning vs single-task tuning (Table 7)")
@@ -202,8 +215,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segmentation decoder on encoder or predictor tokens (Table 6)")
     _common(p, "20")
     p.add_argument("--seg-data", default=DEFAULT_SEG_DATA,
-                   help="ADE20K-layout folder or tarball (default: $IWM_CAMVID or "
-                        "../shared/data/camvid-180x240.tar.gz)")
+                   help="ADE20K-layout folder or tarball: images/<split>/ and annotations/<split>/ "
+                        "(default: $IWM_CAMVID)")
     p.add_argument("--cache-dir", default=None, help="where a tarball is extracted (default ~/.cache/iwm)")
     p.add_argument("--train-split", default="training")
     p.add_argument("--eval-split", default="validation")

@@ -1,5 +1,6 @@
-"""The training loop every downstream protocol shares: AdamW, linear warm-up then cosine decay,
-bf16 autocast on CUDA, an optional progress bar, and seeded data order.
+"""The training loop every downstream protocol shares: AdamW, the learning rate of
+:func:`iwm.schedules.warmup_cosine` (linear warm-up from 0, then cosine decay to 0), bf16
+autocast on CUDA, an optional progress bar, and seeded data order.
 
 Each protocol supplies a loss function of one batch and a callable that yields the batches of
 an epoch; this module owns the optimizer and the schedule, so the protocols differ only in
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from ..schedules import warmup_cosine
 
 
 @dataclass
@@ -58,22 +61,24 @@ def count_trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in trainable(module.parameters()))
 
 
-def cosine_lr(step: int, total: int, lr: float, warmup_steps: int, final_lr: float = 0.0) -> float:
-    """Linear warm-up from 0 to ``lr`` over ``warmup_steps``, then cosine decay to ``final_lr``."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps  # +1: the first step already moves the weights
-    t = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
-    return final_lr + 0.5 * (lr - final_lr) * (1.0 + math.cos(math.pi * t))
+LrScales = Sequence[tuple[Iterable[nn.Parameter], float]]  # (parameters, multiple of the scheduled lr)
 
 
-def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; biases and norm weights (1-d tensors) get no weight decay, as in pretraining."""
+def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float,
+                   lr_scales: LrScales = ()) -> torch.optim.AdamW:
+    """AdamW; biases and norm weights (1-d tensors) get no weight decay, as in pretraining.
+    The parameters named in ``lr_scales`` train at their multiple of the scheduled learning
+    rate (their groups' ``lr_scale``); every other one at 1x."""
     params = trainable(params)
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    scale_of = {id(p): float(s) for ps, s in lr_scales for p in ps}
+    scales = list(dict.fromkeys([1.0, *scale_of.values()]))
+    groups = []
+    for scale in scales:
+        mine = [p for p in params if scale_of.get(id(p), 1.0) == scale]
+        groups += [{"params": [p for p in mine if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": scale},
+                   {"params": [p for p in mine if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
@@ -116,19 +121,20 @@ def epoch_loader(ds: Dataset, batch_size: int, seed: int, epoch: int, num_worker
 
 def fit(module: nn.Module, loss_fn: Callable[[Any], torch.Tensor], batches: Callable[[int], Iterable[Any]],
         epochs: int, steps_per_epoch: int, lr: float, weight_decay: float, warmup: float = 0.1,
-        clip_grad: float = 0.0, progress: bool = False, desc: str = "train") -> FitLog:
+        clip_grad: float = 0.0, progress: bool = False, desc: str = "train", lr_scales: LrScales = ()) -> FitLog:
     """Train the trainable parameters of ``module`` to minimise ``loss_fn`` over ``batches(epoch)``.
 
     The schedule spans ``epochs * steps_per_epoch`` steps; ``warmup`` is a fraction of them.
+    ``lr`` is the peak learning rate; the parameters in ``lr_scales`` get their multiple of it
+    at every step (see :func:`make_optimizer`).
     ``module.train()`` is called first: modules that hold frozen parts keep those in eval mode
     by overriding ``train``."""
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    opt = make_optimizer(module.parameters(), lr, weight_decay)
+    opt = make_optimizer(module.parameters(), lr, weight_decay, lr_scales)
     params = [p for g in opt.param_groups for p in g["params"]]
     device = params[0].device
     total = epochs * steps_per_epoch
-    warm = int(warmup * total)
     module.train()
     bar = _bar(total, desc, progress)
     log = FitLog(steps=0, seconds=0.0)
@@ -136,8 +142,9 @@ def fit(module: nn.Module, loss_fn: Callable[[Any], torch.Tensor], batches: Call
     for epoch in range(epochs):
         running, count = torch.zeros((), device=device), 0
         for batch in _limited(batches(epoch), steps_per_epoch):
+            scheduled = warmup_cosine(log.steps, total, lr, warmup)  # 0 at step 0, as in MAE
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(log.steps, total, lr, warm)
+                g["lr"] = scheduled * g["lr_scale"]
             with autocast(device):
                 loss = loss_fn(batch)
             loss.backward()

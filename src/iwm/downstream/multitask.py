@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.datasets import CIFAR10_CLASSES
+from ..data.cifar10 import CIFAR10_CLASSES
 from ..models import Encoder, Predictor
 from .data import num_classes as count_classes
 from .feeding import encoder_input, pick_encoder, predict_all

@@ -10,6 +10,8 @@ probe, kNN. Each returns ``{"kind", "top1", "trainable_params", "seconds", "sett
   then LayerNorm + linear (V-JEPA). The tokens are computed once and cached (float16, on the
   CPU) when they fit in ``cache_gb``; otherwise the frozen encoder recomputes them per batch.
 - knn: :func:`iwm.eval.knn.knn_accuracy` on the mean-pooled features.
+
+Each can also run on the raw pixels (``pixels``), the reference a representation must beat.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch.utils.data import Dataset
 from ..config import encoder_dims
 from ..eval.features import extract
 from ..eval.knn import knn_accuracy
+from ..eval.pixels import RawPixels
 from ..models import Encoder
 from .data import labels_of
 from .feeding import encoder_input, extract_tokens, pick_encoder, token_cache_bytes
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from ..api import Run
 
 KINDS = ("linear", "attentive", "knn")
+PIXELS = "raw pixels"  # the features name of the raw-pixel reference rows
 LINEAR_LRS = (1e-3, 1e-2, 1e-1)
 LINEAR_WDS = (0.0, 1e-3, 1e-1)
 
@@ -198,35 +202,51 @@ def knn_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor
 def run_probes(run: Run, kinds: Sequence[str], train_ds: Dataset, test_ds: Dataset, encoder: str = "target",
                epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
                weight_decay: float | None = None, seed: int = 0, device: torch.device | str = "cpu",
-               num_workers: int = 0, cache_gb: float = 2.0, progress: bool = False) -> list[dict]:
+               num_workers: int = 0, cache_gb: float = 2.0, progress: bool = False, pixels: bool = False) -> list[dict]:
     """The probes ``kinds`` on the run's frozen encoder; train_ds/test_ds yield centred uint8
     views. Pooled features are extracted once for linear and kNN. ``None`` keeps each kind's
     default (linear: 100 epochs, batch 1024, lr/wd swept; attentive: 20 epochs, batch 256,
-    lr 1e-3, wd 0.05)."""
+    lr 1e-3, wd 0.05). With ``pixels``, each kind also runs on the raw pixels
+    (:class:`iwm.eval.pixels.RawPixels`: the flattened image for linear and kNN, its patches as
+    tokens for the attentive probe), right after the encoder's row; ``encoder="pixels"`` runs on
+    the pixels alone. Every row names its ``features``: ``"<encoder> encoder"`` or ``"raw pixels"``."""
     check_choices(kinds, KINDS, "probe kind")
-    enc = pick_encoder(run, encoder).to(device).eval()
+    sources = []
+    if encoder != "pixels":
+        sources.append((f"{encoder} encoder", pick_encoder(run, encoder).to(device).eval()))
+    if pixels or encoder == "pixels":
+        sources.append((PIXELS, RawPixels.of(run.config).to(device)))
     common = {"encoder": encoder, "checkpoint": str(run.path), "step": run.step}
-    results = []
-    pooled = None
+    heads = encoder_dims(run.config.model)[2]
+    pooled: dict[str, tuple] = {}
     pick = lambda value, default: default if value is None else value  # noqa: E731 - 0 is a value
+    results = []
     for kind in kinds:
-        t0 = time.perf_counter()
-        if kind in ("linear", "knn") and pooled is None:
-            kw = dict(num_workers=num_workers, progress=progress)
-            pooled = (*extract(enc, train_ds, device, desc="train features", **kw),
-                      *extract(enc, test_ds, device, desc="test features", **kw))
-        if kind == "linear":
-            res = linear_probe(*pooled, epochs=pick(epochs, 100), batch_size=pick(batch_size, 1024), lr=lr,
-                               weight_decay=weight_decay, seed=seed, device=device, progress=progress)
-        elif kind == "knn":
-            res = knn_probe(*pooled, k=run.config.eval.knn_k, temperature=run.config.eval.knn_temperature)
-        else:
-            kw = dict(device=device, cache_bytes=cache_gb * 2**30, num_workers=num_workers, progress=progress)
-            train = TokenSet(enc, train_ds, desc="train tokens", **kw)
-            test = TokenSet(enc, test_ds, desc="test tokens", **kw)
-            res = attentive_probe(train, test, encoder_dims(run.config.model)[2], epochs=pick(epochs, 20),
-                                  batch_size=pick(batch_size, 256), lr=pick(lr, 1e-3),
-                                  weight_decay=pick(weight_decay, 0.05), seed=seed, progress=progress)
-        res["settings"].update(common, total_seconds=time.perf_counter() - t0)
-        results.append(res)
+        for name, enc in sources:
+            t0 = time.perf_counter()
+            if kind in ("linear", "knn") and name not in pooled:
+                kw = dict(num_workers=num_workers, progress=progress)
+                pooled[name] = (*extract(enc, train_ds, device, desc=f"train features, {name}", **kw),
+                                *extract(enc, test_ds, device, desc=f"test features, {name}", **kw))
+            if kind == "linear":
+                res = linear_probe(*pooled[name], epochs=pick(epochs, 100), batch_size=pick(batch_size, 1024), lr=lr,
+                                   weight_decay=weight_decay, seed=seed, device=device, progress=progress)
+            elif kind == "knn":
+                res = knn_probe(*pooled[name], k=run.config.eval.knn_k, temperature=run.config.eval.knn_temperature)
+            else:
+                kw = dict(device=device, cache_bytes=cache_gb * 2**30, num_workers=num_workers, progress=progress)
+                train = TokenSet(enc, train_ds, desc=f"train tokens, {name}", **kw)
+                test = TokenSet(enc, test_ds, desc=f"test tokens, {name}", **kw)
+                res = attentive_probe(train, test, _dividing(enc.embed_dim, heads), epochs=pick(epochs, 20),
+                                      batch_size=pick(batch_size, 256), lr=pick(lr, 1e-3),
+                                      weight_decay=pick(weight_decay, 0.05), seed=seed, progress=progress)
+            res["features"] = name
+            res["settings"].update(common, total_seconds=time.perf_counter() - t0)
+            results.append(res)
     return results
+
+
+def _dividing(dim: int, heads: int) -> int:
+    """The most attention heads, up to ``heads``, that divide ``dim`` (pixel patches are 3 * p * p
+    wide, which the encoder's head count need not divide)."""
+    return max(h for h in range(1, heads + 1) if dim % h == 0)

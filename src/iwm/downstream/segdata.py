@@ -68,6 +68,10 @@ def _safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
 def seg_root(path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The folder holding images/ and annotations/: ``path`` itself (or its only sub-folder), or
     the extraction of the tarball ``path`` in ``cache_dir`` (default ~/.cache/iwm), made once."""
+    if not path:
+        raise FileNotFoundError("segmentation data: none given; pass --seg-data or set $IWM_CAMVID to an ADE20K-layout "
+                                "folder or tarball (images/<split>/*.jpg, annotations/<split>/*.png), such as "
+                                "ADE20K's ADEChallengeData2016/ (README, Segmentation data)")
     src = Path(path)
     if not src.exists():
         raise FileNotFoundError(f"segmentation data: {str(src)!r} does not exist")

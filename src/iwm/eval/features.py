@@ -24,7 +24,10 @@ def extract(encoder: Encoder, ds: Dataset, device: torch.device | str = "cpu", b
     """(features, labels (N,)) of a frozen encoder over uint8 views from ``ds``, on the CPU:
     mean-pooled final tokens (N, D), or with ``pooled=False`` every token (N, T, D)."""
     encoder.eval()
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # a generator of its own: the loader would otherwise draw its worker seed from the global RNG,
+    # and an evaluation during training must leave the training's random streams untouched
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        generator=torch.Generator())
     if progress:
         from tqdm.auto import tqdm
 

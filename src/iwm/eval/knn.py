@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -36,16 +37,35 @@ def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     return (pred == test_y).float().mean().item()
 
 
-def knn_eval(encoder: "Encoder", cfg: "Config", device: torch.device | str = "cpu", progress: bool = False) -> dict:
-    """kNN top-1 of ``encoder`` on the config's data: a bank of ``eval.knn_train`` centred
-    train images, scored on ``eval.knn_test`` test images (the whole test split by default)."""
+def knn_sets(cfg: "Config") -> tuple[Dataset, Dataset]:
+    """The kNN protocol's images: a bank of ``eval.knn_train`` centred train images (seeded
+    subset) and ``eval.knn_test`` test images (the whole test split by default)."""
     from ..data import build_dataset
-    from .features import extract, subset
+    from .features import subset
 
     e = cfg.eval
     train = subset(build_dataset(cfg.data, cfg.run.seed, "train", augment=False), e.knn_train, seed=1)
     test = subset(build_dataset(cfg.data, cfg.run.seed, "test"), e.knn_test, seed=2)
-    train_f, train_y = extract(encoder, train, device, progress=progress, desc="kNN bank")
-    test_f, test_y = extract(encoder, test, device, progress=progress, desc="kNN test")
-    acc = knn_accuracy(train_f, train_y, test_f, test_y, e.knn_k, e.knn_temperature)
-    return {"top1": acc, "k": e.knn_k, "bank": len(train), "test": len(test)}
+    return train, test
+
+
+def knn_eval(encoder: "Encoder", cfg: "Config", device: torch.device | str = "cpu", progress: bool = False,
+             pixels: bool = False) -> dict:
+    """kNN top-1 of ``encoder`` on the config's data (:func:`knn_sets`). With ``pixels``, also
+    ``pixels_top1``: the same protocol (bank, test images, k, temperature) on the raw pixels,
+    the score a representation has to beat to be worth more than its input."""
+    from .features import extract
+    from .pixels import RawPixels
+
+    e = cfg.eval
+    train, test = knn_sets(cfg)
+
+    def top1(enc, name: str) -> float:
+        train_f, train_y = extract(enc, train, device, progress=progress, desc=f"kNN bank, {name}")
+        test_f, test_y = extract(enc, test, device, progress=progress, desc=f"kNN test, {name}")
+        return knn_accuracy(train_f, train_y, test_f, test_y, e.knn_k, e.knn_temperature)
+
+    res = {"top1": top1(encoder, "encoder")}
+    if pixels:
+        res["pixels_top1"] = top1(RawPixels.of(cfg).to(device), "raw pixels")
+    return {**res, "k": e.knn_k, "temperature": e.knn_temperature, "bank": len(train), "test": len(test)}

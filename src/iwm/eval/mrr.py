@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from ..api import RUN_HELP
 from ..config import AugConfig
 from ..data import build_dataset, normalize
 from ..data.views import center_view
@@ -81,11 +82,6 @@ def chance_mrr(k: int) -> float:
 # the probe: bank, sources, masks and predictions for one image (shared with the figure)
 
 
-def bank_aug(aug: AugConfig) -> AugConfig:
-    """The same transformations, with every bank entry jittered (so the entries differ)."""
-    return dataclasses.replace(aug, target_jitter_prob=1.0)
-
-
 def family_params(source: PhotometricParams, family: str) -> PhotometricParams:
     """A sampled source transformation edited to belong to ``family`` (jitter kept as sampled)."""
     if family == "all":
@@ -127,7 +123,7 @@ class Probe:
         self.predictor = run.predictor.to(self.device).eval()
         self.per_block = cfg.predictor.per_block
         self.source_sampler = PhotometricSampler(self.aug)
-        self.bank_sampler = PhotometricSampler(bank_aug(self.aug))
+        self.bank_sampler = PhotometricSampler(self.aug, jitter_every_target=True)  # entries all differ
         self.masker = MultiBlockMasker(cfg.mask, cfg.data.image_size // cfg.model.patch_size)
         self.kernel_size = blur_kernel_size(self.aug, cfg.data.image_size)
         self.chunk = chunk
@@ -276,12 +272,10 @@ def format_table(result: dict) -> str:
 
 
 def run_dir(run: Run) -> Path:
-    """The directory holding the run's config.yaml (checkpoints/latest.pt -> two levels up)."""
-    ckpt = Path(run.path)
-    for d in (ckpt.parent, ckpt.parent.parent):
-        if (d / "config.yaml").is_file():
-            return d
-    return ckpt.parent  # a lone checkpoint: write next to it
+    """Where results of ``run`` go by default: its run directory (see :func:`iwm.api.locate`)."""
+    from ..api import run_dir_of
+
+    return Path(run.out_dir) if run.out_dir is not None else run_dir_of(Path(run.path))
 
 
 def strength_aug(run: Run, strength: float | None) -> AugConfig | None:
@@ -310,7 +304,7 @@ def _main(args: argparse.Namespace) -> int:
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``mrr`` under the ``iwm eval`` sub-commands."""
     p = subparsers.add_parser("mrr", help="mean reciprocal rank of the world model (paper's MRR)")
-    p.add_argument("run", help="run directory or checkpoint")
+    p.add_argument("run", help=RUN_HELP)
     p.add_argument("--images", type=int, default=64, help="test images (default 64)")
     p.add_argument("--bank", type=int, default=256, help="augmented targets per image (default 256)")
     p.add_argument("--seed", type=int, default=0)

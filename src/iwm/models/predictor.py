@@ -7,7 +7,9 @@ encoder's tokens of y at those positions. How a_x->y enters is the paper's Table
 - ``none``: not at all (the predictor cannot know the transformation);
 - ``sequence``: embedded by an MLP into ``cond_tokens`` extra tokens of the sequence;
 - ``feature``: concatenated to the features of every mask token, then projected back to the
-  predictor width.
+  predictor width by an MLP; with ``cond_residual`` the MLP's output is added to the mask token
+  (``m + MLP([m, a])``) instead of replacing it, so the positional embedding reaches the blocks
+  at full strength from the first step, and a zero last layer makes the action a no-op.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ from torch import nn
 
 from ..config import Config, encoder_dims
 from ..photometric import ACTION_DIM
-from .encoder import gather_tokens
+from .encoder import gather_tokens, run_blocks
 
 
 class Predictor(nn.Module):
     def __init__(self, grid: int, enc_dim: int, width: int, depth: int, num_heads: int,
-                 conditioning: str = "feature", action_dim: int = ACTION_DIM, cond_tokens: int = 1):
+                 conditioning: str = "feature", action_dim: int = ACTION_DIM, cond_tokens: int = 1,
+                 cond_residual: bool = False):
         super().__init__()
         self.conditioning = conditioning
+        self.cond_residual = cond_residual
         self.action_dim = action_dim
         self.cond_tokens = cond_tokens
         self.embed = nn.Linear(enc_dim, width)
@@ -48,9 +52,10 @@ class Predictor(nn.Module):
         self.apply(_init)
 
     def forward(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor,
-                action: torch.Tensor | None = None) -> torch.Tensor:
+                action: torch.Tensor | None = None, context_valid: torch.Tensor | None = None) -> torch.Tensor:
         """context (B, Nc, D) encoder tokens at patches context_idx (B, Nc); target_idx (B, Nt);
-        action a_x->y (B, ACTION_DIM). Returns predicted target tokens (B, Nt, D)."""
+        action a_x->y (B, ACTION_DIM); context_valid (B, Nc) False where the context is padding
+        (None: no padding). Returns predicted target tokens (B, Nt, D)."""
         b, nt = target_idx.shape
         pos = self.pos_embed.expand(b, -1, -1).to(context.dtype)
         x = self.embed(context) + gather_tokens(pos, context_idx)
@@ -61,10 +66,16 @@ class Predictor(nn.Module):
                 raise ValueError(f"a {self.conditioning}-conditioned predictor needs the action a_x->y")
             a = action.to(x.dtype)
             if self.conditioning == "feature":
-                parts[1] = self.cond(torch.cat([m, a.unsqueeze(1).expand(-1, nt, -1)], dim=-1))
+                mixed = self.cond(torch.cat([m, a.unsqueeze(1).expand(-1, nt, -1)], dim=-1))
+                parts[1] = m + mixed if self.cond_residual else mixed
             else:
                 parts.insert(0, self.cond(a).view(b, self.cond_tokens, -1))
-        x = self.blocks(torch.cat(parts, dim=1))
+        x = torch.cat(parts, dim=1)  # [action tokens], context, mask tokens
+        key_valid = None
+        if context_valid is not None:  # padded context entries are keys nobody attends to
+            key_valid = context_valid.new_ones(x.shape[:2])
+            key_valid[:, -nt - context.shape[1]:-nt] = context_valid
+        x = run_blocks(self.blocks, x, key_valid)
         return self.proj(self.norm(x[:, -nt:]))
 
 
@@ -82,4 +93,5 @@ def build_predictor(cfg: Config) -> Predictor:
     p = cfg.predictor
     enc_dim = encoder_dims(cfg.model)[0]
     return Predictor(cfg.data.image_size // cfg.model.patch_size, enc_dim, p.width, p.depth,
-                     p.num_heads or max(1, p.width // 64), p.conditioning, ACTION_DIM, p.cond_tokens)
+                     p.num_heads or max(1, p.width // 64), p.conditioning, ACTION_DIM, p.cond_tokens,
+                     p.cond_residual)

@@ -9,9 +9,10 @@ import argparse
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``iwm study {world-model,leverage}``."""
-    from . import leverage, world_model
+    from . import leverage, recipe, world_model
 
     p = subparsers.add_parser("study", help="studies that train and measure a grid of runs")
     studies = p.add_subparsers(dest="study", required=True)
     world_model.add_cli(studies)
     leverage.add_cli(studies)
+    recipe.add_cli(studies)

@@ -11,11 +11,8 @@ import torch
 
 from .. import config as config_mod
 from ..checkpoint import LATEST, load_checkpoint
-from ..config import Config, ConfigError
+from ..config import SHIPPED, Config, ConfigError
 from ..train import pretrain
-
-SHIPPED = Path(__file__).resolve().parent.parent / "configs"
-
 
 class GridRun(NamedTuple):
     name: str  # directory under runs_dir
@@ -33,8 +30,17 @@ def run_config(run: GridRun, runs_dir: Path, steps: int, extra_overrides: list[s
 
 
 def _training_part(cfg_dict: dict) -> dict:
-    """What decides the trained weights: everything but the run and eval sections."""
-    return {k: v for k, v in config_mod.from_dict(cfg_dict).to_dict().items() if k not in ("run", "eval")}
+    """What decides the trained weights: everything but the run and eval sections, where
+    CIFAR-10 is kept (the same data found through $IWM_CIFAR10, the cache or a path), and how
+    contexts are grouped and images loaded for speed (``mask.length_groups``: the same loss;
+    ``data.num_workers``: views depend on (seed, epoch, index) only)."""
+    part = {k: v for k, v in config_mod.from_dict(cfg_dict).to_dict().items() if k not in ("run", "eval")}
+    part["data"].pop("cache_dir")
+    part["data"].pop("num_workers")
+    part["mask"].pop("length_groups")
+    if part["data"]["dataset"] == "cifar10":
+        part["data"].pop("path")
+    return part
 
 
 def trained_steps(cfg: Config) -> int:

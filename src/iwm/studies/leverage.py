@@ -12,10 +12,16 @@ study is trained once):
 
 Each is evaluated, on its frozen target encoder, by kNN, a linear probe, an attentive probe and
 predictor finetuning (the protocols in :mod:`iwm.downstream`), and by a light segmentation
-decoder on CamVid, fed the encoder's tokens and the finetuned predictor's tokens. With
-``--table4`` the equivariant run also gets encoder finetuning, end-to-end finetuning and the
-random-predictor control (the paper's Table 4 and Figure 3); with ``--multitask``, multi-task
-predictor tuning against single-task tuning (Table 7).
+decoder on CamVid, fed the encoder's tokens and the finetuned predictor's tokens. Predictor
+finetuning follows the paper: an attentive head, the pretrained predictor at
+``--predictor-lr-ratio`` (0.1) times the learning rate of the head and of the random predictor.
+With ``--table4`` the equivariant run also gets encoder finetuning, end-to-end finetuning and
+the random-predictor control (the paper's Table 4 and Figure 3); with ``--multitask``,
+multi-task predictor tuning against single-task tuning (Table 7).
+
+The raw pixels go through the same probes (kNN, linear, attentive): the reference every
+model's row is read against, since a representation that does not beat its own input has not
+earned its training.
 
 Every finished evaluation is stored in ``runs_dir/leverage.json`` at once with its settings; a
 second call with the same settings reuses it, so the study resumes where it stopped. The page
@@ -31,12 +37,14 @@ import json
 import shlex
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 
 from ..config import encoder_dims
 from ..downstream.cli import DEFAULT_SEG_DATA
+from ..downstream.finetune import HEADS, PREDICTOR_LR_RATIO
 from ..train import resolve_device
 from .grid import GridRun, code_version, device_name, ensure_trained, run_config
 from .world_model import GRID, VERDICT
@@ -55,6 +63,8 @@ MODELS = (
                                           "with predictor finetuning and out of domain"),
     Model("I-JEPA", "ijepa", "among the 'other JEPA methods' the invariant IWM beats in linear probing"),
 )
+PIXELS = "raw pixels"  # the reference row: the probes on the images themselves
+PIXEL_KINDS = ("knn", "linear", "attentive")  # the protocols that need no pretrained network
 # classification evaluations, from the simplest head to the most flexible one (Figure 5's axis)
 CLASSIFICATION = ("knn", "linear", "attentive", "predictor_ft")
 SEGMENTATION = ("seg_encoder", "seg_predictor")
@@ -74,7 +84,8 @@ def default_settings() -> dict[str, Any]:
     """Sized for two CPU cores: about 10 minutes per pretrained model, 25 more with
     ``--table4 --multitask``."""
     return {"train_size": 5000, "test_size": 0, "seed": 0, "attentive_epochs": 10, "finetune_epochs": 5,
-            "finetune_batch": 128, "finetune_lr": 5e-4, "seg_epochs": 20, "seg_batch": 32, "seg_lr": 1e-3,
+            "finetune_batch": 128, "finetune_lr": 5e-4, "predictor_lr_ratio": PREDICTOR_LR_RATIO,
+            "seg_epochs": 20, "seg_batch": 32, "seg_lr": 1e-3,
             "seg_data": DEFAULT_SEG_DATA}
 
 
@@ -82,8 +93,9 @@ def default_settings() -> dict[str, Any]:
 # one evaluation
 
 
-def evaluate(run, kind: str, s: dict[str, Any], device: torch.device, progress: bool) -> dict:
-    """One evaluation of a loaded run: {"top1" or "miou"/"pixel_acc", "trainable_params", ...}."""
+def evaluate(run, kind: str, s: dict[str, Any], device: torch.device, progress: bool, pixels: bool = False) -> dict:
+    """One evaluation of a loaded run: {"top1" or "miou"/"pixel_acc", "trainable_params", ...};
+    with ``pixels``, a probe of :data:`PIXEL_KINDS` on the raw pixels at the run's image size."""
     from ..downstream.data import eval_set, train_set
 
     if kind in ("knn", "linear", "attentive"):
@@ -92,9 +104,11 @@ def evaluate(run, kind: str, s: dict[str, Any], device: torch.device, progress: 
         train = train_set(run, size=s["train_size"], seed=s["seed"], augment=False)
         test = eval_set(run, size=s["test_size"], seed=s["seed"])
         epochs = s["attentive_epochs"] if kind == "attentive" else None
-        (row,) = run_probes(run, [kind], train, test, epochs=epochs, seed=s["seed"], device=device,
-                            progress=progress)
+        (row,) = run_probes(run, [kind], train, test, encoder="pixels" if pixels else "target", epochs=epochs,
+                            seed=s["seed"], device=device, progress=progress)
         return row
+    if pixels:
+        raise ValueError(f"{kind!r} has no raw-pixel reference; those are {', '.join(PIXEL_KINDS)}")
     if kind in ("predictor_ft", *TABLE4):
         from ..downstream.finetune import run_protocols
 
@@ -103,7 +117,7 @@ def evaluate(run, kind: str, s: dict[str, Any], device: torch.device, progress: 
         protocol = "predictor" if kind == "predictor_ft" else kind
         (row,) = run_protocols(run, [protocol], train, test, epochs=s["finetune_epochs"],
                                batch_size=s["finetune_batch"], lr=s["finetune_lr"], seed=s["seed"], device=device,
-                               progress=progress)
+                               progress=progress, predictor_lr_ratio=s["predictor_lr_ratio"])
         return row
     if kind == "multitask":
         from ..downstream.data import num_classes
@@ -136,9 +150,14 @@ def _setting_key(kind: str, s: dict[str, Any], step: int) -> dict[str, Any]:
         keys += ["attentive_epochs"]
     if kind in FINETUNING:
         keys += ["finetune_epochs", "finetune_batch", "finetune_lr"]
+    if kind == "predictor_ft":
+        keys += ["predictor_lr_ratio"]
     if kind in SEGMENTATION:
         keys = ["seed", "seg_epochs", "seg_batch", "seg_lr", "seg_data"]
-    return {"step": step, **{k: s[k] for k in keys}}
+    key = {"step": step, **{k: s[k] for k in keys}}
+    if kind in ("predictor_ft", *TABLE4):  # results stored before the heads differed are redone
+        key["head"] = HEADS["predictor" if kind == "predictor_ft" else kind]
+    return key
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,11 +166,14 @@ def _setting_key(kind: str, s: dict[str, Any], step: int) -> dict[str, Any]:
 
 def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any], extra_overrides: list[str],
               device: str = "auto", table4: bool = False, multitask: bool = False, command: str | None = None,
+              only: Sequence[str] = (),
               progress: bool = True) -> dict:
     """Train (or reuse) the three runs, evaluate each, write ``runs_dir/leverage.json``,
     ``out_md`` and ``leverage_spectrum.png`` beside it. Returns the study dict."""
     from ..api import load
+    from ..downstream.segdata import seg_root
 
+    seg_root(settings["seg_data"])  # missing segmentation data: refused now, not after the pretrainings
     out_md, runs_dir = Path(out_md), Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
@@ -160,7 +182,12 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
     study: dict[str, Any] = {"device": device_name(dev), "command": command, "code": code_version(),
                              "settings": {**settings, "steps": steps, "extra_overrides": list(extra_overrides)},
                              "models": {}}
+    unknown = sorted(set(only) - {m.run for m in MODELS})
+    if unknown:
+        raise ValueError(f"--only: unknown run(s) {', '.join(unknown)}; choose from {', '.join(m.run for m in MODELS)}")
     for model in MODELS:
+        if only and model.run not in only:
+            continue
         cfg = run_config(grid_run(model.run), runs_dir, steps, extra_overrides, device)
         ensure_trained(cfg, steps)
         run = load(cfg.run.out_dir, device=dev)
@@ -178,7 +205,21 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
             study["models"][model.label] = {"run": model.run, "step": run.step, "evals": evals}
             _write(store, study, previous)  # a finished evaluation survives a stop
         study["models"][model.label] = {"run": model.run, "step": run.step, "evals": evals}
+    # the same probes on the raw pixels (of the last run's data and image size: every run shares them)
+    done, evals = previous.get(PIXELS, {}).get("evals", {}), {}
+    for kind in PIXEL_KINDS:
+        key = _setting_key(kind, settings, 0)
+        if kind in done and done[kind]["key"] == key:
+            evals[kind] = done[kind]
+            continue
+        evals[kind] = {"key": key, "device": device_name(dev), **evaluate(run, kind, settings, dev, progress, True)}
+        study["models"][PIXELS] = {"run": None, "step": 0, "evals": evals}
+        _write(store, study, previous)
+    study["models"][PIXELS] = {"run": None, "step": 0, "evals": evals}
     study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if only:  # re-measuring some rows: the stored results are updated, the page needs every model
+        _write(store, study, previous)
+        return study
     first = run_config(grid_run(MODELS[0].run), runs_dir, steps, extra_overrides, device)
     dim, depth, heads = encoder_dims(first.model)
     study["settings"].update(dataset=first.data.dataset, image_size=first.data.image_size,
@@ -239,8 +280,9 @@ def render_markdown(study: dict) -> str:
         + ", ".join(f"`{m.run}` ({m.label})" for m in MODELS),
         f"- classification: CIFAR-10, {train} train images (seeded subset), {test} test images, frozen EMA "
         f"target encoder; kNN k=20; linear probe 100 epochs (lr x wd picked on a held-out part of the train "
-        f"set); attentive probe {s['attentive_epochs']} epochs; predictor finetuning {s['finetune_epochs']} "
-        f"epochs, batch {s['finetune_batch']}, lr {s['finetune_lr']:g}, random-resized-crop + flip",
+        f"set); attentive probe {s['attentive_epochs']} epochs; finetuning {s['finetune_epochs']} "
+        f"epochs, batch {s['finetune_batch']}, lr {s['finetune_lr']:g}, random-resized-crop + flip; predictor "
+        f"finetuning with an attentive head, the pretrained predictor at {s['predictor_lr_ratio']:g} x lr",
         f"- segmentation: CamVid (`{s['seg_data']}`), resized to {s['image_size']} px, light decoder (LayerNorm "
         f"+ linear per token), {s['seg_epochs']} epochs, batch {s['seg_batch']}, lr {s['seg_lr']:g}; mIoU on the "
         "validation split at the labels' own resolution",
@@ -261,6 +303,11 @@ def render_markdown(study: dict) -> str:
         cells = [_pct(ev.get(k)) for k in CLASSIFICATION] + [_pct(ev.get(k), "miou") for k in SEGMENTATION]
         lines.append(f"| {m.label} | {'n/a' if mrr is None else f'{mrr:.4f}'} | " + " | ".join(cells)
                      + f" | {m.paper} |")
+    if PIXELS in models:
+        ev = models[PIXELS]["evals"]
+        cells = [_pct(ev.get(k)) for k in CLASSIFICATION] + [_pct(ev.get(k), "miou") for k in SEGMENTATION]
+        lines.append(f"| {PIXELS} (reference) | n/a | " + " | ".join(cells) + " | the same probes on the images "
+                     "themselves: a representation has to beat this |")
     lines += [
         "",
         "![top-1 by protocol, one line per model](leverage_spectrum.png)",
@@ -275,12 +322,11 @@ def render_markdown(study: dict) -> str:
         "| model | protocol | trainable params | time |",
         "|---|---|---|---|",
     ]
-    for m in MODELS:
-        ev = models[m.label]["evals"]
-        for k, row in ev.items():
+    for label in [m.label for m in MODELS] + ([PIXELS] if PIXELS in models else []):
+        for k, row in models[label]["evals"].items():
             secs = row.get("seconds_per_epoch", row.get("seconds"))
             unit = "s / epoch" if "seconds_per_epoch" in row else "s in all"
-            lines.append(f"| {m.label} | {LABELS[k]} | {row['trainable_params']:,} | "
+            lines.append(f"| {label} | {LABELS[k]} | {row['trainable_params']:,} | "
                          f"{'n/a' if secs is None else f'{secs:.1f} {unit}'} |")
     equi = models["IWM-equivariant"]["evals"]
     if any(k in equi for k in TABLE4):
@@ -288,14 +334,16 @@ def render_markdown(study: dict) -> str:
             "",
             "## Table 4 analogue: finetuning protocols on IWM-equivariant",
             "",
-            "| protocol | top-1 (%) | trainable params | s / epoch |",
-            "|---|---|---|---|",
+            "| protocol | head | peak lr of the predictor | top-1 (%) | trainable params | s / epoch |",
+            "|---|---|---|---|---|---|",
         ]
         for k in ("predictor_ft", *TABLE4):
             if k in equi:
                 r = equi[k]
-                lines.append(f"| {LABELS[k]} | {_pct(r)} | {r['trainable_params']:,} | "
-                             f"{r['seconds_per_epoch']:.1f} |")
+                pred_lr = r["settings"].get("predictor_lr")
+                lines.append(f"| {LABELS[k]} | {r['settings'].get('head', 'pooled')} | "
+                             f"{'-' if pred_lr is None else f'{pred_lr:g}'} | {_pct(r)} | "
+                             f"{r['trainable_params']:,} | {r['seconds_per_epoch']:.1f} |")
         lines += [
             "",
             "Paper: with an equivariant IWM, predictor finetuning on a frozen encoder matches or beats encoder "
@@ -350,6 +398,11 @@ def plot_spectrum(study: dict, path: Path) -> None:
                 label=m.label)
         bx.bar([j + (i - 1) * width for j in range(len(SEGMENTATION))],
                [100 * (ev[k]["miou"] or 0.0) for k in SEGMENTATION], width, label=m.label)
+    if PIXELS in study["models"]:
+        ev = study["models"][PIXELS]["evals"]
+        kinds = [k for k in CLASSIFICATION if k in ev]
+        ax.plot([CLASSIFICATION.index(k) for k in kinds], [100 * ev[k]["top1"] for k in kinds], marker="x", ls="--",
+                color="gray", label=f"{PIXELS} (reference)")
     ax.set_xticks(range(len(CLASSIFICATION)), [LABELS[k] for k in CLASSIFICATION])
     ax.set_ylabel("CIFAR-10 top-1 (%)")
     ax.set_title("in domain: growing head capacity")
@@ -377,14 +430,20 @@ def _main(args: argparse.Namespace) -> int:
     for k in ("train_size", "test_size"):
         if settings[k] < 0:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 0, got {settings[k]}")
+    if not settings["predictor_lr_ratio"] > 0:
+        raise ValueError(f"--predictor-lr-ratio must be > 0 (the paper's is {PREDICTOR_LR_RATIO:g}), "
+                         f"got {settings['predictor_lr_ratio']:g}")
     given = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if v != defaults[k]]
     command = shlex.join(["iwm", "study", "leverage", "--steps", str(args.steps), *given,
                           *(["--table4"] if args.table4 else []), *(["--multitask"] if args.multitask else []),
-                          "--runs-dir", args.runs_dir, "--out", args.out,
+                          "--runs-dir", args.runs_dir,
+                          *(["--only", args.only] if args.only else ["--out", args.out]),
                           "--device", args.device, *args.overrides])
+    only = [n for n in args.only.split(",") if n]
     run_study(Path(args.out), Path(args.runs_dir), args.steps, settings, args.overrides, args.device,
-              table4=args.table4, multitask=args.multitask, command=command, progress=not args.no_progress)
-    print(f"wrote {args.out} and {Path(args.runs_dir) / 'leverage.json'}")
+              table4=args.table4, multitask=args.multitask, command=command, progress=not args.no_progress,
+              only=only)
+    print(f"wrote {Path(args.runs_dir) / 'leverage.json'}" + ("" if only else f" and {args.out}"))
     return 0
 
 
@@ -408,16 +467,20 @@ def add_cli(studies: argparse._SubParsersAction) -> None:
                        ("test_size", "seeded test subset, 0 = all"), ("seed", "evaluation seed"),
                        ("attentive_epochs", "attentive probe epochs"), ("finetune_epochs", "finetuning epochs"),
                        ("finetune_batch", "finetuning batch"), ("finetune_lr", "finetuning peak lr"),
+                       ("predictor_lr_ratio", "the pretrained predictor's lr in predictor finetuning, over "
+                                              "--finetune-lr (the paper: 0.1)"),
                        ("seg_epochs", "segmentation epochs"), ("seg_batch", "segmentation batch"),
                        ("seg_lr", "segmentation peak lr"), ("seg_data", "ADE20K-layout folder or tarball")):
         p.add_argument(f"--{key.replace('_', '-')}", type=type(d[key]), default=None,
-                       help=f"{help_} (default {d[key]})")
+                       help=f"{help_} (default {d[key] or '$IWM_CAMVID' if key == 'seg_data' else d[key]})")
     p.add_argument("--table4", action="store_true",
                    help="also encoder, end-to-end and random-predictor finetuning of IWM-equivariant")
     p.add_argument("--multitask", action="store_true",
                    help="also multi-task vs single-task predictor tuning of IWM-equivariant (Table 7)")
     p.add_argument("--runs-dir", default="runs/study", help="one directory per run, shared with world-model")
     p.add_argument("--out", default="docs/results/leverage.md", help="markdown page")
+    p.add_argument("--only", default="", help="comma-separated runs (weak_d1, strong_d4, ijepa) to re-measure into "
+                                               "<runs-dir>/leverage.json; no page")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="dotted overrides for every pretraining, e.g. data.path=...")

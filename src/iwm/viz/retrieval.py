@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..api import RUN_HELP
 from ..eval.mrr import (DESTRUCTIVE, FAMILIES, Probe, eval_images, family_params, image_generator,
                         reciprocal_ranks, run_dir, squared_distances, strength_aug)
 
@@ -111,7 +112,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     v = subparsers.add_parser("viz", help="figures of a run")
     vsub = v.add_subparsers(dest="figure", required=True)
     p = vsub.add_parser("retrieval", help="nearest neighbours of predictions in the bank (paper's Figure 1)")
-    p.add_argument("run", help="run directory or checkpoint")
+    p.add_argument("run", help=RUN_HELP)
     p.add_argument("--out", default=None, help="PNG file (default <run_dir>/retrieval.png)")
     p.add_argument("--images", type=int, default=4, help="test images (one row per image and family)")
     p.add_argument("--neighbours", type=int, default=4, help="nearest bank entries shown")
