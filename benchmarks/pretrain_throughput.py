@@ -17,6 +17,7 @@ uint8 images (decoding JPEGs from disk is the data workers' business and scales 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -241,7 +242,7 @@ def table(rows: list[dict]) -> str:
     cols = ["case", "batch", "images_per_s", "step_ms", "step_ms_no_aug", "aug_overhead_pct", "data_pct",
             "augment_pct", "model_pct", "health_ms", "health_pct", "aug_batched_ms", "aug_per_image_ms",
             "aug_speedup", "masks_2048_ms", "peak_mem_gib", "peak_rss_gib", "mfu_pct", "recompiles",
-            "loader_workers", "loader_images_per_s", "on_device_images_per_s", "speedup"]
+            "loader_workers", "loader_images_per_s", "on_device_images_per_s", "speedup", "note"]
     cols = [c for c in cols if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -277,9 +278,16 @@ def main() -> None:
     rows = []
     for name, overrides in cases.items():
         for compiled in [True] if args.compile_only else [False, True] if args.compile else [False]:
-            rows.append(bench_case(name + ("+compile" if compiled else ""),
-                                   [*overrides, f"run.compile={str(compiled).lower()}", *args.set], device,
-                                   args.steps, Path(args.out_dir), peak_flops=peak, warmup=5 if compiled else 3))
+            case = name + ("+compile" if compiled else "")
+            try:
+                rows.append(bench_case(case, [*overrides, f"run.compile={str(compiled).lower()}", *args.set],
+                                       device, args.steps, Path(args.out_dir), peak_flops=peak,
+                                       warmup=8 if compiled else 3))  # compiled: room for the dynamic-shape recompile
+            except torch.cuda.OutOfMemoryError:  # one case too big for this GPU: say so, measure the others
+                rows.append({"case": case, "note": "out of GPU memory"})
+            gc.collect()  # the case's trainer (and, after an error, its traceback) let go of its memory
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
     inputs = []
     if args.input_steps:
         workers = min(8, len(os.sched_getaffinity(0)))

@@ -15,9 +15,12 @@ DRY=0
 source "$(dirname "$0")/gpu_common.sh"
 gpu_setup gpu_check "$DRY"
 BUDGET_S=${BUDGET_S:-450}  # leaves a minute of the 8 for the machine's start and the copies
+T_TESTS=240
+T_EAGER=150
 
-if ((DRY)); then
+if ((DRY)); then  # a CPU is slow at this (compilation above all): no time limits
   export IWM_CUDA_DRY_RUN=1
+  BUDGET_S=100000 T_TESTS=100000 T_EAGER=100000
   BENCH=(--device cpu --steps 1 --set data.image_size=64 model.embed_dim=64 model.depth=1 model.num_heads=2
          predictor.depth=1 predictor.width=64 data.batch_size=8)
   INPUT=(--input-steps 1 --input-images 64 --input-batch 8)
@@ -27,12 +30,12 @@ else
 fi
 
 echo "== 1/3 CUDA tests: pytest -m cuda ($(elapsed) s)"
-timeout 240 "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider 2>&1 | tee "$DEST/pytest_cuda.txt"
+timeout -k 10 "$T_TESTS" "$PY" -m pytest -m cuda tests/test_cuda.py -vv -rs -p no:cacheprovider 2>&1 | tee "$DEST/pytest_cuda.txt"
 TESTS=$?
 SUMMARY=$(tail -n 1 "$DEST/pytest_cuda.txt")
 
 echo "== 2/3 benchmark, eager, with the input pipeline ($(elapsed) s)"
-timeout 150 "$PY" benchmarks/pretrain_throughput.py --gpu "${BENCH[@]}" "${INPUT[@]}" \
+timeout -k 10 "$T_EAGER" "$PY" benchmarks/pretrain_throughput.py --gpu "${BENCH[@]}" "${INPUT[@]}" \
   --json "$DEST/bench_eager.json" --write "$DEST/bench_eager.md"
 EAGER=$?
 
@@ -40,7 +43,7 @@ LEFT=$((BUDGET_S - $(elapsed)))
 echo "== 3/3 benchmark with run.compile=true, ${LEFT} s left ($(elapsed) s)"
 COMPILED=1
 if ((LEFT > 60)); then
-  timeout "$LEFT" "$PY" benchmarks/pretrain_throughput.py --gpu --compile-only "${BENCH[@]}" --input-steps 0 \
+  timeout -k 10 "$LEFT" "$PY" benchmarks/pretrain_throughput.py --gpu --compile-only "${BENCH[@]}" --input-steps 0 \
     --json "$DEST/bench_compile.json" --write "$DEST/bench_compile.md"
   COMPILED=$?
 fi

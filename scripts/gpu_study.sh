@@ -50,8 +50,11 @@ else
   WARM=120
   MAX_EPOCHS=1000
 fi
+# on a GPU: one padded context length per batch (length groups would run the model 4 times, each
+# after a host sync), no training-health checks inside the runs (the study measures each run at
+# its end), no periodic checkpoints
 COMMON+=(data.on_device=true run.compile=$([[ $COMPILE == 1 ]] && echo true || echo false) run.progress=false
-         run.log_every=20 run.ckpt_every=1000000 data.cache_dir="$RUNS/cache")
+         mask.length_groups=1 eval.every=0 run.log_every=20 run.ckpt_every=1000000 data.cache_dir="$RUNS/cache")
 rm -rf "$RUNS/warmup"
 
 echo "== 1/2 warm-up: $WARM steps of the depth-4 run, timed, and its evaluation, timed ($(elapsed) s)"
@@ -62,8 +65,10 @@ from pathlib import Path
 
 import torch
 
-from iwm.studies import grid, world_model
-from iwm.studies.world_model import GRID, measure, pixel_knn
+from iwm.eval.knn import knn_eval
+from iwm.eval.pixels import RawPixels
+from iwm.studies import grid
+from iwm.studies.world_model import GRID, measure
 
 runs, warm, device, out, budget, spent, max_epochs, images, bank, *common = sys.argv[1:]
 warm, budget, spent, max_epochs, images, bank = int(warm), float(budget), float(spent), int(max_epochs), int(images), int(bank)
@@ -80,7 +85,7 @@ t0 = time.perf_counter()
 measure(run, cfg, images, bank, dev)
 eval_s = time.perf_counter() - t0
 t0 = time.perf_counter()
-pixel_knn(cfg, dev)
+knn_eval(RawPixels.of(cfg), cfg, dev)  # the study's raw-pixel reference, once
 pixel_s = time.perf_counter() - t0
 spe = grid.steps_per_epoch(cfg)
 epoch_s = spe * cfg.data.batch_size / rate
