@@ -53,7 +53,8 @@ def predict_all(predictor: Predictor, tokens: torch.Tensor, prefix: torch.Tensor
     m = predictor.mask_token.to(x.dtype) + pos
     parts = [x, m]
     if predictor.conditioning == "feature":
-        parts[1] = predictor.cond(torch.cat([m, action.to(x.dtype).unsqueeze(1).expand(-1, n, -1)], dim=-1))
+        mixed = predictor.cond(torch.cat([m, action.to(x.dtype).unsqueeze(1).expand(-1, n, -1)], dim=-1))
+        parts[1] = m + mixed if predictor.cond_residual else mixed  # as Predictor.forward
     elif predictor.conditioning == "sequence":
         parts.insert(0, predictor.cond(action.to(x.dtype)).view(b, predictor.cond_tokens, -1))
     out = predictor.blocks(torch.cat([prefix.to(x.dtype), *parts], dim=1))
