@@ -144,6 +144,8 @@ class HealthMonitor:
         modes = [(m, m.training) for m in model.modules()]
         try:
             rec: dict = {"kind": "health", "step": step}
+            # the whole model first: under FSDP the root module must run before any of its parts
+            rec.update(self._family_losses(model))
             test_f = self._features(model.target_encoder, self.test)
             if self.bank is not None:
                 bank_f = self._features(model.target_encoder, self.bank)
@@ -152,7 +154,6 @@ class HealthMonitor:
                 test_f = torch.cat([bank_f, test_f])  # the statistics see every held-out image
             rec["feature_std"] = feature_std(test_f)
             rec["effective_rank"] = effective_rank(test_f)
-            rec.update(self._family_losses(model))
             if e.health_mrr_images > 0:  # in fp32: ranks compare close distances
                 run = Run(self.cfg, model.encoder, model.target_encoder, model.predictor,
                           PhotometricSampler(self.cfg.aug), step, Path(self.cfg.run.out_dir))
