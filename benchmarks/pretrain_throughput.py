@@ -172,8 +172,8 @@ def device_name(device: str) -> str:
 
 def table(rows: list[dict]) -> str:
     cols = ["case", "batch", "images_per_s", "step_ms", "step_ms_no_aug", "aug_overhead_pct", "data_pct",
-            "augment_pct", "model_pct", "health_ms", "health_pct", "aug_batched_ms", "aug_per_image_ms", "aug_speedup", "masks_2048_ms",
-            "peak_mem_gib", "peak_rss_gib", "mfu_pct"]
+            "augment_pct", "model_pct", "health_ms", "health_pct", "aug_batched_ms", "aug_per_image_ms", "aug_speedup",
+            "masks_2048_ms", "peak_mem_gib", "peak_rss_gib", "mfu_pct"]
     cols = [c for c in cols if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -44,7 +44,10 @@ SEED_OFFSET = 7_919  # the monitor's streams: apart from the run's other seeded 
 
 def effective_rank(features: torch.Tensor, eps: float = 1e-7) -> float:
     """RankMe (Garrido et al. 2023): exp of the entropy of the (N, D) matrix's singular values
-    normalised to sum 1 (plus ``eps``). 1 when every row is the same, at most min(N, D)."""
+    normalised to sum 1 (plus ``eps``). 1 when every row is the same, at most min(N, D); NaN
+    for non-finite features (the SVD would fail on them)."""
+    if not torch.isfinite(features).all():
+        return math.nan
     s = torch.linalg.svdvals(features.double())
     p = s / s.sum().clamp_min(1e-300) + eps
     return math.exp(-(p * p.log()).sum().item())
@@ -60,6 +63,8 @@ def feature_std(features: torch.Tensor) -> float:
 
 def collapse_signs(std: float, rank: float, min_std: float, min_rank: float) -> list[str]:
     """Why the features look collapsed (empty when they do not), naming the config keys."""
+    if not (math.isfinite(std) and math.isfinite(rank)):
+        return ["the target encoder's features are not finite"]
     signs = []
     if std < min_std:
         signs.append(f"feature std {std:.4f} < eval.collapse_std {min_std:g}")
