@@ -23,6 +23,11 @@ def _losses(run_dir):
     return [r["loss"] for r in rows if r["kind"] == "train"]  # health rows are kind "health"
 
 
+def _health(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "health"]
+
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -73,6 +78,11 @@ def test_two_processes_match_one(tmp_path, tiny_overrides, parallel, accum, on_d
     assert len(a) == len(b) == 6
     assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
     assert a[0] != a[-1]
+    # the health checks (at the first and the last step) read the same on the spread model
+    ha, hb = _health(tmp_path / "one"), _health(tmp_path / "two")
+    assert [r["step"] for r in ha] == [r["step"] for r in hb] == [0, 6]
+    for key in ("knn_top1", "feature_std", "effective_rank", "loss_all", "mrr"):
+        assert [r[key] for r in hb] == pytest.approx([r[key] for r in ha], rel=1e-3), key
 
 
 @needs_gloo

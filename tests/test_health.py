@@ -23,6 +23,9 @@ def test_effective_rank_and_std_of_known_features():
     assert feature_std(iso) == pytest.approx(1.0, abs=0.05)
     assert collapse_signs(0.5, 10.0, 0.05, 2.0) == []
     assert len(collapse_signs(0.0, 1.0, 0.05, 2.0)) == 2
+    nan = torch.full((4, 3), float("nan"))
+    assert collapse_signs(feature_std(nan), effective_rank(nan), 0.05, 2.0) == [
+        "the target encoder's features are not finite"]
 
 
 def test_detector_fires_on_a_constant_encoder_and_not_on_a_random_one(tiny_overrides, caplog):

@@ -77,6 +77,9 @@ def test_sigterm_checkpoints_and_exits_with_distinct_status(tmp_path, tiny_overr
 
 
 def _nan_at(trainer, bad_calls):
+    """The training forward passes numbered in ``bad_calls`` (from 1) return NaN. Count only those:
+    run the trainer with eval.every=0 (the health checks call the same forward)."""
+    assert trainer.health is None, "set eval.every=0: health checks would shift the count"
     forward, calls = trainer.model.forward, {"n": 0}
 
     def flaky(*args):
@@ -88,9 +91,8 @@ def _nan_at(trainer, bad_calls):
 
 
 def test_nonfinite_steps_are_skipped(tiny_overrides):
-    # health off: its loss per family would be the first call to the patched forward
-    tiny_overrides = tiny_overrides + ["eval.every=0"]
-    t = Trainer(config.from_dict(None, tiny_overrides + ["optim.max_steps=1"]))
+    quiet = tiny_overrides + ["eval.every=0"]
+    t = Trainer(config.from_dict(None, quiet + ["optim.max_steps=1"]))
     assert t.fused  # the path GPUs take: the fused kernel skips on a found_inf tensor, no host sync
     before = {k: v.clone() for k, v in t.model.encoder.state_dict().items()}
     _nan_at(t, {1})
@@ -99,8 +101,7 @@ def test_nonfinite_steps_are_skipped(tiny_overrides):
     assert all(torch.equal(before[k], after[k]) for k in before)  # the bad step changed nothing
     assert int(t.skipped) == 1
 
-    t = Trainer(config.from_dict(None, tiny_overrides + ["optim.max_steps=6", "run.out_dir=" +
-                                                         str(t.run_dir.parent / "b")]))
+    t = Trainer(config.from_dict(None, quiet + ["optim.max_steps=6", "run.out_dir=" + str(t.run_dir.parent / "b")]))
     _nan_at(t, {2, 3})
     res = t.fit()
     assert res.steps == 6 and int(t.skipped) == 2
@@ -108,7 +109,7 @@ def test_nonfinite_steps_are_skipped(tiny_overrides):
 
 
 def test_persistent_nonfinite_stops_with_clear_message_and_sound_checkpoint(tiny_overrides):
-    t = Trainer(config.from_dict(None, tiny_overrides + ["optim.max_steps=20", "run.max_skips=3"]))
+    t = Trainer(config.from_dict(None, tiny_overrides + ["optim.max_steps=20", "run.max_skips=3", "eval.every=0"]))
     _nan_at(t, set(range(3, 100)))
     with pytest.raises(NonFiniteError, match="run.max_skips"):
         t.fit()

@@ -324,9 +324,7 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True)
         metrics = self._open_metrics() if self.rank == 0 else None
-        # under FSDP the first forward must be the whole model's (it sets up the sharding), so
-        # the random-initialisation baseline is skipped there
-        if self.health is not None and self.step == 0 and not self.sharded:
+        if self.health is not None and self.step == 0:
             self._check_health(writer, metrics, bar)  # the random initialisation: the baseline
         t_start = time.perf_counter()
         t_log, step_log = t_start, self.step

@@ -45,7 +45,10 @@ SEED_OFFSET = 7_919  # the monitor's streams: apart from the run's other seeded 
 
 def effective_rank(features: torch.Tensor, eps: float = 1e-7) -> float:
     """RankMe (Garrido et al. 2023): exp of the entropy of the (N, D) matrix's singular values
-    normalised to sum 1 (plus ``eps``). 1 when every row is the same, at most min(N, D)."""
+    normalised to sum 1 (plus ``eps``). 1 when every row is the same, at most min(N, D); NaN
+    for non-finite features (the SVD would fail on them)."""
+    if not torch.isfinite(features).all():
+        return math.nan
     s = torch.linalg.svdvals(features.double())
     p = s / s.sum().clamp_min(1e-300) + eps
     return math.exp(-(p * p.log()).sum().item())
@@ -61,6 +64,8 @@ def feature_std(features: torch.Tensor) -> float:
 
 def collapse_signs(std: float, rank: float, min_std: float, min_rank: float) -> list[str]:
     """Why the features look collapsed (empty when they do not), naming the config keys."""
+    if not (math.isfinite(std) and math.isfinite(rank)):
+        return ["the target encoder's features are not finite"]
     signs = []
     if std < min_std:
         signs.append(f"feature std {std:.4f} < eval.collapse_std {min_std:g}")
@@ -145,6 +150,8 @@ class HealthMonitor:
         modes = [(m, m.training) for m in model.modules()]
         try:
             rec: dict = {"kind": "health", "step": step}
+            # the whole model first: under FSDP the root module must run before any of its parts
+            rec.update(self._family_losses(model))
             test_f = self._features(model.target_encoder, self.test)
             if self.bank is not None:
                 bank_f = self._features(model.target_encoder, self.bank)
@@ -153,7 +160,6 @@ class HealthMonitor:
                 test_f = torch.cat([bank_f, test_f])  # the statistics see every held-out image
             rec["feature_std"] = feature_std(test_f)
             rec["effective_rank"] = effective_rank(test_f)
-            rec.update(self._family_losses(model))
             if e.health_mrr_images > 0:  # in fp32: ranks compare close distances
                 run = Run(self.cfg, model.encoder, model.target_encoder, model.predictor,
                           PhotometricSampler(self.cfg.aug), step, Path(self.cfg.run.out_dir))

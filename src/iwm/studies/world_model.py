@@ -280,8 +280,9 @@ def render_markdown(study: dict, plot: str = "world_model_mrr.png", section: str
         row = [fmt_pct(runs[cells[(label, d)].name]["knn_top1"]) for d in DEPTHS]
         lines.append(f"| {label} ({value}) | " + " | ".join(row) + " |")
     if study.get("knn_pixels_top1") is not None:
-        lines += ["", f"The raw pixels, by the same kNN protocol: {fmt_pct(study['knn_pixels_top1'])}. A representation "
-                  "below them has not yet learned more than its input holds."]
+        pixels = fmt_pct(study["knn_pixels_top1"])
+        lines += ["", f"The raw pixels, by the same kNN protocol: {pixels}. A representation below them has not "
+                  "yet learned more than its input holds."]
     lines += [
         "",
         "Paper: stronger transformations make a strong (equivariant) world model easier to learn, and deeper "
