@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..models.encoder import gather_tokens
 
 
 class RawPixels(nn.Module):
@@ -40,9 +41,7 @@ class RawPixels(nn.Module):
         b, c, _, _ = img.shape
         p, g = self.patch_size, self.grid
         x = img.reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * p * p)
-        if keep is not None:
-            x = torch.gather(x, 1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return x
+        return x if keep is None else gather_tokens(x, keep)
 
     def pooled(self, img: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, H, W) -> (B, 3 * H * W)."""

@@ -68,10 +68,10 @@ def measure(cfg: Config, mrr_images: int, mrr_bank: int, device: torch.device) -
             return cached
     knn = knn_eval(run.target_encoder, cfg, device)
     mrr = compute_mrr(run, num_images=mrr_images, bank_size=mrr_bank, families=("all",), seed=0, device=device)
-    rates = [json.loads(line).get("images_per_s") for line in (out / "metrics.jsonl").read_text().splitlines()]
-    rates = [r for r in rates[1:] if r]  # the first log interval holds the start-up
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r.get("kind", "train") == "train"]  # not the health rows
+    rates = [r["images_per_s"] for r in train[1:] if r.get("images_per_s")]  # the first interval holds the start-up
+    losses = [r["loss"] for r in train]
     res = {"key": key, "knn_top1": knn["top1"], "mrr": mrr["families"]["all"]["mrr"],
            "mrr_action_zeroed": mrr["families"]["all"]["mrr_action_zeroed"], "chance": mrr["chance"],
            "images_per_s": sum(rates) / len(rates) if rates else None,
