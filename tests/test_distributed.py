@@ -36,12 +36,13 @@ PARTIAL = """
 import logging
 import sys
 from iwm import config
-from iwm.cli import _setup_distributed
+from iwm.cli import _leave_distributed, _setup_distributed
 from iwm.train import Trainer
 logging.basicConfig(level=logging.INFO)
 cfg = config.load(None, sys.argv[2:])
 _setup_distributed(cfg)
 Trainer(cfg).fit(until=int(sys.argv[1]))
+_leave_distributed(finished=True)
 """
 
 
@@ -98,3 +99,19 @@ def test_sharded_checkpoint_resumes_in_one_process(tmp_path, tiny_overrides):
     # the full (gathered) weights and optimizer state: one process, no FSDP, picks up at step 3
     resumed = _one_process(base, run)
     assert resumed == pytest.approx(whole, rel=1e-4, abs=1e-6)
+
+
+@needs_gloo
+def test_leaving_closes_the_process_group(tmp_path):
+    """`iwm pretrain` under torchrun closes its group at the end (waiting for the others first),
+    instead of leaving gloo's connections to the interpreter's exit."""
+    from iwm.cli import _leave_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        _leave_distributed(finished=True)
+        assert not dist.is_initialized()
+        _leave_distributed(finished=False)  # nothing to close: a no-op
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

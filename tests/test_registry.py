@@ -36,6 +36,21 @@ def test_the_package_manifest_is_valid_and_ships_what_it_lists():
         assert registry.shipped_folder(name, registry.PACKAGE_WEIGHTS).is_dir()
 
 
+def test_the_models_the_package_ships_load_through_torch_hub_and_encode(monkeypatch):
+    monkeypatch.delenv(registry.ROOT_ENV, raising=False)
+    shipped = registry.shipped_names()
+    assert set(shipped) <= set(registry.REFERENCE_MODELS)  # each has its torch.hub entry
+    for name in shipped:
+        entry = registry.manifest()["models"][name]
+        run = torch.hub.load(str(REPO), name, source="local")
+        assert isinstance(run, iwm.Run) and run.step == entry["step"]
+        assert next(run.target_encoder.parameters()).dtype == torch.float32  # fp16 on disk, fp32 loaded
+        size = run.config.data.image_size
+        tokens = run.encode(torch.rand(2, 3, size, size))
+        assert tokens.shape[0] == 2 and torch.isfinite(tokens).all()
+        assert entry["scores"]["knn_top1"] > 0 and entry["dtype"] == "float16"
+
+
 def test_ship_then_pretrained_returns_the_run_in_fp32(run_path, weights_dir, capsys):
     assert main(["ship", str(run_path), "cifar10_equi"]) == 0
     assert "shipped cifar10_equi" in capsys.readouterr().out

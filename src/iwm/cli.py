@@ -51,6 +51,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     _setup_distributed(cfg)
     try:
         result = pretrain(cfg)
+        _leave_distributed(finished=True)
     except Preempted as stop:
         print(f"iwm: {stop}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
@@ -64,6 +65,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         note = "" if said else f"; {intact_note(Path(cfg.run.out_dir) / 'checkpoints')}"
         print(f"iwm: error: {err}{note}", file=sys.stderr)
         return DISK_FULL_EXIT_CODE
+    finally:
+        _leave_distributed(finished=False)
     print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}, run in {result.run_dir}")
     return 0
 
@@ -79,6 +82,20 @@ def _setup_distributed(cfg) -> None:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def _leave_distributed(finished: bool) -> None:
+    """Close the process group, if any. After a finished run the processes first wait for each
+    other, so that none exits while another still writes or plots. A gloo group left to the
+    interpreter's exit can abort the process (its worker threads still hold tensors while Python
+    shuts down; pytorch/pytorch#179291): the likely cause of an intermittent SIGABRT in CI."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _demo(args: argparse.Namespace) -> int:

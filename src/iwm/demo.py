@@ -44,6 +44,7 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
     knn_trained = knn_eval(run.target_encoder, cfg, device, progress=cfg.run.progress, pixels=True)
     knn_context = knn_eval(run.encoder, cfg, device, progress=cfg.run.progress)
     knn_random = knn_eval(random_encoder, cfg, device, progress=cfg.run.progress)
+    reference = _reference_knn(cfg, device)
     total = time.perf_counter() - t0
     report = {
         "steps": result.steps, "final_loss": result.final_loss, "first_loss": result.losses[0][1],
@@ -51,7 +52,7 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
         "knn_top1_random_init": knn_random["top1"], "knn_top1_raw_pixels": knn_trained["pixels_top1"],
         "knn": {k: v for k, v in knn_trained.items() if k not in ("top1", "pixels_top1")},
         "train_seconds": t_train, "total_seconds": total, "device": str(device),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "reference_model": reference,
     }
     run_dir = Path(result.run_dir)
     write_text(run_dir / "demo_report.json", json.dumps(report, indent=2))
@@ -70,6 +71,7 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
     pretrained, context encoder      {100 * report['knn_top1_pretrained_context_encoder']:.2f} %
     raw pixels (the bar to beat)     {100 * report['knn_top1_raw_pixels']:.2f} %
     same encoder at random init      {100 * report['knn_top1_random_init']:.2f} %
+    {_reference_line(reference)}
   verdict                  the IWM {verdict}
   time                     {total / 60:.1f} min ({t_train / 60:.1f} training) on {device}, {torch.get_num_threads()} threads
   checkpoint               {run_dir / 'checkpoints' / 'latest.pt'}
@@ -78,3 +80,34 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
   report                   {run_dir / 'demo_report.json'}
 =========================================================""")
     return report
+
+
+REFERENCE_MODEL = "cifar10_equi"  # the shipped model trained long with the demo's config
+
+
+def _reference_knn(cfg: config_mod.Config, device: torch.device) -> dict | None:
+    """kNN of the shipped reference model's target encoder, measured now by the demo's protocol
+    (what the same config reaches when trained long); None where it is not shipped."""
+    from .api import pretrained
+    from .registry import manifest, shipped_names
+
+    if REFERENCE_MODEL not in shipped_names():
+        return None
+    entry = manifest()["models"][REFERENCE_MODEL]
+    size = entry["config"]["data"]["image_size"]
+    if size != cfg.data.image_size:  # another protocol: no comparison
+        return {"name": REFERENCE_MODEL, "step": entry["step"], "knn_top1": None,
+                "note": f"not measured: it takes {size} px images, this demo {cfg.data.image_size} px"}
+    print(f"iwm demo: kNN of the shipped reference model pretrained:{REFERENCE_MODEL}")
+    run = pretrained(REFERENCE_MODEL, device)
+    top1 = knn_eval(run.target_encoder, cfg, device, progress=cfg.run.progress)["top1"]
+    return {"name": REFERENCE_MODEL, "step": entry["step"], "knn_top1": top1}
+
+
+def _reference_line(reference: dict | None) -> str:
+    if reference is None:
+        return f"shipped reference model          not in this install (pretrained:{REFERENCE_MODEL})"
+    if reference["knn_top1"] is None:
+        return f"shipped reference model          {reference['note']}"
+    return (f"shipped reference model          {100 * reference['knn_top1']:.2f} %   (pretrained:{reference['name']}: "
+            f"the same config trained {reference['step']:,} steps)")

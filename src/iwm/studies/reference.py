@@ -1,0 +1,482 @@
+"""The reference models: the three shipped CIFAR-10 configs (IWM-equivariant, IWM-invariant,
+I-JEPA) trained long with nothing changed but the number of epochs, then measured by every
+protocol the project has, each score beside the same protocol on the raw pixels and on the
+same network at its random initialisation.
+
+A long training runs on its own, in the background and checkpointed (the page prints the
+command); this study measures whatever has finished and writes the page:
+
+    nohup iwm pretrain --config cifar10_equi optim.epochs=24 run.out_dir=runs/reference/cifar10_equi &
+    iwm study reference                      # measure the finished runs, write the page
+    iwm ship runs/reference/cifar10_equi cifar10_equi
+
+``--train`` trains the missing models first, in this process (a GPU, or a patient CPU).
+
+Measured per model, on its frozen EMA target encoder unless said otherwise:
+
+- kNN top-1 by the README's protocol (:func:`iwm.eval.knn_eval`: a 10,000-image bank, the
+  whole test split, k = 20);
+- the linear probe, the attentive probe and predictor finetuning, and a segmentation decoder
+  on CamVid, with the settings of the leverage study (:mod:`.leverage`), so rows compare;
+- MRR of the world model on a 256-entry bank (an I-JEPA run, which has no transformations of
+  its own, is ranked on the strength-1 transformations of the other configs);
+- learning curves: the training-health records (kNN, MRR, effective rank) against epochs.
+
+Every finished measurement is stored at once in ``<runs-dir>/reference.json`` with what decides
+it (the run's step and the settings); a second call reuses it. The scores also go into the run
+directory as the files ``iwm eval`` and ``iwm leverage`` write, so that ``iwm ship`` carries them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import config as config_mod
+from ..config import SHIPPED, Config, ConfigError
+from ..downstream.report import write_json
+from ..files import save_figure, write_text
+from ..train import resolve_device
+from .grid import code_version, device_name, steps_per_epoch, trained_steps
+from .leverage import default_settings, evaluate
+
+DEFAULT_EPOCHS = 24  # about 2 hours of a 2-core CPU for cifar10_equi (0.7 s a step, 390 steps an epoch)
+DEFAULT_RUNS_DIR = "runs/reference"
+MRR_BANK = 256
+TARGETS = {"knn_over_pixels": 0.10, "mrr": 0.10}  # the equivariant model's bar (issue 10)
+
+
+class Model(NamedTuple):
+    name: str  # the shipped config, the run's directory and the shipped model's name
+    label: str
+    paper: str  # what the paper reports for this kind of model
+
+
+MODELS = (
+    Model("cifar10_equi", "IWM-equivariant", "like MIM: weaker linearly, competitive in attentive probing, best "
+                                             "with predictor finetuning and out of domain"),
+    Model("cifar10_inv", "IWM-invariant", "like contrastive methods: clearly better in linear probing than MIM "
+                                          "and other JEPAs"),
+    Model("cifar10_ijepa", "I-JEPA", "between the two: beaten linearly by IWM-invariant, by IWM-equivariant "
+                                     "after predictor finetuning"),
+)
+# what each model is measured by, in the order of the page (the simplest head first)
+KINDS = ("knn", "linear", "attentive", "predictor_ft", "seg_encoder", "mrr")
+PIXEL_KINDS = ("knn", "linear", "attentive")  # the protocols a network-free input goes through
+LABELS = {"knn": "kNN top-1 (README protocol)", "linear": "linear probe", "attentive": "attentive probe",
+          "predictor_ft": "predictor finetuning", "seg_encoder": "CamVid mIoU, encoder tokens",
+          "mrr": "MRR, {bank}-entry bank"}
+
+
+def model_config(name: str, runs_dir: str | Path, epochs: int, device: str = "auto",
+                 overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The shipped config ``name`` with ``epochs`` epochs, in ``runs_dir/name``."""
+    return config_mod.load(SHIPPED / f"{name}.yaml", [*overrides, f"optim.epochs={epochs}",
+                                                      f"run.out_dir={Path(runs_dir) / name}", f"run.device={device}"])
+
+
+def train_command(name: str, runs_dir: str | Path, epochs: int) -> str:
+    return (f"iwm pretrain --config {name} optim.epochs={epochs} "
+            f"run.out_dir={shlex.quote(str(Path(runs_dir) / name))}")
+
+
+def total_steps(cfg: Config) -> int:
+    return cfg.optim.max_steps or cfg.optim.epochs * steps_per_epoch(cfg)
+
+
+def default_reference_settings() -> dict[str, Any]:
+    return {**default_settings(), "mrr_images": 128, "mrr_bank": MRR_BANK}
+
+
+# ----------------------------------------------------------------------------------------------
+# measuring one model
+
+
+def random_init(cfg: Config, device: torch.device):
+    """The run's networks as they were before the first step (the same seed rebuilds them)."""
+    from ..api import Run
+    from ..photometric import PhotometricSampler
+    from ..train import build_model
+
+    model = build_model(cfg)
+    nets = (model.encoder, model.target_encoder, model.predictor)
+    for m in nets:
+        m.to(device).eval().requires_grad_(False)
+    return Run(cfg, *nets, PhotometricSampler(cfg.aug), 0, Path(cfg.run.out_dir), Path(cfg.run.out_dir))
+
+
+def measure(run, kind: str, s: dict[str, Any], device: torch.device, progress: bool, pixels: bool = False) -> dict:
+    """One measurement of ``run`` (or of the raw pixels at its image size)."""
+    if kind == "knn":
+        from ..eval import knn_eval
+        from ..eval.pixels import RawPixels
+
+        net = RawPixels.of(run.config) if pixels else run.target_encoder
+        return knn_eval(net.to(device), run.config, device, progress=progress)
+    if kind == "mrr":
+        from ..eval.mrr import compute_mrr, strength_aug
+
+        # I-JEPA trains without transformations: its bank is the others' (it should score chance)
+        strength = 1.0 if run.config.aug.strength == 0 else None
+        res = compute_mrr(run, num_images=s["mrr_images"], bank_size=s["mrr_bank"], seed=s["seed"], device=device,
+                          progress=progress, aug=strength_aug(run, strength))
+        return {**res, "mrr": res["families"]["all"]["mrr"], "bank_strength": strength or run.config.aug.strength}
+    return evaluate(run, kind, s, device, progress, pixels)
+
+
+def _key(kind: str, s: dict[str, Any], step: int) -> dict[str, Any]:
+    """What decides a measurement: a stored one with another key is measured again."""
+    from .leverage import _setting_key
+
+    if kind == "knn":
+        return {"step": step, "protocol": "README"}
+    if kind == "mrr":
+        return {"step": step, **{k: s[k] for k in ("mrr_images", "mrr_bank", "seed")}}
+    return _setting_key(kind, s, step)
+
+
+def score(row: dict | None) -> float | None:
+    """The headline number of a measurement: top-1, mIoU or MRR."""
+    if not row:
+        return None
+    for k in ("top1", "miou", "mrr"):
+        if k in row:
+            return row[k]
+    return None
+
+
+def write_score_files(run_dir: Path, trained: dict[str, dict]) -> None:
+    """The measurements as the files ``iwm eval`` / ``iwm leverage`` write in a run directory,
+    which ``iwm ship`` and ``iwm export`` read the scores from."""
+    def rows(*kinds: str) -> dict:
+        return {"rows": [trained[k] for k in kinds if k in trained], "source": "iwm study reference"}
+
+    if "knn" in trained:
+        write_json(trained["knn"], run_dir / "knn.json")
+    if "mrr" in trained:
+        write_json(trained["mrr"], run_dir / "mrr.json")
+    write_json(rows("linear", "attentive"), run_dir / "leverage_probe.json")
+    write_json(rows("predictor_ft"), run_dir / "leverage_finetune.json")
+    write_json(rows("seg_encoder"), run_dir / "leverage_segment.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# the study
+
+
+def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[str, Any], names: list[str],
+              train: bool = False, random: bool = True, device: str = "auto", command: str | None = None,
+              overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> dict:
+    """Measure the finished reference runs in ``runs_dir`` (training them first with ``train``),
+    store ``runs_dir/reference.json`` as it goes, write ``out_md`` with its JSON and figure.
+    ``overrides``: dotted config overrides for every model (e.g. ``data.path=...``)."""
+    from ..api import load
+    from ..train import pretrain
+
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    store = runs_dir / "reference.json"
+    previous = json.loads(store.read_text()) if store.is_file() else {}
+    study: dict[str, Any] = {"device": device_name(dev), "code": code_version(), "command": command,
+                             "settings": {**settings, "epochs": epochs}, "models": {},
+                             "pixels": previous.get("pixels", {})}
+    for model in MODELS:
+        cfg = model_config(model.name, runs_dir, epochs, device, overrides)
+        total, done = total_steps(cfg), trained_steps(cfg)
+        if train and done < total:
+            pretrain(cfg)
+            done = trained_steps(cfg)
+        entry: dict[str, Any] = {"label": model.label, "config": model.name, "steps": done, "total_steps": total,
+                                 "train_command": train_command(model.name, runs_dir, epochs),
+                                 "curves": health_curves(Path(cfg.run.out_dir), steps_per_epoch(cfg)),
+                                 "train_hours": training_hours(Path(cfg.run.out_dir), cfg.data.batch_size)}
+        study["models"][model.name] = entry
+        old = previous.get("models", {}).get(model.name, {})
+        if done < total:
+            continue  # not (yet) finished: listed, not measured
+        if model.name not in names:  # not asked for now: what was measured of this very run stays
+            entry.update({k: old[k] for k in ("trained", "random") if k in old and old.get("steps") == done})
+            continue
+        run = load(cfg.run.out_dir, device=dev)
+
+        def save() -> None:
+            _write(store, study)
+
+        # filled in place, so that every save() holds what is finished
+        entry["trained"] = old.get("trained", {})
+        _measure_all(run, entry["trained"], settings, dev, progress, save)
+        write_score_files(Path(cfg.run.out_dir), entry["trained"])
+        # the raw pixels (the same data and image size for every model): measured once
+        _measure_all(run, study["pixels"], settings, dev, progress, save, kinds=PIXEL_KINDS, pixels=True)
+        if "random" in old or random:
+            entry["random"] = old.get("random", {})
+        if random:
+            _measure_all(random_init(cfg, dev), entry["random"], settings, dev, progress, save)
+    study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    _write(store, study)
+    if out_md is not None:
+        out_md = Path(out_md)
+        out_md.parent.mkdir(parents=True, exist_ok=True)
+        _write(out_md.with_suffix(".json"), study)
+        plot_curves(study, out_md.parent / "reference_curves.png")
+        write_text(out_md, render_markdown(study, "reference_curves.png"))
+    return study
+
+
+def _measure_all(run, out: dict[str, dict], s: dict[str, Any], device: torch.device, progress: bool, save,
+                 kinds: tuple[str, ...] = KINDS, pixels: bool = False) -> None:
+    """Every measurement of ``kinds`` on ``run`` into ``out``, keeping those already there with
+    the same key; ``save()`` after each new one, so that a stopped study keeps what it finished."""
+    for kind in kinds:
+        key = _key(kind, s, 0 if pixels else run.step)
+        if kind in out and out[kind].get("key") == key:
+            continue
+        out[kind] = {"key": key, **measure(run, kind, s, device, progress, pixels)}
+        out[kind].pop("confusion", None)
+        save()
+
+
+def _write(path: Path, study: dict) -> None:
+    write_json(study, path)
+
+
+def health_curves(run_dir: Path, per_epoch: int) -> list[dict]:
+    """The run's training-health records, with their epoch."""
+    from ..eval.health import read_health
+
+    f = run_dir / "metrics.jsonl"
+    if not f.is_file():
+        return []
+    keys = ("step", "knn_top1", "knn_top1_pixels", "mrr", "mrr_chance", "effective_rank", "feature_std")
+    return [{"epoch": r["step"] / per_epoch, **{k: r.get(k) for k in keys}} for r in read_health(f)]
+
+
+def training_hours(run_dir: Path, batch_size: int) -> float | None:
+    """Hours a one-process run spent training, from the rates it logged (health checks included;
+    the time a stopped run lost before resuming is not)."""
+    f = run_dir / "metrics.jsonl"
+    if not f.is_file():
+        return None
+    seconds, last = 0.0, 0
+    for line in f.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("kind") == "health":
+            seconds += r.get("seconds", 0.0)
+        elif r.get("kind") == "train" and r.get("images_per_s"):
+            seconds += max(0, r["step"] - last) * batch_size / r["images_per_s"]
+            last = r["step"]
+    return seconds / 3600
+
+
+# ----------------------------------------------------------------------------------------------
+# the page
+
+
+def plot_curves(study: dict, path: Path) -> None:
+    """kNN (with the raw pixels on the same health images), MRR (with chance) and effective
+    rank against epochs, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=120)
+    panels = (("knn_top1", "health kNN top-1 (%)", 100), ("mrr", "health MRR", 1), ("effective_rank",
+                                                                                     "effective rank (RankMe)", 1))
+    for ax, (key, title, scale) in zip(axes, panels):
+        for name, m in study["models"].items():
+            pts = [(r["epoch"], r[key] * scale) for r in m["curves"] if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=m["label"])
+        ref = {"knn_top1": ("knn_top1_pixels", "raw pixels"), "mrr": ("mrr_chance", "chance")}.get(key)
+        curves = [r for m in study["models"].values() for r in m["curves"]]
+        if ref and any(r.get(ref[0]) is not None for r in curves):
+            value = next(r[ref[0]] for r in curves if r.get(ref[0]) is not None)
+            ax.axhline(value * scale, color="gray", ls="--", label=ref[1])
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def _fmt(kind: str, v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.4f}" if kind == "mrr" else f"{100 * v:.2f} %"
+
+
+def _targets(study: dict) -> list[str]:
+    m = study["models"].get("cifar10_equi", {})
+    t, px = m.get("trained", {}), study["pixels"]
+    knn, pix, mrr = score(t.get("knn")), score(px.get("knn")), score(t.get("mrr"))
+    if knn is None or pix is None or mrr is None:
+        return ["- The equivariant model is not measured yet."]
+    bar = pix + TARGETS["knn_over_pixels"]
+    return [f"- kNN at least 10 points over the raw pixels ({_fmt('knn', bar)}): {_fmt('knn', knn)} "
+            f"({100 * (knn - pix):+.2f} points over the pixels), {'met' if knn >= bar else '**not met**'}.",
+            f"- MRR on a {MRR_BANK}-entry bank at least {TARGETS['mrr']:.2f}: {mrr:.4f} on a "
+            f"{t['mrr']['settings']['bank_size']}-entry bank ({mrr / t['mrr']['chance']:.1f}x chance), "
+            f"{'met' if mrr >= TARGETS['mrr'] else '**not met**'}."]
+
+
+def _directions(study: dict) -> list[str]:
+    """The paper's directions, checked where both sides are measured."""
+    t = {n: m.get("trained", {}) for n, m in study["models"].items()}
+
+    def val(name: str, kind: str) -> float | None:
+        return score(t.get(name, {}).get(kind))
+
+    checks = (
+        ("IWM-invariant beats IWM-equivariant in linear probing", "cifar10_inv", "cifar10_equi", "linear"),
+        ("IWM-invariant beats I-JEPA in linear probing", "cifar10_inv", "cifar10_ijepa", "linear"),
+        ("IWM-equivariant beats IWM-invariant after predictor finetuning", "cifar10_equi", "cifar10_inv",
+         "predictor_ft"),
+        ("IWM-equivariant beats I-JEPA after predictor finetuning", "cifar10_equi", "cifar10_ijepa", "predictor_ft"),
+        ("IWM-equivariant beats IWM-invariant out of domain (CamVid)", "cifar10_equi", "cifar10_inv", "seg_encoder"),
+        ("IWM-equivariant's world model is stronger (MRR) than IWM-invariant's", "cifar10_equi", "cifar10_inv",
+         "mrr"),
+    )
+    lines = []
+    for claim, a, b, kind in checks:
+        va, vb = val(a, kind), val(b, kind)
+        if va is None or vb is None:
+            missing = " and ".join(n for n, v in ((a, va), (b, vb)) if v is None)
+            lines.append(f"| {claim} | not measured yet ({missing}) | |")
+            continue
+        lines.append(f"| {claim} | {_fmt(kind, va)} vs {_fmt(kind, vb)} | {'holds' if va > vb else 'does not hold'} |")
+    return ["| paper's direction | measured | here |", "|---|---|---|", *lines]
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def render_markdown(study: dict, figure: str) -> str:
+    s = study["settings"]
+    train = "all the" if not s["train_size"] else f"{s['train_size']:,} seeded"
+    test = "the whole test split" if not s["test_size"] else f"{s['test_size']:,} seeded test images"
+    knn = next((m["trained"]["knn"] for m in study["models"].values() if "trained" in m), None)
+    knn_protocol = ("" if knn is None else f": a bank of {knn['bank']:,} train images, {knn['test']:,} test "
+                                           f"images, k = {knn['k']}, temperature {knn['temperature']:g}")
+    lines = [
+        "# Reference models: the shipped CIFAR-10 configs, trained long",
+        "",
+        "The three shipped CIFAR-10 configs with nothing changed but `optim.epochs`, each measured on its "
+        "frozen EMA target encoder beside the same protocol on the raw pixels and on the same network at "
+        "its random initialisation. The bar is the raw pixels, not the random network.",
+        "",
+        f"- device: {study['device']}; date: {study['date']}; code: {study['code']}",
+        f"- measured by: `{study['command']}`",
+        f"- kNN: the README's protocol (`iwm eval knn`{knn_protocol})",
+        f"- linear / attentive probe, predictor finetuning, CamVid: the leverage study's settings "
+        f"([leverage.md](leverage.md)): {train} train images, {test}; attentive probe "
+        f"{_n(s['attentive_epochs'], 'epoch')}; predictor finetuning {_n(s['finetune_epochs'], 'epoch')} "
+        f"(attentive head, the pretrained predictor at {s['predictor_lr_ratio']:g} x lr {s['finetune_lr']:g}); "
+        f"CamVid at the pretraining's image size, {_n(s['seg_epochs'], 'epoch')} of a linear decoder on the "
+        "encoder's tokens",
+        f"- MRR: {s['mrr_images']} test images, each against a bank of {s['mrr_bank']} transformed targets "
+        f"(chance {1 / s['mrr_bank'] * sum(1 / k for k in range(1, s['mrr_bank'] + 1)):.4f}); I-JEPA, "
+        "trained without transformations, is ranked on the strength-1 ones",
+        "- raw numbers: the .json file of the same name beside this page",
+        "",
+        "## The models",
+        "",
+        "| model | config | trained | hours | command |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in study["models"].items():
+        if m["steps"] >= m["total_steps"]:
+            state = f"{_n(m['steps'], 'step')} ({_n(s['epochs'], 'epoch')})"
+        else:
+            state = (f"**not finished**: {m['steps']:,} of {m['total_steps']:,} steps" if m["steps"] else
+                     f"**not trained yet** ({m['total_steps']:,} steps)")
+        hours = "—" if not m.get("train_hours") else f"{m['train_hours']:.2f}"
+        lines.append(f"| {m['label']} | `{name}` | {state} | {hours} | `{m['train_command']}` |")
+    lines += ["", "Then `iwm study reference` measures the finished ones and writes this page, and "
+                  "`iwm ship runs/reference/NAME NAME` ships one (fp16, with these scores in the manifest).", ""]
+    for name, m in study["models"].items():
+        if "trained" not in m:
+            continue
+        lines += [f"## {m['label']} (`{name}`)", "", f"The paper: {MODEL_PAPER[name]}.", "",
+                  "| protocol | trained | random init | raw pixels |", "|---|---|---|---|"]
+        for kind in KINDS:
+            rnd = score(m.get("random", {}).get(kind))
+            px = score(study["pixels"].get(kind)) if kind in PIXEL_KINDS else None
+            lines.append(f"| {LABELS[kind].format(bank=s['mrr_bank'])} | **{_fmt(kind, score(m['trained'].get(kind)))}** | {_fmt(kind, rnd)} | "
+                         f"{_fmt(kind, px)} |")
+        lines.append("")
+    lines += ["## Targets (IWM-equivariant)", "", *_targets(study), "",
+              "## Where the paper's directions hold", "", *_directions(study), "",
+              "## Learning curves", "",
+              "The training-health records, every `eval.every` steps: kNN on a few hundred held-out images "
+              "against a smaller bank, MRR on a small bank (the `eval.health_*` settings of the config), so "
+              "their values sit below the protocols above; the dashed lines are the raw pixels on the same "
+              "images and MRR's chance.", "",
+              f"![learning curves]({figure})", ""]
+    return "\n".join(lines)
+
+
+MODEL_PAPER = {m.name: m.paper for m in MODELS}
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def _main(args: argparse.Namespace) -> int:
+    import sys
+
+    names = [n for n in args.models.split(",") if n] if args.models else [m.name for m in MODELS]
+    unknown = sorted(set(names) - {m.name for m in MODELS})
+    if unknown:
+        print(f"iwm: error: --models: unknown {', '.join(unknown)}; choose from "
+              f"{', '.join(m.name for m in MODELS)}", file=sys.stderr)
+        return 2
+    if args.epochs < 1:
+        print(f"iwm: error: --epochs must be at least 1, got {args.epochs}", file=sys.stderr)
+        return 2
+    settings = default_reference_settings()
+    settings["mrr_images"] = args.mrr_images
+    command = " ".join(["iwm study reference", *(["--models", args.models] if args.models else []),
+                        *(["--epochs", str(args.epochs)] if args.epochs != DEFAULT_EPOCHS else []),
+                        *(["--runs-dir", args.runs_dir] if args.runs_dir != DEFAULT_RUNS_DIR else []),
+                        *args.overrides])
+    try:
+        run_study(None if args.no_page else Path(args.out), Path(args.runs_dir), args.epochs, settings, names,
+                  train=args.train, random=not args.no_random, device=args.device, command=command,
+                  overrides=args.overrides, progress=not args.no_progress)
+    except (ConfigError, ValueError) as err:  # a run trained otherwise, missing data: one line
+        print(f"iwm: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {Path(args.runs_dir) / 'reference.json'}" + ("" if args.no_page else f" and {args.out}"))
+    return 0
+
+
+def add_cli(studies: argparse._SubParsersAction) -> None:
+    """Register ``iwm study reference``."""
+    p = studies.add_parser("reference", help="measure the long reference trainings of the shipped CIFAR-10 "
+                                             "configs (kNN, probes, finetuning, CamVid, MRR) against pixels and "
+                                             "random init")
+    p.add_argument("--models", default="", help="comma-separated configs to measure (default: all three)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default {DEFAULT_EPOCHS})")
+    p.add_argument("--train", action="store_true", help="train the models not finished yet first, in this process")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"one directory per model (default {DEFAULT_RUNS_DIR})")
+    p.add_argument("--out", default="docs/results/reference_models.md", help="markdown page")
+    p.add_argument("--no-page", action="store_true", help="measure and store, write no page")
+    p.add_argument("--mrr-images", type=int, default=default_reference_settings()["mrr_images"],
+                   help="test images ranked for MRR")
+    p.add_argument("--no-random", action="store_true", help="skip the random-initialisation references")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides for every model, e.g. data.path=...")
+    p.set_defaults(fn=_main)

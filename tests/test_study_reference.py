@@ -1,0 +1,89 @@
+"""``iwm study reference`` on tiny synthetic runs: the finished runs are measured against raw
+pixels and random init, unfinished ones are listed, and the scores reach ``iwm ship``."""
+
+import json
+
+import pytest
+
+from conftest import TINY, make_seg_folder
+from iwm.api import load
+from iwm.cli import main
+from iwm.registry import ship
+from iwm.sharing import collect_scores
+from iwm.studies import reference
+from iwm.studies.reference import KINDS, PIXEL_KINDS, model_config, run_study
+from iwm.train import Trainer, pretrain
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+EXTRA = TINY + ["data.dataset=synthetic", "eval.knn_train=32", "eval.knn_test=16", "eval.every=4"]
+
+
+def _cells(md: str, first_cell: str, after: str = "") -> list[str]:
+    md = md[md.index(after):] if after else md
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r}")
+
+
+def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, monkeypatch):
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "reference_models.md"
+    extra = EXTRA + [f"data.cache_dir={tmp_path / 'cache'}"]
+    pretrain(model_config("cifar10_equi", runs, 1, "cpu", extra))  # finished: 8 steps
+    Trainer(model_config("cifar10_inv", runs, 1, "cpu", extra)).fit(until=3)  # stopped half-way
+    settings = {**reference.default_reference_settings(), "train_size": 32, "test_size": 16, "attentive_epochs": 1,
+                "finetune_epochs": 1, "finetune_batch": 8, "seg_epochs": 1, "seg_batch": 2,
+                "seg_data": str(make_seg_folder(tmp_path / "seg")), "mrr_images": 2, "mrr_bank": 8}
+    run_study(out, runs, 1, settings, [m.name for m in reference.MODELS], device="cpu", overrides=extra,
+              progress=False)
+
+    saved = json.loads((runs / "reference.json").read_text())
+    assert json.loads(out.with_suffix(".json").read_text()) == saved
+    equi, inv, ijepa = (saved["models"][n] for n in ("cifar10_equi", "cifar10_inv", "cifar10_ijepa"))
+    assert (equi["steps"], inv["steps"], ijepa["steps"]) == (8, 3, 0) and inv["total_steps"] == 8
+    assert "trained" not in inv and "trained" not in ijepa  # unfinished runs are not measured
+    assert list(equi["trained"]) == list(equi["random"]) == list(KINDS)
+    assert list(saved["pixels"]) == list(PIXEL_KINDS)
+    assert equi["trained"]["knn"]["key"]["step"] == 8 and equi["random"]["knn"]["key"]["step"] == 0
+    assert equi["trained"]["knn"]["top1"] != equi["random"]["knn"]["top1"] or \
+        equi["trained"]["mrr"]["mrr"] != equi["random"]["mrr"]["mrr"]  # training changed the network
+    assert saved["pixels"]["linear"]["features"] == "raw pixels"
+    assert [r["step"] for r in equi["curves"]] == [0, 4, 8] and equi["curves"][-1]["epoch"] == 1.0
+    assert (out.parent / "reference_curves.png").stat().st_size > 0
+
+    md = out.read_text()
+    t, r, p = equi["trained"], equi["random"], saved["pixels"]
+    assert _cells(md, "kNN top-1 (README protocol)", "## IWM-equivariant")[1:] == [
+        f"**{100 * t['knn']['top1']:.2f} %**", f"{100 * r['knn']['top1']:.2f} %", f"{100 * p['knn']['top1']:.2f} %"]
+    assert _cells(md, "MRR, 8-entry bank", "## IWM-equivariant")[1:] == [
+        f"**{t['mrr']['mrr']:.4f}**", f"{r['mrr']['mrr']:.4f}", "—"]
+    assert "**not finished**: 3 of 8 steps" in _cells(md, "IWM-invariant")[2]
+    assert "optim.epochs=1" in _cells(md, "I-JEPA")[4] and _cells(md, "I-JEPA")[3] == "—"
+    assert float(_cells(md, "IWM-equivariant")[3]) == pytest.approx(equi["train_hours"], abs=0.01)
+    assert 0 < equi["train_hours"] < 1
+    assert "not measured yet (cifar10_inv)" in _cells(md, "IWM-invariant beats IWM-equivariant in linear probing")[1]
+
+    # the run directory holds the scores as `iwm eval` / `iwm leverage` write them: shipping carries them
+    scores = collect_scores(runs / "cifar10_equi")
+    assert scores["knn_top1"] == t["knn"]["top1"] and scores["mrr"] == t["mrr"]["mrr"]
+    assert scores["probe_linear_top1"] == t["linear"]["top1"]
+    assert scores["finetune_predictor_top1"] == t["predictor_ft"]["top1"]
+    assert scores["segment_encoder_miou"] == t["seg_encoder"]["miou"]
+    entry = ship(load(runs / "cifar10_equi"), "cifar10_equi", root=tmp_path / "weights")
+    assert entry["scores"]["knn_top1"] == t["knn"]["top1"]
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a stored measurement was redone")
+
+    monkeypatch.setattr(reference, "measure", no_work)
+    run_study(out, runs, 1, settings, [m.name for m in reference.MODELS], device="cpu", overrides=extra,
+              progress=False)
+    assert json.loads((runs / "reference.json").read_text())["models"]["cifar10_equi"]["trained"] == t
+
+
+def test_unknown_model_is_refused_in_one_line(capsys):
+    assert main(["study", "reference", "--models", "cifar10_nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cifar10_nope" in err and "cifar10_equi" in err
