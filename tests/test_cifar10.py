@@ -240,7 +240,7 @@ def test_standard_tarball_trains_and_evaluates(tmp_path, batches, tiny_overrides
 def test_demo_reports_pixels_random_init_and_the_shipped_reference_model(tmp_path, batches, tiny_overrides, capsys,
                                                                           no_env, monkeypatch):
     from iwm import registry
-    from iwm.api import pretrained
+    from iwm.api import load, pretrained
     from iwm.demo import run_demo
     from iwm.eval import knn_eval
 
@@ -253,17 +253,12 @@ def test_demo_reports_pixels_random_init_and_the_shipped_reference_model(tmp_pat
     assert "not in this install (pretrained:cifar10_equi)" in capsys.readouterr().out
 
     # a model shipped under the reference name: the demo measures it now, by its own protocol
-    registry.ship(iwm_load(tmp_path / "none"), "cifar10_equi")
+    registry.ship(load(tmp_path / "none"), "cifar10_equi")
     report = run_demo(str(tarball), str(tmp_path / "fresh"), steps=2, overrides=[*overrides, "run.seed=1"])
-    cfg = iwm_load(tmp_path / "fresh").config
+    cfg = load(tmp_path / "fresh").config
     expected = knn_eval(pretrained("cifar10_equi").target_encoder, cfg)["top1"]
     assert report["reference_model"] == {"name": "cifar10_equi", "step": 2, "knn_top1": expected}
     out = capsys.readouterr().out
     assert f"shipped reference model          {100 * expected:.2f} %   (pretrained:cifar10_equi: " in out
     assert f"raw pixels (the bar to beat)     {100 * report['knn_top1_raw_pixels']:.2f} %" in out
 
-
-def iwm_load(run_dir):
-    from iwm.api import load
-
-    return load(run_dir)

@@ -38,10 +38,9 @@ def test_the_package_manifest_is_valid_and_ships_what_it_lists():
 
 def test_the_models_the_package_ships_load_through_torch_hub_and_encode(monkeypatch):
     monkeypatch.delenv(registry.ROOT_ENV, raising=False)
-    shipped = registry.shipped_names()
+    shipped = registry.manifest()["models"]
     assert set(shipped) <= set(registry.REFERENCE_MODELS)  # each has its torch.hub entry
-    for name in shipped:
-        entry = registry.manifest()["models"][name]
+    for name, entry in shipped.items():
         run = torch.hub.load(str(REPO), name, source="local")
         assert isinstance(run, iwm.Run) and run.step == entry["step"]
         assert next(run.target_encoder.parameters()).dtype == torch.float32  # fp16 on disk, fp32 loaded

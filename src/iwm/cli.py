@@ -49,9 +49,10 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     cfg = _pretrain_config(args)
     _setup_distributed(cfg)
+    finished = False
     try:
         result = pretrain(cfg)
-        _leave_distributed(finished=True)
+        finished = True
     except Preempted as stop:
         print(f"iwm: {stop}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
@@ -66,7 +67,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         print(f"iwm: error: {err}{note}", file=sys.stderr)
         return DISK_FULL_EXIT_CODE
     finally:
-        _leave_distributed(finished=False)
+        _leave_distributed(finished)
     print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}, run in {result.run_dir}")
     return 0
 

@@ -27,7 +27,7 @@ from ..masks import MultiBlockMasker
 from ..photometric import PhotometricSampler, apply, blur_kernel_size
 from .features import extract, subset
 from .knn import knn_accuracy
-from .mrr import FAMILIES, chance_mrr, compute_mrr, family_params
+from .mrr import FAMILIES, compute_mrr, family_params
 from .pixels import RawPixels
 from ..files import save_figure
 
@@ -166,7 +166,7 @@ class HealthMonitor:
                 res = compute_mrr(run, images=self.test[:e.health_mrr_images], bank_size=e.health_mrr_bank,
                                   families=("all",), seed=self.mrr_seed, device=self.device)
                 rec["mrr"] = res["families"]["all"]["mrr"]  # None where the bank is all identities
-                rec["mrr_chance"] = chance_mrr(e.health_mrr_bank)
+                rec["mrr_chance"] = res["chance"]
         finally:
             for m, training in modes:
                 m.training = training

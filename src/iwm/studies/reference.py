@@ -193,10 +193,11 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
         if train and done < total:
             pretrain(cfg)
             done = trained_steps(cfg)
+        records = read_metrics(Path(cfg.run.out_dir))
         entry: dict[str, Any] = {"label": model.label, "config": model.name, "steps": done, "total_steps": total,
                                  "train_command": train_command(model.name, runs_dir, epochs),
-                                 "curves": health_curves(Path(cfg.run.out_dir), steps_per_epoch(cfg)),
-                                 "train_hours": training_hours(Path(cfg.run.out_dir), cfg.data.batch_size)}
+                                 "curves": health_curves(records, steps_per_epoch(cfg)),
+                                 "train_hours": training_hours(records, cfg.data.batch_size)}
         study["models"][model.name] = entry
         old = previous.get("models", {}).get(model.name, {})
         if done < total:
@@ -207,7 +208,7 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
         run = load(cfg.run.out_dir, device=dev)
 
         def save() -> None:
-            _write(store, study)
+            write_json(study, store)
 
         # filled in place, so that every save() holds what is finished
         entry["trained"] = old.get("trained", {})
@@ -220,11 +221,11 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
         if random:
             _measure_all(random_init(cfg, dev), entry["random"], settings, dev, progress, save)
     study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    _write(store, study)
+    write_json(study, store)
     if out_md is not None:
         out_md = Path(out_md)
         out_md.parent.mkdir(parents=True, exist_ok=True)
-        _write(out_md.with_suffix(".json"), study)
+        write_json(study, out_md.with_suffix(".json"))
         plot_curves(study, out_md.parent / "reference_curves.png")
         write_text(out_md, render_markdown(study, "reference_curves.png"))
     return study
@@ -243,30 +244,26 @@ def _measure_all(run, out: dict[str, dict], s: dict[str, Any], device: torch.dev
         save()
 
 
-def _write(path: Path, study: dict) -> None:
-    write_json(study, path)
-
-
-def health_curves(run_dir: Path, per_epoch: int) -> list[dict]:
-    """The run's training-health records, with their epoch."""
-    from ..eval.health import read_health
-
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every record of the run's metrics.jsonl (none where it has not started)."""
     f = run_dir / "metrics.jsonl"
-    if not f.is_file():
-        return []
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
+
+
+def health_curves(records: list[dict], per_epoch: int) -> list[dict]:
+    """The training-health records, with their epoch."""
     keys = ("step", "knn_top1", "knn_top1_pixels", "mrr", "mrr_chance", "effective_rank", "feature_std")
-    return [{"epoch": r["step"] / per_epoch, **{k: r.get(k) for k in keys}} for r in read_health(f)]
+    return [{"epoch": r["step"] / per_epoch, **{k: r.get(k) for k in keys}} for r in records
+            if r.get("kind") == "health"]
 
 
-def training_hours(run_dir: Path, batch_size: int) -> float | None:
+def training_hours(records: list[dict], batch_size: int) -> float | None:
     """Hours a one-process run spent training, from the rates it logged (health checks included;
     the time a stopped run lost before resuming is not)."""
-    f = run_dir / "metrics.jsonl"
-    if not f.is_file():
+    if not records:
         return None
     seconds, last = 0.0, 0
-    for line in f.read_text().splitlines():
-        r = json.loads(line)
+    for r in records:
         if r.get("kind") == "health":
             seconds += r.get("seconds", 0.0)
         elif r.get("kind") == "train" and r.get("images_per_s"):
@@ -362,6 +359,8 @@ def _n(count: int, noun: str) -> str:
 
 
 def render_markdown(study: dict, figure: str) -> str:
+    from ..eval.mrr import chance_mrr
+
     s = study["settings"]
     train = "all the" if not s["train_size"] else f"{s['train_size']:,} seeded"
     test = "the whole test split" if not s["test_size"] else f"{s['test_size']:,} seeded test images"
@@ -385,7 +384,7 @@ def render_markdown(study: dict, figure: str) -> str:
         f"CamVid at the pretraining's image size, {_n(s['seg_epochs'], 'epoch')} of a linear decoder on the "
         "encoder's tokens",
         f"- MRR: {s['mrr_images']} test images, each against a bank of {s['mrr_bank']} transformed targets "
-        f"(chance {1 / s['mrr_bank'] * sum(1 / k for k in range(1, s['mrr_bank'] + 1)):.4f}); I-JEPA, "
+        f"(chance {chance_mrr(s['mrr_bank']):.4f}); I-JEPA, "
         "trained without transformations, is ranked on the strength-1 ones",
         "- raw numbers: the .json file of the same name beside this page",
         "",
@@ -407,7 +406,7 @@ def render_markdown(study: dict, figure: str) -> str:
     for name, m in study["models"].items():
         if "trained" not in m:
             continue
-        lines += [f"## {m['label']} (`{name}`)", "", f"The paper: {MODEL_PAPER[name]}.", "",
+        lines += [f"## {m['label']} (`{name}`)", "", f"The paper: {next(x.paper for x in MODELS if x.name == name)}.", "",
                   "| protocol | trained | random init | raw pixels |", "|---|---|---|---|"]
         for kind in KINDS:
             rnd = score(m.get("random", {}).get(kind))
@@ -424,9 +423,6 @@ def render_markdown(study: dict, figure: str) -> str:
               "images and MRR's chance.", "",
               f"![learning curves]({figure})", ""]
     return "\n".join(lines)
-
-
-MODEL_PAPER = {m.name: m.paper for m in MODELS}
 
 
 # ----------------------------------------------------------------------------------------------
