@@ -11,7 +11,8 @@ from iwm.cli import main
 from iwm.registry import ship
 from iwm.sharing import collect_scores
 from iwm.studies import reference
-from iwm.studies.reference import KINDS, PIXEL_KINDS, model_config, run_study
+from iwm.studies.leverage import TABLE4
+from iwm.studies.reference import KINDS, PIXEL_KINDS, TABLE4_RANDOM, model_config, run_study, verdict
 from iwm.train import Trainer, pretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +45,8 @@ def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, 
     equi, inv, ijepa = (saved["models"][n] for n in ("cifar10_equi", "cifar10_inv", "cifar10_ijepa"))
     assert (equi["steps"], inv["steps"], ijepa["steps"]) == (8, 3, 0) and inv["total_steps"] == 8
     assert "trained" not in inv and "trained" not in ijepa  # unfinished runs are not measured
-    assert list(equi["trained"]) == list(equi["random"]) == list(KINDS)
+    # the equivariant model also gets the paper's Table 4; random init, encoder FT (from scratch)
+    assert list(equi["trained"]) == [*KINDS, *TABLE4] and list(equi["random"]) == [*KINDS, *TABLE4_RANDOM]
     assert list(saved["pixels"]) == list(PIXEL_KINDS)
     assert equi["trained"]["knn"]["key"]["step"] == 8 and equi["random"]["knn"]["key"]["step"] == 0
     assert equi["trained"]["knn"]["top1"] != equi["random"]["knn"]["top1"] or \
@@ -59,6 +61,12 @@ def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, 
         f"**{100 * t['knn']['top1']:.2f} %**", f"{100 * r['knn']['top1']:.2f} %", f"{100 * p['knn']['top1']:.2f} %"]
     assert _cells(md, "MRR, 8-entry bank", "## IWM-equivariant")[1:] == [
         f"**{t['mrr']['mrr']:.4f}**", f"{r['mrr']['mrr']:.4f}", "—"]
+    table4 = "## Table 4 analogue"
+    assert _cells(md, "encoder FT", table4)[1:4] == ["pooled", f"**{100 * t['encoder']['top1']:.2f} %**",
+                                                      f"{100 * r['encoder']['top1']:.2f} %"]
+    assert _cells(md, "random predictor FT (frozen encoder)", table4)[1:5] == [
+        "attentive", f"**{100 * t['random_predictor']['top1']:.2f} %**", "—",
+        f"{t['random_predictor']['trainable_params']:,}"]
     assert "**not finished**: 3 of 8 steps" in _cells(md, "IWM-invariant")[2]
     assert "optim.epochs=1" in _cells(md, "I-JEPA")[4] and _cells(md, "I-JEPA")[3] == "—"
     assert float(_cells(md, "IWM-equivariant")[3]) == pytest.approx(equi["train_hours"], abs=0.01)
@@ -70,6 +78,7 @@ def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, 
     assert scores["knn_top1"] == t["knn"]["top1"] and scores["mrr"] == t["mrr"]["mrr"]
     assert scores["probe_linear_top1"] == t["linear"]["top1"]
     assert scores["finetune_predictor_top1"] == t["predictor_ft"]["top1"]
+    assert scores["finetune_end2end_top1"] == t["end2end"]["top1"]
     assert scores["segment_encoder_miou"] == t["seg_encoder"]["miou"]
     entry = ship(load(runs / "cifar10_equi"), "cifar10_equi", root=tmp_path / "weights")
     assert entry["scores"]["knn_top1"] == t["knn"]["top1"]
@@ -81,6 +90,14 @@ def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, 
     run_study(out, runs, 1, settings, [m.name for m in reference.MODELS], device="cpu", overrides=extra,
               progress=False)
     assert json.loads((runs / "reference.json").read_text())["models"]["cifar10_equi"]["trained"] == t
+
+
+def test_a_difference_one_seed_cannot_tell_is_called_a_tie():
+    assert verdict("linear", 0.5433, 0.5398) == verdict("linear", 0.5398, 0.5433) \
+        == "a tie (within 1 point, which one seed cannot tell apart)"
+    assert verdict("linear", 0.5433, 0.5300) == "holds" and verdict("linear", 0.5300, 0.5433) == "does not hold"
+    assert verdict("mrr", 0.0705, 0.0488) == "holds" and verdict("mrr", 0.0705, 0.0690).startswith("a tie")
+    assert verdict("encoder", 0.50, 0.505, tie_holds=True).startswith("holds: a tie")
 
 
 def test_unknown_model_is_refused_in_one_line(capsys):

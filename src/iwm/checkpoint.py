@@ -178,10 +178,7 @@ def _damage(f, path: Path) -> str | None:
     if not same_size:
         want = recs[0]["bytes"]
         return f"{'truncated' if size < want else 'wrong size'}: {size:,} bytes of {want:,}"
-    sha = hashlib.sha256()
-    while chunk := f.read(1 << 20):
-        sha.update(chunk)
-    if sha.hexdigest() not in same_size:
+    if files.sha256(f) not in same_size:
         return f"damaged: its sha256 differs from the one in {sidecar(path).name}"
     return None
 

@@ -4,6 +4,7 @@ fsynced and renamed, so a crash or a full disk leaves the old file or the new on
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -96,6 +97,25 @@ def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     """``fig.savefig`` through :func:`atomic_write` (format from the file name)."""
     fmt = Path(path).suffix.lstrip(".") or None
     return atomic_write(path, lambda f: fig.savefig(f, format=fmt, **kwargs))
+
+
+def sha256(f: str | Path | IO[bytes]) -> str:
+    """The sha256 of a file, given by path or as a binary file object read from where it stands
+    (a caller that checks an open file hashes exactly what it then loads)."""
+    if isinstance(f, (str, Path)):
+        with open(f, "rb") as opened:
+            return sha256(opened)
+    h = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def source_key(src: Path, length: int) -> str:
+    """A short key for a cache made from the file ``src``: a changed, moved or replaced source
+    gets another key, so a stale cache is never read."""
+    st = src.stat()
+    return hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:length]
 
 
 def fsync_dir(d: Path) -> None:

@@ -4,7 +4,6 @@ with the sha256 of its files, the commit that shipped it, its config and measure
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -15,7 +14,7 @@ import torch
 
 from . import sharing
 from .config import ConfigError
-from .files import write_text
+from .files import sha256, write_text
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 ROOT_ENV = "IWM_WEIGHTS_DIR"  # another registry folder (tests; a private set of models)
@@ -43,14 +42,6 @@ def manifest(root: str | Path | None = None) -> dict[str, Any]:
 
 def shipped_names(root: str | Path | None = None) -> list[str]:
     return sorted(manifest(root)["models"])
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def shipped_folder(name: str, root: str | Path | None = None) -> Path:

@@ -9,7 +9,6 @@ images, as a folder or a tarball.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import os
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import ConfigError
+from ..files import atomic_write, source_key
 from .datasets import HELD_OUT_SPLITS, IMAGE_EXTENSIONS
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -120,17 +120,12 @@ def load_cifar10(path: str | Path = "", cache_dir: str | Path = "") -> dict[str,
         with np.load(cache) as z:
             return {k: z[k] for k in z.files}
     arrays = read_cifar10(src)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, cache)
+    atomic_write(cache, lambda f: np.savez(f, **arrays))
     return arrays
 
 
 def _cache_file(src: Path, cache_dir: str | Path) -> Path:
-    st = src.stat()
-    key = hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_root(cache_dir) / f"cifar10-{key}.npz"
+    return cache_root(cache_dir) / f"cifar10-{source_key(src, 16)}.npz"
 
 
 def read_cifar10(src: Path) -> dict[str, np.ndarray]:

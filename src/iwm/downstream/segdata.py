@@ -10,7 +10,6 @@ computed on the original labels.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -25,6 +24,7 @@ from torchvision.transforms import InterpolationMode
 
 from ..data.datasets import read_rgb
 from ..data.views import crop_box, sample_generator
+from ..files import source_key
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -80,10 +80,8 @@ def seg_root(path: str | Path, cache_dir: str | Path | None = None) -> Path:
         if root is None:
             raise FileNotFoundError(f"segmentation data: {src} holds no images/ and annotations/ folders")
         return root
-    st = src.stat()
-    key = hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     name = src.name.removesuffix(".gz").removesuffix(".tgz").removesuffix(".tar")
-    dest = _cache_root(cache_dir) / f"{name}-{key}"
+    dest = _cache_root(cache_dir) / f"{name}-{source_key(src, 12)}"
     if not dest.is_dir():
         tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
