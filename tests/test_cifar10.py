@@ -261,4 +261,3 @@ def test_demo_reports_pixels_random_init_and_the_shipped_reference_model(tmp_pat
     out = capsys.readouterr().out
     assert f"shipped reference model          {100 * expected:.2f} %   (pretrained:cifar10_equi: " in out
     assert f"raw pixels (the bar to beat)     {100 * report['knn_top1_raw_pixels']:.2f} %" in out
-

@@ -52,10 +52,14 @@ def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, 
     assert equi["trained"]["knn"]["top1"] != equi["random"]["knn"]["top1"] or \
         equi["trained"]["mrr"]["mrr"] != equi["random"]["mrr"]["mrr"]  # training changed the network
     assert saved["pixels"]["linear"]["features"] == "raw pixels"
+    made_by = {"code": saved["code"], "device": saved["device"]}  # each measurement says what made it
+    rows = [*equi["trained"].values(), *equi["random"].values(), *saved["pixels"].values()]
+    assert all({k: row[k] for k in made_by} == made_by for row in rows)
     assert [r["step"] for r in equi["curves"]] == [0, 4, 8] and equi["curves"][-1]["epoch"] == 1.0
     assert (out.parent / "reference_curves.png").stat().st_size > 0
 
     md = out.read_text()
+    assert f"measured by code {saved['code']} on {saved['device']} (" in md
     t, r, p = equi["trained"], equi["random"], saved["pixels"]
     assert _cells(md, "kNN top-1 (README protocol)", "## IWM-equivariant")[1:] == [
         f"**{100 * t['knn']['top1']:.2f} %**", f"{100 * r['knn']['top1']:.2f} %", f"{100 * p['knn']['top1']:.2f} %"]

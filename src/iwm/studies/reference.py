@@ -47,15 +47,12 @@ from ..downstream.report import write_json
 from ..files import save_figure, write_text
 from ..train import resolve_device
 from .grid import code_version, device_name, steps_per_epoch, trained_steps
-from .leverage import TABLE4, default_settings, evaluate
+from .leverage import TABLE4, _setting_key, default_settings, evaluate
 
 DEFAULT_EPOCHS = 24  # about 2 hours of a 2-core CPU for cifar10_equi (0.7 s a step, 390 steps an epoch)
 DEFAULT_RUNS_DIR = "runs/reference"
 MRR_BANK = 256
 TARGETS = {"knn_over_pixels": 0.10, "mrr": 0.10}  # the equivariant model's bar (issue 10)
-# differences one seed cannot tell from noise: 1 point of top-1 / mIoU, 0.005 of MRR
-TIE = {"mrr": 0.005}
-TIE_DEFAULT = 0.01
 
 
 class Model(NamedTuple):
@@ -140,8 +137,6 @@ def measure(run, kind: str, s: dict[str, Any], device: torch.device, progress: b
 
 def _key(kind: str, s: dict[str, Any], step: int) -> dict[str, Any]:
     """What decides a measurement: a stored one with another key is measured again."""
-    from .leverage import _setting_key
-
     if kind == "knn":
         return {"step": step, "protocol": "README"}
     if kind == "mrr":
@@ -195,6 +190,7 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
     study: dict[str, Any] = {"device": device_name(dev), "code": code_version(), "command": command,
                              "settings": {**settings, "epochs": epochs}, "models": {},
                              "pixels": previous.get("pixels", {})}
+    made_by = {"code": study["code"], "device": study["device"]}  # stamped on each new measurement
     for model in MODELS:
         cfg = model_config(model.name, runs_dir, epochs, device, overrides)
         total, done = total_steps(cfg), trained_steps(cfg)
@@ -221,14 +217,14 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
         # filled in place, so that every save() holds what is finished
         entry["trained"] = old.get("trained", {})
         table4 = TABLE4 if model.name == TABLE4_MODEL else ()
-        _measure_all(run, entry["trained"], settings, dev, progress, save, kinds=(*KINDS, *table4))
+        _measure_all(run, entry["trained"], settings, dev, progress, save, made_by, kinds=(*KINDS, *table4))
         write_score_files(Path(cfg.run.out_dir), entry["trained"])
         # the raw pixels (the same data and image size for every model): measured once
-        _measure_all(run, study["pixels"], settings, dev, progress, save, kinds=PIXEL_KINDS, pixels=True)
+        _measure_all(run, study["pixels"], settings, dev, progress, save, made_by, kinds=PIXEL_KINDS, pixels=True)
         if "random" in old or random:
             entry["random"] = old.get("random", {})
         if random:
-            _measure_all(random_init(cfg, dev), entry["random"], settings, dev, progress, save,
+            _measure_all(random_init(cfg, dev), entry["random"], settings, dev, progress, save, made_by,
                          kinds=(*KINDS, *(TABLE4_RANDOM if table4 else ())))
     study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     write_json(study, store)
@@ -242,14 +238,15 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
 
 
 def _measure_all(run, out: dict[str, dict], s: dict[str, Any], device: torch.device, progress: bool, save,
-                 kinds: tuple[str, ...] = KINDS, pixels: bool = False) -> None:
+                 made_by: dict[str, str], kinds: tuple[str, ...] = KINDS, pixels: bool = False) -> None:
     """Every measurement of ``kinds`` on ``run`` into ``out``, keeping those already there with
-    the same key; ``save()`` after each new one, so that a stopped study keeps what it finished."""
+    the same key; each new one carries ``made_by`` (the code and device that measured it), and
+    ``save()`` follows it, so that a stopped study keeps what it finished."""
     for kind in kinds:
         key = _key(kind, s, 0 if pixels else run.step)
         if kind in out and out[kind].get("key") == key:
             continue
-        out[kind] = {"key": key, **measure(run, kind, s, device, progress, pixels)}
+        out[kind] = {"key": key, **made_by, **measure(run, kind, s, device, progress, pixels)}
         out[kind].pop("confusion", None)
         save()
 
@@ -337,9 +334,10 @@ def _targets(study: dict) -> list[str]:
 
 
 def verdict(kind: str, a: float, b: float, tie_holds: bool = False) -> str:
-    """Whether "a beats b" holds, with differences below :data:`TIE` called a tie (which is
-    enough where the claim is "a matches or beats b": ``tie_holds``)."""
-    margin = TIE.get(kind, TIE_DEFAULT)
+    """Whether "a beats b" holds; a difference one seed cannot tell from noise (1 point of top-1
+    or mIoU, 0.005 of MRR) is a tie, which is enough where the claim is "a matches or beats b"
+    (``tie_holds``)."""
+    margin = 0.005 if kind == "mrr" else 0.01
     if abs(a - b) < margin:
         within = f"{margin:g}" if kind == "mrr" else f"{100 * margin:g} point"
         return f"{'holds: ' if tie_holds else ''}a tie (within {within}, which one seed cannot tell apart)"
@@ -403,6 +401,15 @@ def _table4(study: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _made_by(study: dict, what: str) -> str:
+    """The codes (or devices) that made the page's measurements, each named once."""
+    rows = [*study["pixels"].values(), *(r for m in study["models"].values() for part in ("trained", "random")
+                                         for r in m.get(part, {}).values())]
+    found = list(dict.fromkeys(r[what] for r in rows if r.get(what)))
+    unknown = f" (older measurements: {what} not recorded)" if any(not r.get(what) for r in rows) else ""
+    return (", ".join(found) or study[what]) + unknown
+
+
 def _n(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
@@ -423,8 +430,9 @@ def render_markdown(study: dict, figure: str) -> str:
         "frozen EMA target encoder beside the same protocol on the raw pixels and on the same network at "
         "its random initialisation. The bar is the raw pixels, not the random network.",
         "",
-        f"- device: {study['device']}; date: {study['date']}; code: {study['code']}",
-        f"- measured by: `{study['command']}`",
+        f"- written {study['date']}; measured by code {_made_by(study, 'code')} on {_made_by(study, 'device')} "
+        "(each measurement records its own in the JSON)",
+        f"- command: `{study['command']}` (it reuses the stored measurements and makes the missing ones)",
         f"- kNN: the README's protocol (`iwm eval knn`{knn_protocol})",
         f"- linear / attentive probe, predictor finetuning, CamVid: the leverage study's settings "
         f"([leverage.md](leverage.md)): {train} train images, {test}; attentive probe "
@@ -455,13 +463,14 @@ def render_markdown(study: dict, figure: str) -> str:
     for name, m in study["models"].items():
         if "trained" not in m:
             continue
-        lines += [f"## {m['label']} (`{name}`)", "", f"The paper: {next(x.paper for x in MODELS if x.name == name)}.", "",
+        paper = next(x.paper for x in MODELS if x.name == name)
+        lines += [f"## {m['label']} (`{name}`)", "", f"The paper: {paper}.", "",
                   "| protocol | trained | random init | raw pixels |", "|---|---|---|---|"]
         for kind in KINDS:
-            rnd = score(m.get("random", {}).get(kind))
+            trained, rnd = score(m["trained"].get(kind)), score(m.get("random", {}).get(kind))
             px = score(study["pixels"].get(kind)) if kind in PIXEL_KINDS else None
-            lines.append(f"| {LABELS[kind].format(bank=s['mrr_bank'])} | **{_fmt(kind, score(m['trained'].get(kind)))}** | {_fmt(kind, rnd)} | "
-                         f"{_fmt(kind, px)} |")
+            lines.append(f"| {LABELS[kind].format(bank=s['mrr_bank'])} | **{_fmt(kind, trained)}** | "
+                         f"{_fmt(kind, rnd)} | {_fmt(kind, px)} |")
         lines.append("")
     lines += [*_table4(study), "## Targets (IWM-equivariant)", "", *_targets(study), "",
               "## Where the paper's directions hold", "", *_directions(study), "",
