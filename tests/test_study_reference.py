@@ -108,3 +108,24 @@ def test_unknown_model_is_refused_in_one_line(capsys):
     assert main(["study", "reference", "--models", "cifar10_nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "cifar10_nope" in err and "cifar10_equi" in err
+
+
+def test_ijepa_is_measured_on_the_others_transformations(tmp_path):
+    # I-JEPA trains without transformations and its predictor takes no action: its MRR bank holds
+    # the strength-1 transformations of the IWM configs, and every protocol runs on its networks
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "reference_models.md"
+    extra = EXTRA + [f"data.cache_dir={tmp_path / 'cache'}"]
+    pretrain(model_config("cifar10_ijepa", runs, 1, "cpu", extra))
+    settings = {**reference.default_reference_settings(), "train_size": 32, "test_size": 16, "attentive_epochs": 1,
+                "finetune_epochs": 1, "finetune_batch": 8, "seg_epochs": 1, "seg_batch": 2,
+                "seg_data": str(make_seg_folder(tmp_path / "seg")), "mrr_images": 2, "mrr_bank": 8}
+    study = run_study(out, runs, 1, settings, ["cifar10_ijepa"], device="cpu", overrides=extra, progress=False)
+
+    ijepa = study["models"]["cifar10_ijepa"]
+    assert load(runs / "cifar10_ijepa").config.predictor.conditioning == "none"
+    assert list(ijepa["trained"]) == list(KINDS) and list(ijepa["random"]) == list(KINDS)  # no Table 4
+    for row in (ijepa["trained"]["mrr"], ijepa["random"]["mrr"]):
+        assert row["bank_strength"] == 1.0 and 0 < row["mrr"] <= 1
+    t = ijepa["trained"]
+    assert _cells(out.read_text(), "kNN top-1 (README protocol)", "## I-JEPA")[1] == f"**{100 * t['knn']['top1']:.2f} %**"
+    assert "not measured yet (cifar10_inv)" in _cells(out.read_text(), "IWM-invariant beats I-JEPA in linear probing")[1]

@@ -144,7 +144,7 @@ def evaluate(run, kind: str, s: dict[str, Any], device: torch.device, progress: 
     raise ValueError(f"unknown evaluation {kind!r}")
 
 
-def _setting_key(kind: str, s: dict[str, Any], step: int) -> dict[str, Any]:
+def setting_key(kind: str, s: dict[str, Any], step: int) -> dict[str, Any]:
     """What decides an evaluation's result: a stored result with another key is redone."""
     keys = ["train_size", "test_size", "seed"]
     if kind == "attentive":
@@ -198,7 +198,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
         done = previous.get(model.label, {}).get("evals", {})
         evals = {}
         for kind in kinds:
-            key = _setting_key(kind, settings, run.step)
+            key = setting_key(kind, settings, run.step)
             if kind in done and done[kind]["key"] == key:
                 evals[kind] = done[kind]
                 continue
@@ -209,7 +209,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
     # the same probes on the raw pixels (of the last run's data and image size: every run shares them)
     done, evals = previous.get(PIXELS, {}).get("evals", {}), {}
     for kind in PIXEL_KINDS:
-        key = _setting_key(kind, settings, 0)
+        key = setting_key(kind, settings, 0)
         if kind in done and done[kind]["key"] == key:
             evals[kind] = done[kind]
             continue

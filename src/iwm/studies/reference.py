@@ -47,7 +47,7 @@ from ..downstream.report import write_json
 from ..files import save_figure, write_text
 from ..train import resolve_device
 from .grid import code_version, device_name, steps_per_epoch, trained_steps
-from .leverage import TABLE4, _setting_key, default_settings, evaluate
+from .leverage import TABLE4, default_settings, evaluate, setting_key
 
 DEFAULT_EPOCHS = 24  # about 2 hours of a 2-core CPU for cifar10_equi (0.7 s a step, 390 steps an epoch)
 DEFAULT_RUNS_DIR = "runs/reference"
@@ -141,7 +141,7 @@ def _key(kind: str, s: dict[str, Any], step: int) -> dict[str, Any]:
         return {"step": step, "protocol": "README"}
     if kind == "mrr":
         return {"step": step, **{k: s[k] for k in ("mrr_images", "mrr_bank", "seed")}}
-    return _setting_key(kind, s, step)
+    return setting_key(kind, s, step)
 
 
 def score(row: dict | None) -> float | None:
