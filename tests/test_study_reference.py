@@ -29,14 +29,19 @@ def _cells(md: str, first_cell: str, after: str = "") -> list[str]:
     raise AssertionError(f"no row {first_cell!r}")
 
 
+def _tiny_settings(tmp_path) -> dict:
+    """The study's settings cut down to a few images and one epoch of each head."""
+    return {**reference.default_reference_settings(), "train_size": 32, "test_size": 16, "attentive_epochs": 1,
+            "finetune_epochs": 1, "finetune_batch": 8, "seg_epochs": 1, "seg_batch": 2,
+            "seg_data": str(make_seg_folder(tmp_path / "seg")), "mrr_images": 2, "mrr_bank": 8}
+
+
 def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, monkeypatch):
     runs, out = tmp_path / "runs", tmp_path / "docs" / "reference_models.md"
     extra = EXTRA + [f"data.cache_dir={tmp_path / 'cache'}"]
     pretrain(model_config("cifar10_equi", runs, 1, "cpu", extra))  # finished: 8 steps
     Trainer(model_config("cifar10_inv", runs, 1, "cpu", extra)).fit(until=3)  # stopped half-way
-    settings = {**reference.default_reference_settings(), "train_size": 32, "test_size": 16, "attentive_epochs": 1,
-                "finetune_epochs": 1, "finetune_batch": 8, "seg_epochs": 1, "seg_batch": 2,
-                "seg_data": str(make_seg_folder(tmp_path / "seg")), "mrr_images": 2, "mrr_bank": 8}
+    settings = _tiny_settings(tmp_path)
     run_study(out, runs, 1, settings, [m.name for m in reference.MODELS], device="cpu", overrides=extra,
               progress=False)
 
@@ -116,9 +121,7 @@ def test_ijepa_is_measured_on_the_others_transformations(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "docs" / "reference_models.md"
     extra = EXTRA + [f"data.cache_dir={tmp_path / 'cache'}"]
     pretrain(model_config("cifar10_ijepa", runs, 1, "cpu", extra))
-    settings = {**reference.default_reference_settings(), "train_size": 32, "test_size": 16, "attentive_epochs": 1,
-                "finetune_epochs": 1, "finetune_batch": 8, "seg_epochs": 1, "seg_batch": 2,
-                "seg_data": str(make_seg_folder(tmp_path / "seg")), "mrr_images": 2, "mrr_bank": 8}
+    settings = _tiny_settings(tmp_path)
     study = run_study(out, runs, 1, settings, ["cifar10_ijepa"], device="cpu", overrides=extra, progress=False)
 
     ijepa = study["models"]["cifar10_ijepa"]
@@ -126,6 +129,6 @@ def test_ijepa_is_measured_on_the_others_transformations(tmp_path):
     assert list(ijepa["trained"]) == list(KINDS) and list(ijepa["random"]) == list(KINDS)  # no Table 4
     for row in (ijepa["trained"]["mrr"], ijepa["random"]["mrr"]):
         assert row["bank_strength"] == 1.0 and 0 < row["mrr"] <= 1
-    t = ijepa["trained"]
-    assert _cells(out.read_text(), "kNN top-1 (README protocol)", "## I-JEPA")[1] == f"**{100 * t['knn']['top1']:.2f} %**"
-    assert "not measured yet (cifar10_inv)" in _cells(out.read_text(), "IWM-invariant beats I-JEPA in linear probing")[1]
+    md, knn = out.read_text(), ijepa["trained"]["knn"]["top1"]
+    assert _cells(md, "kNN top-1 (README protocol)", "## I-JEPA")[1] == f"**{100 * knn:.2f} %**"
+    assert "not measured yet (cifar10_inv)" in _cells(md, "IWM-invariant beats I-JEPA in linear probing")[1]
