@@ -49,7 +49,7 @@ from ..train import resolve_device
 from .grid import code_version, device_name, steps_per_epoch, trained_steps
 from .leverage import TABLE4, default_settings, evaluate, setting_key
 
-DEFAULT_EPOCHS = 24  # about 2 hours of a 2-core CPU for cifar10_equi (0.7 s a step, 390 steps an epoch)
+DEFAULT_EPOCHS = 24  # 9,360 steps: 1.5 to 2.3 hours a model on a 2-core CPU (measured, reference_models.md)
 DEFAULT_RUNS_DIR = "runs/reference"
 MRR_BANK = 256
 TARGETS = {"knn_over_pixels": 0.10, "mrr": 0.10}  # the equivariant model's bar (issue 10)
