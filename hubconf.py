@@ -24,6 +24,12 @@ def cifar10_equi(device="cpu"):
     return iwm.pretrained("cifar10_equi", device=device)
 
 
+def cifar10_equi_strong(device="cpu"):
+    """cifar10_equi with the jitter ranges doubled: a stronger world model, a less abstract encoder
+    (configs/cifar10_equi_strong.yaml)."""
+    return iwm.pretrained("cifar10_equi_strong", device=device)
+
+
 def cifar10_inv(device="cpu"):
     """IWM with an invariant world model, ViT on CIFAR-10 at 32 px (configs/cifar10_inv.yaml)."""
     return iwm.pretrained("cifar10_inv", device=device)

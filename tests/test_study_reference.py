@@ -2,6 +2,7 @@
 pixels and random init, unfinished ones are listed, and the scores reach ``iwm ship``."""
 
 import json
+import shutil
 
 import pytest
 
@@ -99,6 +100,32 @@ def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, 
     run_study(out, runs, 1, settings, [m.name for m in reference.MODELS], device="cpu", overrides=extra,
               progress=False)
     assert json.loads((runs / "reference.json").read_text())["models"]["cifar10_equi"]["trained"] == t
+
+    # retrained with other transformations, the model ends at the same step: none of its old scores
+    # stand; at random init only the MRR bank changed
+    for name in ("cifar10_equi", "cifar10_inv"):  # the half-trained one was trained with the old settings
+        shutil.rmtree(runs / name)
+    pretrain(model_config("cifar10_equi", runs, 1, "cpu", [*extra, "aug.brightness=0.3"]))
+    redone = []
+
+    def again(run, kind, *args, **kwargs):
+        redone.append((run.step, kind))
+        return {k: v for k, v in (t if run.step else r)[kind].items() if k not in ("key", "code", "device")}
+
+    monkeypatch.setattr(reference, "measure", again)
+    run_study(out, runs, 1, settings, ["cifar10_equi"], device="cpu", overrides=[*extra, "aug.brightness=0.3"],
+              progress=False)
+    assert redone == [(8, kind) for kind in (*KINDS, *TABLE4)] + [(0, "mrr")]
+
+    # the strong-jitter model has the equivariant one's architecture, data and seed, so the same
+    # random init: of that, only the MRR bank (its own transformations) is measured
+    pretrain(model_config("cifar10_equi_strong", runs, 1, "cpu", [*extra, "aug.brightness=0.3"]))
+    redone.clear()
+    study = run_study(out, runs, 1, settings, ["cifar10_equi_strong"], device="cpu",
+                      overrides=[*extra, "aug.brightness=0.3"], progress=False)
+    assert redone == [(8, kind) for kind in KINDS] + [(0, "mrr")]
+    strong, equi = study["models"]["cifar10_equi_strong"], study["models"]["cifar10_equi"]
+    assert all(strong["random"][k] == equi["random"][k] for k in KINDS if k != "mrr")
 
 
 def test_a_difference_one_seed_cannot_tell_is_called_a_tie():

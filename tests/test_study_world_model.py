@@ -35,10 +35,10 @@ def test_reused_run_check_ignores_where_cifar10_is_kept():
     base = Config().to_dict()
     moved = json.loads(json.dumps(base))
     moved["data"].update(path="/elsewhere/cifar-10-python.tar.gz", cache_dir="/tmp/c")
-    assert grid._training_part(moved) == grid._training_part(base)
+    assert grid.training_part(moved) == grid.training_part(base)
     for d, path in ((base, "/photos"), (moved, "/other-photos")):  # a folder's path says which images: it counts
         d["data"].update(dataset="folder", path=path)
-    assert grid._training_part(moved) != grid._training_part(base)
+    assert grid.training_part(moved) != grid.training_part(base)
 
 
 def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):

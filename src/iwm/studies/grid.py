@@ -29,7 +29,7 @@ def run_config(run: GridRun, runs_dir: Path, steps: int, extra_overrides: list[s
     return config_mod.load(SHIPPED / f"{run.config}.yaml", overrides)
 
 
-def _training_part(cfg_dict: dict) -> dict:
+def training_part(cfg_dict: dict) -> dict:
     """What decides the trained weights: everything but the run and eval sections, where
     CIFAR-10 is kept (the same data found through $IWM_CIFAR10, the cache or a path), and how
     contexts are grouped and images loaded for speed (``mask.length_groups``: the same loss;
@@ -50,7 +50,7 @@ def trained_steps(cfg: Config) -> int:
     if not latest.is_file():
         return 0
     state = load_checkpoint(latest)
-    if _training_part(state["config"]) != _training_part(cfg.to_dict()):
+    if training_part(state["config"]) != training_part(cfg.to_dict()):
         raise ConfigError(f"{cfg.run.out_dir} holds a run trained with other settings; use another --runs-dir "
                           "or remove that run")
     return int(state["step"])
