@@ -353,11 +353,10 @@ def _fmt(kind: str, v: float | None) -> str:
 
 
 def _targets(study: dict) -> list[str]:
-    lines = []
+    lines, pix = [], score(study["pixels"].get("knn"))
     for name in EQUIVARIANT:
-        m = study["models"].get(name, {})
-        t, px = m.get("trained", {}), study["pixels"]
-        knn, pix, mrr = score(t.get("knn")), score(px.get("knn")), score(t.get("mrr"))
+        t = study["models"].get(name, {}).get("trained", {})
+        knn, mrr = score(t.get("knn")), score(t.get("mrr"))
         if knn is None or pix is None or mrr is None:
             lines.append(f"- `{name}` is not measured yet.")
             continue
