@@ -103,7 +103,8 @@ def test_length_groups_give_the_same_loss_and_gradients(tiny_overrides):
     masks = MultiBlockMasker(cfg.mask, 4)(8, torch.Generator().manual_seed(3))
     assert masks.context_valid is not None  # the batch really is padded
     g = torch.Generator().manual_seed(0)
-    x, y, a = torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 7, generator=g)
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g)
+    a = torch.randn(8, 7, generator=g)
     results = []
     for groups in (1, 3):
         torch.manual_seed(0)

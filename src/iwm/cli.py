@@ -170,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="pretrain an IWM (resumes when run.out_dir holds a run)")
-    p.add_argument("--config", help="YAML file or shipped config name (cifar10_equi, cifar10_equi_strong, "
-                                    "cifar10_inv, cifar10_ijepa, imagenet_vitb16)")
+    p.add_argument("--config", help=f"YAML file or shipped config name ({', '.join(config_mod.shipped_configs())})")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 data.batch_size=64")
     p.set_defaults(fn=_pretrain)
 

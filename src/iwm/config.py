@@ -296,7 +296,8 @@ def validate(cfg: Config) -> Config:
     _check(d.image_size % mo.patch_size == 0, "model.patch_size",
            f"must divide data.image_size ({d.image_size}); try {_divisors(d.image_size)}")
     dim, depth, heads = encoder_dims(mo)
-    _check(dim > 0 and depth > 0 and heads > 0, "model", "embed_dim, depth and num_heads must be positive (0 = the size's default)")
+    _check(dim > 0 and depth > 0 and heads > 0, "model",
+           "embed_dim, depth and num_heads must be positive (0 = the size's default)")
     _check(dim % heads == 0, "model.num_heads", f"must divide the embedding width {dim}")
     _check(mo.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
 
@@ -412,6 +413,11 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
 SHIPPED = Path(__file__).parent / "configs"  # the configs that ship with the package
 
 
+def shipped_configs() -> list[str]:
+    """The names ``--config`` takes besides a path."""
+    return sorted(q.stem for q in SHIPPED.glob("*.yaml"))
+
+
 def resolve_config(name: str | None) -> Path | None:
     """A YAML path, or the name of a shipped config (``cifar10_equi``)."""
     if name is None:
@@ -422,8 +428,8 @@ def resolve_config(name: str | None) -> Path | None:
     shipped = SHIPPED / f"{name.removesuffix('.yaml')}.yaml"
     if shipped.is_file():
         return shipped
-    names = ", ".join(sorted(q.stem for q in SHIPPED.glob("*.yaml")))
-    raise ConfigError(f"--config: no file {name!r} and no shipped config of that name (shipped: {names})")
+    raise ConfigError(f"--config: no file {name!r} and no shipped config of that name "
+                      f"(shipped: {', '.join(shipped_configs())})")
 
 
 def save(cfg: Config, path: str | Path) -> None:

@@ -158,7 +158,8 @@ def read_cifar10(src: Path) -> dict[str, np.ndarray]:
         items = images[name]
         if not items:
             raise FileNotFoundError(f"data.path: {src} holds no CIFAR-10 (neither {BATCHES}/data_batch_N and "
-                                    f"test_batch nor {_split_names(split)} class folders of images); it should be one of {FORMS}")
+                                    f"test_batch nor {_split_names(split)} class folders of images); "
+                                    f"it should be one of {FORMS}")
         items.sort(key=lambda t: t[0])
         out[f"{split}_x"] = np.stack([t[2] for t in items])
         out[f"{split}_y"] = np.asarray([t[1] for t in items], dtype=np.int64)
