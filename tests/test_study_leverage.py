@@ -1,6 +1,7 @@
 """``iwm study leverage`` on tiny synthetic runs and a hand-made segmentation folder."""
 
 import json
+import shutil
 
 import pytest
 
@@ -91,9 +92,18 @@ def test_study_evaluates_every_model_writes_the_page_and_resumes(tmp_path, monke
               device="cpu", table4=True, multitask=True, progress=False)
     assert redone == ["attentive"] * (len(MODELS) + 1)  # the pixels' attentive probe too
     redone.clear()
-    run_study(out, runs, steps=2, settings={**settings, "attentive_epochs": 2, "predictor_lr_ratio": 1.0},
-              extra_overrides=extra, device="cpu", table4=True, multitask=True, progress=False)
+    changed = {**settings, "attentive_epochs": 2, "predictor_lr_ratio": 1.0}
+    run_study(out, runs, steps=2, settings=changed, extra_overrides=extra, device="cpu", table4=True,
+              multitask=True, progress=False)
     assert redone == ["predictor_ft"] * len(MODELS)
+
+    # a run retrained with other settings ends at the same step: its evaluations are redone, the pixels' kept
+    inv = next(m for m in MODELS if m.label == "IWM-invariant")
+    shutil.rmtree(runs / inv.run)
+    redone.clear()
+    run_study(out, runs, steps=2, settings=changed, extra_overrides=extra + ["optim.lr=0.002"], device="cpu",
+              only=[inv.run], progress=False)
+    assert redone == [*CLASSIFICATION, *SEGMENTATION]
 
 
 def test_cli_refuses_bad_counts(capsys):

@@ -41,6 +41,20 @@ def test_reused_run_check_ignores_where_cifar10_is_kept():
     assert grid.training_part(moved) != grid.training_part(base)
 
 
+def test_a_run_trained_with_another_seed_is_not_reused(tmp_path):
+    from iwm.config import ConfigError, from_dict
+    from iwm.train import pretrain
+
+    overrides = TINY + [f"run.out_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'c'}", "optim.max_steps=1",
+                        "eval.every=0"]
+    pretrain(from_dict(None, overrides))
+    assert grid.trained_steps(from_dict(None, overrides)) == 1
+    assert grid.trained_steps(from_dict(None, overrides + ["mask.length_groups=2"])) == 1  # speed only
+    for other in ("run.seed=1", "optim.lr=0.01"):
+        with pytest.raises(ConfigError, match="other settings"):
+            grid.trained_steps(from_dict(None, overrides + [other]))
+
+
 def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     out, runs = tmp_path / "docs" / "world_model.md", tmp_path / "runs"
     extra = EXTRA + [f"data.cache_dir={tmp_path / 'cache'}"]

@@ -4,6 +4,8 @@ trained with the same settings."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,6 +45,20 @@ def training_part(cfg_dict: dict) -> dict:
     return part
 
 
+def settings_digest(run, kind: str) -> str:
+    """A short hash of the run's settings that decide what ``kind`` measures of it. A model
+    retrained with another config ends at the same step as the old one, and must not inherit
+    its scores. At random init (step 0) the optimiser plays no part, nor do the transformations
+    except in an MRR bank, so changing those keeps what was measured there."""
+    part = training_part(run.config.to_dict())
+    if run.step == 0:
+        part.pop("optim")
+        if kind != "mrr":
+            part.pop("aug")
+    part["seed"] = run.config.run.seed
+    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def trained_steps(cfg: Config) -> int:
     """Steps of the run already in cfg.run.out_dir (0 if none); refuses a run trained with
     other settings, which reusing would silently mislabel."""
@@ -50,7 +66,9 @@ def trained_steps(cfg: Config) -> int:
     if not latest.is_file():
         return 0
     state = load_checkpoint(latest)
-    if training_part(state["config"]) != training_part(cfg.to_dict()):
+    trained = config_mod.from_dict(state["config"])
+    # the seed lives in the run section, which training_part leaves out, yet it decides the weights
+    if training_part(state["config"]) != training_part(cfg.to_dict()) or trained.run.seed != cfg.run.seed:
         raise ConfigError(f"{cfg.run.out_dir} holds a run trained with other settings; use another --runs-dir "
                           "or remove that run")
     return int(state["step"])

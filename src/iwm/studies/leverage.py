@@ -23,8 +23,9 @@ The raw pixels go through the same probes (kNN, linear, attentive): the referenc
 model's row is read against, since a representation that does not beat its own input has not
 earned its training.
 
-Every finished evaluation is stored in ``runs_dir/leverage.json`` at once with its settings; a
-second call with the same settings reuses it, so the study resumes where it stopped. The page
+Every finished evaluation is stored in ``runs_dir/leverage.json`` at once with its settings and
+a digest of the run's training settings; a second call with the same settings on the same run
+reuses it, so the study resumes where it stopped. The page
 states no conclusion: a placeholder per table is left for whoever reads the numbers.
 
     iwm study leverage --out docs/results/leverage.md
@@ -48,7 +49,7 @@ from ..downstream.finetune import HEADS, PREDICTOR_LR_RATIO
 from ..downstream.probes import PIXELS  # the reference row: the probes on the images themselves
 from ..files import save_figure, write_text
 from ..train import resolve_device
-from .grid import GridRun, code_version, device_name, ensure_trained, run_config
+from .grid import GridRun, code_version, device_name, ensure_trained, run_config, settings_digest
 from .world_model import GRID, VERDICT
 
 
@@ -198,7 +199,8 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
         done = previous.get(model.label, {}).get("evals", {})
         evals = {}
         for kind in kinds:
-            key = setting_key(kind, settings, run.step)
+            # the run's settings too: a grid run retrained with another config ends at the same step
+            key = {**setting_key(kind, settings, run.step), "settings": settings_digest(run, kind)}
             if kind in done and done[kind]["key"] == key:
                 evals[kind] = done[kind]
                 continue

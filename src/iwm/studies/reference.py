@@ -33,7 +33,6 @@ directory as the files ``iwm eval`` and ``iwm leverage`` write, so that ``iwm sh
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 from datetime import datetime, timezone
@@ -47,7 +46,7 @@ from ..config import SHIPPED, Config, ConfigError
 from ..downstream.report import write_json
 from ..files import save_figure, write_text
 from ..train import resolve_device
-from .grid import code_version, device_name, steps_per_epoch, trained_steps, training_part
+from .grid import code_version, device_name, settings_digest, steps_per_epoch, trained_steps
 from .leverage import TABLE4, default_settings, evaluate, setting_key
 
 DEFAULT_EPOCHS = 24  # 9,360 steps: 1.5 to 2.3 hours a model on a 2-core CPU (measured, reference_models.md)
@@ -148,20 +147,6 @@ def _key(kind: str, s: dict[str, Any], step: int) -> dict[str, Any]:
     if kind == "mrr":
         return {"step": step, **{k: s[k] for k in ("mrr_images", "mrr_bank", "seed")}}
     return setting_key(kind, s, step)
-
-
-def settings_digest(run, kind: str) -> str:
-    """A short hash of the run's settings that decide what ``kind`` measures of it. A model
-    retrained with another config ends at the same step as the old one, and must not inherit
-    its scores. At random init (step 0) the optimiser plays no part, nor do the transformations
-    except in an MRR bank, so changing those keeps what was measured there."""
-    part = training_part(run.config.to_dict())
-    if run.step == 0:
-        part.pop("optim")
-        if kind != "mrr":
-            part.pop("aug")
-    part["seed"] = run.config.run.seed
-    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def score(row: dict | None) -> float | None:
