@@ -30,6 +30,12 @@ def cifar10_equi_strong(device="cpu"):
     return iwm.pretrained("cifar10_equi_strong", device=device)
 
 
+def cifar10_equi_deep(device="cpu"):
+    """cifar10_equi with a deeper, narrower predictor (6 blocks of 64, the paper's IWM^Equi_{18,384} shape
+    relative to its encoder) (configs/cifar10_equi_deep.yaml)."""
+    return iwm.pretrained("cifar10_equi_deep", device=device)
+
+
 def cifar10_inv(device="cpu"):
     """IWM with an invariant world model, ViT on CIFAR-10 at 32 px (configs/cifar10_inv.yaml)."""
     return iwm.pretrained("cifar10_inv", device=device)
