@@ -104,7 +104,8 @@ class PhotometricSampler:
         c, s = self.cfg, self.cfg.strength
         return {
             "jitter_prob": min(1.0, c.jitter_prob * s), "target_jitter_prob": min(1.0, c.target_jitter_prob * s),
-            "brightness": c.brightness * s, "contrast": c.contrast * s, "saturation": c.saturation * s, "hue": c.hue * s,
+            "brightness": c.brightness * s, "contrast": c.contrast * s, "saturation": c.saturation * s,
+            "hue": c.hue * s,
             "grayscale_prob": min(1.0, c.grayscale_prob * s), "blur_prob": min(1.0, c.blur_prob * s),
             "solarize_prob": min(1.0, c.solarize_prob * s),
         }

@@ -81,7 +81,8 @@ MODELS = (
 # what each model is measured by, in the order of the page (the simplest head first)
 KINDS = ("knn", "linear", "attentive", "predictor_ft", "seg_encoder", "mrr")
 PIXEL_KINDS = ("knn", "linear", "attentive")  # the protocols a network-free input goes through
-EQUIVARIANT = ("cifar10_equi", "cifar10_equi_strong", "cifar10_equi_deep")  # the models the targets of issue 10 are about
+# the models the targets of issue 10 are about
+EQUIVARIANT = ("cifar10_equi", "cifar10_equi_strong", "cifar10_equi_deep")
 TABLE4_MODEL = "cifar10_equi"  # the paper compares finetuning protocols on the equivariant IWM
 TABLE4_RANDOM = ("encoder",)  # from random init: supervised training from scratch, the same recipe
 LABELS = {"knn": "kNN top-1 (README protocol)", "linear": "linear probe", "attentive": "attentive probe",
