@@ -345,13 +345,13 @@ def _fmt(kind: str, v: float | None) -> str:
 
 def _targets(study: dict) -> list[str]:
     lines, pix = [], score(study["pixels"].get("knn"))
+    bar = None if pix is None else pix + TARGETS["knn_over_pixels"]
     for name in EQUIVARIANT:
         t = study["models"].get(name, {}).get("trained", {})
         knn, mrr = score(t.get("knn")), score(t.get("mrr"))
-        if knn is None or pix is None or mrr is None:
+        if knn is None or bar is None or mrr is None:
             lines.append(f"- `{name}` is not measured yet.")
             continue
-        bar = pix + TARGETS["knn_over_pixels"]
         lines.append(f"- `{name}`: kNN at least 10 points over the raw pixels ({_fmt('knn', bar)}): "
                      f"{_fmt('knn', knn)} ({100 * (knn - pix):+.2f} points over the pixels), "
                      f"{'met' if knn >= bar else '**not met**'}; MRR on a {MRR_BANK}-entry bank at least "
