@@ -398,16 +398,34 @@ def from_dict(values: dict[str, Any] | None, overrides: typing.Sequence[str] = (
 
 def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Config from a YAML file (or the defaults) with dotted overrides applied on top."""
-    values = None
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config: no such file {str(p)!r}")
-        try:
-            values = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--config: {p} is not valid YAML ({err})") from None
-    return from_dict(values, overrides)
+    return from_dict(None if path is None else _read_yaml(Path(path)), overrides)
+
+
+def _read_yaml(p: Path, children: tuple[Path, ...] = ()) -> Any:
+    """A config file's values; a top-level ``base:`` (a shipped config's name, or a YAML path
+    relative to the file) supplies every value the file does not set, so that a variant states
+    only what it changes."""
+    if not p.is_file():
+        raise ConfigError(f"--config: no such file {str(p)!r}")
+    try:
+        values = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config: {p} is not valid YAML ({err})") from None
+    if not isinstance(values, dict) or "base" not in values:
+        return values
+    base = values.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"base: in {p} must name a shipped config or a YAML file, got {base!r}")
+    parent = p.parent / base if (p.parent / base).is_file() else resolve_config(base)
+    if parent.resolve() in {q.resolve() for q in (*children, p)}:
+        raise ConfigError(f"base: {p} inherits from itself (through {parent}); remove the loop")
+    return _merged(_read_yaml(parent, (*children, p)), values)
+
+
+def _merged(base: Any, values: Any) -> Any:
+    if not (isinstance(base, dict) and isinstance(values, dict)):
+        return values
+    return {**base, **{k: _merged(base.get(k), v) for k, v in values.items()}}
 
 
 SHIPPED = Path(__file__).parent / "configs"  # the configs that ship with the package
