@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from iwm import config
@@ -77,10 +79,15 @@ def test_shipped_configs_say_where_each_augmentation_value_comes_from():
         undocumented = [line.split(":")[0].strip() for line in keys if "#" not in line]
         assert not undocumented, (path.name, undocumented)
         aug = yaml.safe_load(path.read_text())["aug"]
-        if "saturation" in aug:  # the paper's reported values, or twice them where the comment says so
-            said = next(line for line in body if line.strip().startswith("saturation:"))
-            factor = 2 if "twice the paper's" in said else 1
-            assert aug["saturation"] == 0.2 * factor and aug.get("solarize_prob", 0.1) == 0.1, path.name
+        if "saturation" in aug:  # the paper's reported values, or a stated multiple of them
+            assert aug.get("solarize_prob", 0.1) == 0.1, path.name
+            for key, paper in {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}.items():
+                said = next(line for line in body if line.strip().startswith(f"{key}:"))
+                scaled = re.search(r"(twice|[\d.]+x) the paper's ([\d.]+)", said)
+                factor = 1.0 if scaled is None else 2.0 if scaled[1] == "twice" else float(scaled[1][:-1])
+                if scaled is not None:
+                    assert float(scaled[2]) == paper, (path.name, key, "quotes the wrong paper value")
+                assert aug[key] == pytest.approx(paper * factor), (path.name, key, aug[key], factor)
 
 
 def test_a_config_with_a_base_states_only_what_it_changes(tmp_path):

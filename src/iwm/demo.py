@@ -63,17 +63,20 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
         verdict = "beats its random initialisation but NOT the raw pixels yet (train longer: --steps)"
     else:
         verdict = "did NOT beat its random initialisation (train longer: --steps)"
+    losses = f"{report['first_loss']:.4f} -> {result.final_loss:.4f}"
+    protocol = f"k={knn_trained['k']}, bank {knn_trained['bank']} train images, {knn_trained['test']} test images"
+    took = f"{total / 60:.1f} min ({t_train / 60:.1f} training) on {device}, {torch.get_num_threads()} threads"
     print(f"""
 ==================== iwm demo report ====================
-  steps                    {result.steps} (batch {cfg.data.batch_size}), loss {report['first_loss']:.4f} -> {result.final_loss:.4f}
-  kNN top-1, CIFAR-10 test (k={knn_trained['k']}, bank {knn_trained['bank']} train images, {knn_trained['test']} test images)
+  steps                    {result.steps} (batch {cfg.data.batch_size}), loss {losses}
+  kNN top-1, CIFAR-10 test ({protocol})
     pretrained, EMA target encoder   {100 * report['knn_top1_pretrained']:.2f} %
     pretrained, context encoder      {100 * report['knn_top1_pretrained_context_encoder']:.2f} %
     raw pixels (the bar to beat)     {100 * report['knn_top1_raw_pixels']:.2f} %
     same encoder at random init      {100 * report['knn_top1_random_init']:.2f} %
     {_reference_line(reference)}
   verdict                  the IWM {verdict}
-  time                     {total / 60:.1f} min ({t_train / 60:.1f} training) on {device}, {torch.get_num_threads()} threads
+  time                     {took}
   checkpoint               {run_dir / 'checkpoints' / 'latest.pt'}
   metrics / TensorBoard    {run_dir / 'metrics.jsonl'}  /  {run_dir / 'tensorboard'}
   loss curve / health      {run_dir / 'loss.png'}  /  {run_dir / 'health.png'}
