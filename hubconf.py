@@ -36,6 +36,12 @@ def cifar10_equi_deep(device="cpu"):
     return iwm.pretrained("cifar10_equi_deep", device=device)
 
 
+def cifar10_equi_deep_jitter15(device="cpu"):
+    """cifar10_equi_deep with the jitter ranges at 1.5x the paper's: the deeper predictor's representation
+    and a stronger world model in one (configs/cifar10_equi_deep_jitter15.yaml)."""
+    return iwm.pretrained("cifar10_equi_deep_jitter15", device=device)
+
+
 def cifar10_inv(device="cpu"):
     """IWM with an invariant world model, ViT on CIFAR-10 at 32 px (configs/cifar10_inv.yaml)."""
     return iwm.pretrained("cifar10_inv", device=device)

@@ -20,7 +20,8 @@ PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 ROOT_ENV = "IWM_WEIGHTS_DIR"  # another registry folder (tests; a private set of models)
 MANIFEST = "manifest.json"
 # the reference models the project ships (each has a torch.hub entry in hubconf.py)
-REFERENCE_MODELS = ("cifar10_equi", "cifar10_equi_strong", "cifar10_equi_deep", "cifar10_inv", "cifar10_ijepa")
+REFERENCE_MODELS = ("cifar10_equi", "cifar10_equi_strong", "cifar10_equi_deep", "cifar10_equi_deep_jitter15",
+                    "cifar10_inv", "cifar10_ijepa")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a Python identifier too: it names a torch.hub entry
 
 
