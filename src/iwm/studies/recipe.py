@@ -99,8 +99,21 @@ def run_study(out_md: Path | None, runs_dir: Path, steps: int, mrr_images: int, 
     if out_md is not None:
         out_md.parent.mkdir(parents=True, exist_ok=True)
         write_text(out_md.with_suffix(".json"), json.dumps(study, indent=2))
-        write_text(out_md, render_table(study))
+        write_text(out_md, place_table(out_md.read_text() if out_md.exists() else "", render_table(study)))
     return study
+
+
+TABLE_BEGIN, TABLE_END = "<!-- iwm study recipe: table -->", "<!-- end of the table -->"
+
+
+def place_table(page: str, table: str) -> str:
+    """``page`` with its measured table replaced by ``table``. The reading around it is written by
+    hand, so it is kept: a page without the markers gets the table appended, never overwritten."""
+    block = f"{TABLE_BEGIN}\n{table}{TABLE_END}\n"
+    if TABLE_BEGIN in page and TABLE_END in page:
+        head, rest = page.split(TABLE_BEGIN, 1)
+        return head + block + rest.split(TABLE_END, 1)[1].removeprefix("\n")
+    return f"{page.rstrip()}\n\n{block}" if page.strip() else block
 
 
 def render_table(study: dict) -> str:
@@ -142,7 +155,8 @@ def add_cli(studies: argparse._SubParsersAction) -> None:
     r.add_argument("--mrr-bank", type=int, default=256, help="MRR bank size (default 256)")
     r.add_argument("--runs-dir", default="runs/recipe", help="one directory per run (default runs/recipe)")
     r.add_argument("--only", default="", help="comma-separated variants to run (default all)")
-    r.add_argument("--out", default="", help="markdown table to write (default: none)")
+    r.add_argument("--out", default="", help="markdown page to write the table into, keeping its other text "
+                                           "(default: none)")
     r.add_argument("--device", default="auto")
     r.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. data.path=...")
     r.set_defaults(fn=_main)
