@@ -142,6 +142,16 @@ def test_unknown_model_is_refused_in_one_line(capsys):
     assert err.count("\n") == 0 and "cifar10_nope" in err and "cifar10_equi" in err
 
 
+def test_every_reference_model_has_a_shipped_config_and_a_hub_entry():
+    # three lists name the reference models (the study, the registry, hubconf via the registry's test)
+    from iwm.config import shipped_configs
+    from iwm.registry import REFERENCE_MODELS
+
+    names = [m.name for m in reference.MODELS]
+    assert sorted(names) == sorted(REFERENCE_MODELS) and set(names) <= set(shipped_configs())
+    assert set(reference.EQUIVARIANT) <= set(names) and reference.TABLE4_MODEL in names
+
+
 def test_ijepa_is_measured_on_the_others_transformations(tmp_path):
     # I-JEPA trains without transformations and its predictor takes no action: its MRR bank holds
     # the strength-1 transformations of the IWM configs, and every protocol runs on its networks
