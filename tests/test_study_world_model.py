@@ -137,6 +137,7 @@ def test_recipe_study_trains_each_variant_and_writes_its_table(tmp_path):
     rewritten = (tmp_path / "recipe.md").read_text()
     assert rewritten.startswith("# by hand\n") and rewritten.endswith("## Reading\nkept\n")
     assert "| base |" in rewritten and "| cut_context |" not in rewritten and rewritten.count("| variant |") == 1
-    assert recipe.place_table("hand-written, no markers\n", "T\n").startswith("hand-written, no markers\n\n")
+    appended = f"hand-written, no markers\n\n{recipe.TABLE_BEGIN}\nT\n{recipe.TABLE_END}\n"
+    assert recipe.place_table("hand-written, no markers\n", "T\n") == appended  # kept, the table after it
     with pytest.raises(ValueError, match="unknown variant"):
         recipe.variant_runs(["nope"])
