@@ -119,25 +119,3 @@ def test_only_remeasures_the_named_runs(tmp_path):
     assert not (tmp_path / "runs" / "strong_d4").exists()  # nothing else trained
     with pytest.raises(ValueError, match="unknown run"):
         study.run_only(["nope"], tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", "cmd")
-
-
-def test_recipe_study_trains_each_variant_and_writes_its_table(tmp_path):
-    from iwm.studies import recipe
-
-    res = recipe.run_study(tmp_path / "recipe.md", tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", ["base", "cut_context"],
-                           "cmd")
-    assert set(res["runs"]) == {"base", "cut_context"}
-    page = (tmp_path / "recipe.md").read_text()
-    assert "| base |" in page and "| cut_context |" in page
-    again = recipe.run_study(None, tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", ["base"], "cmd")  # cached
-    assert again["runs"]["base"]["measured"] == res["runs"]["base"]["measured"]
-    # the reading written by hand around the table survives a rerun; only the table is replaced
-    (tmp_path / "recipe.md").write_text(f"# by hand\n\n{page}\n## Reading\nkept\n")
-    recipe.run_study(tmp_path / "recipe.md", tmp_path / "runs", 2, 2, 8, EXTRA, "cpu", ["base"], "cmd")
-    rewritten = (tmp_path / "recipe.md").read_text()
-    assert rewritten.startswith("# by hand\n") and rewritten.endswith("## Reading\nkept\n")
-    assert "| base |" in rewritten and "| cut_context |" not in rewritten and rewritten.count("| variant |") == 1
-    appended = f"hand-written, no markers\n\n{recipe.TABLE_BEGIN}\nT\n{recipe.TABLE_END}\n"
-    assert recipe.place_table("hand-written, no markers\n", "T\n") == appended  # kept, the table after it
-    with pytest.raises(ValueError, match="unknown variant"):
-        recipe.variant_runs(["nope"])

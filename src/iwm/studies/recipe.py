@@ -5,9 +5,15 @@ is measured rather than guessed. Results go to a markdown page with the raw JSON
 
     iwm study recipe --steps 500 --out docs/results/recipe.md
 
+Variants are compared, and one chosen, on a validation split carved from the train split (train
+images held out from the kNN bank, :mod:`iwm.eval.validation`); the test split is then scored
+once, for the chosen variant only, and reported apart. Choosing on test and reporting the same
+number would overstate the chosen variant.
+
 Each variant is trained in ``runs_dir/<name>`` once and its measurement cached beside it
 (``recipe_measure.json``), so the study resumes, and two processes can split the variants
-(``--only a,b``) before a last call writes the page.
+(``--only a,b``, no ``--out``: validation only) before a last call chooses, scores the test split
+and writes the page.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from ..config import Config
 from ..eval.knn import knn_eval
 from ..eval.mrr import compute_mrr
+from ..eval.validation import VALIDATION_SEED, knn_validation, validation_sets
 from ..train import resolve_device
 from .grid import GridRun, code_version, device_name, ensure_trained, run_config
 from ..files import write_text
@@ -53,54 +60,107 @@ def variant_runs(only: list[str] | None = None) -> list[GridRun]:
             if not only or n in only]
 
 
-def measure(cfg: Config, mrr_images: int, mrr_bank: int, device: torch.device) -> dict:
-    """kNN and MRR of the trained run in cfg.run.out_dir, and its training speed; cached."""
+def measure(cfg: Config, val_images: int, mrr_images: int, mrr_bank: int, device: torch.device) -> dict:
+    """Validation kNN and MRR of the trained run in cfg.run.out_dir (train images held out from
+    the bank; never the test split), and its training speed; cached."""
     from ..api import load
 
     out = Path(cfg.run.out_dir)
     cache = out / "recipe_measure.json"
     run = load(out, device=device)
-    key = {"step": run.step, "mrr_images": mrr_images, "mrr_bank": mrr_bank, "knn_train": cfg.eval.knn_train,
-           "knn_test": cfg.eval.knn_test}
+    key = {"step": run.step, "split": "validation", "val_images": val_images, "val_seed": VALIDATION_SEED,
+           "mrr_images": mrr_images, "mrr_bank": mrr_bank, "knn_train": cfg.eval.knn_train}
     if cache.is_file():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             return cached
-    knn = knn_eval(run.target_encoder, cfg, device)
-    mrr = compute_mrr(run, num_images=mrr_images, bank_size=mrr_bank, families=("all",), seed=0, device=device)
+    bank, queries = validation_sets(cfg, val_images)
+    knn = knn_validation(run.target_encoder, bank, queries, cfg, device)
+    # MRR's images are validation queries too: any number the variants are compared by stays off test
+    images = torch.stack([queries[i][0] for i in range(min(mrr_images, len(queries)))])
+    mrr = compute_mrr(run, images=images, bank_size=mrr_bank, families=("all",), seed=0, device=device)
+    # family "all" where compute_mrr scores families, else its headline figure (a clean source has none)
+    scores = mrr["families"].get("all") or mrr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r.get("kind", "train") == "train"]  # not the health rows
     rates = [r["images_per_s"] for r in train[1:] if r.get("images_per_s")]  # the first interval holds the start-up
     losses = [r["loss"] for r in train]
-    res = {"key": key, "knn_top1": knn["top1"], "mrr": mrr["families"]["all"]["mrr"],
-           "mrr_action_zeroed": mrr["families"]["all"]["mrr_action_zeroed"], "chance": mrr["chance"],
-           "images_per_s": sum(rates) / len(rates) if rates else None,
+    res = {"key": key, "val_knn_top1": knn["top1"], "val_bank": knn["bank"], "val_queries": knn["queries"],
+           "mrr": scores["mrr"], "mrr_action_zeroed": scores["mrr_action_zeroed"],
+           "chance": mrr["chance"], "images_per_s": sum(rates) / len(rates) if rates else None,
            "final_loss": sum(losses[-5:]) / max(1, len(losses[-5:])), "measured": time.time()}
     write_text(cache, json.dumps(res, indent=2))
     return res
 
 
+def choose(runs: dict[str, dict]) -> str:
+    """The variant with the best validation kNN top-1; on a tie, the first listed."""
+    return max(runs, key=lambda name: runs[name]["val_knn_top1"])  # max keeps the first of equals
+
+
+def measure_test(cfg: Config, device: torch.device) -> dict:
+    """kNN top-1 on the test split (the usual protocol, :func:`iwm.eval.knn.knn_eval`) of the
+    run in cfg.run.out_dir; only ever called for the chosen variant. Cached beside the run."""
+    from ..api import load
+
+    out = Path(cfg.run.out_dir)
+    cache = out / "recipe_test.json"
+    run = load(out, device=device)
+    key = {"step": run.step, "knn_train": cfg.eval.knn_train, "knn_test": cfg.eval.knn_test}
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached
+    knn = knn_eval(run.target_encoder, cfg, device)
+    res = {"key": key, "knn_top1": knn["top1"], "bank": knn["bank"], "test": knn["test"], "measured": time.time()}
+    write_text(cache, json.dumps(res, indent=2))
+    return res
+
+
 def run_study(out_md: Path | None, runs_dir: Path, steps: int, mrr_images: int, mrr_bank: int,
-              extra_overrides: list[str], device: str, only: list[str] | None, command: str) -> dict:
+              extra_overrides: list[str], device: str, only: list[str] | None, command: str,
+              val_images: int = 5000, score_test: bool = True) -> dict:
+    """Train and measure the variants on validation, choose one by validation kNN top-1, and
+    (``score_test``) score the test split for the chosen one alone. ``val_images``: train images
+    held out from the kNN bank as validation queries."""
+    if mrr_images < 1:
+        raise ValueError(f"--mrr-images: need at least 1, got {mrr_images}")
     runs_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     code = code_version()
-    results = {}
+    results, configs = {}, {}
     for run in variant_runs(only):
-        cfg = run_config(run, runs_dir, steps, extra_overrides, device)
+        name = run.name.removeprefix("recipe_")
+        configs[name] = cfg = run_config(run, runs_dir, steps, extra_overrides, device)
         ensure_trained(cfg, steps)
-        results[run.name.removeprefix("recipe_")] = {"overrides": list(run.overrides),
-                                                     **measure(cfg, mrr_images, mrr_bank, dev)}
+        results[name] = {"overrides": list(run.overrides), **measure(cfg, val_images, mrr_images, mrr_bank, dev)}
+    chosen = choose(results)
+    # the one read of the test split, after the choice is made
+    test = measure_test(configs[chosen], dev) if score_test else None
     study = {"device": device_name(dev), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
              "code": code, "command": command,
-             "settings": {"steps": steps, "mrr_images": mrr_images, "mrr_bank": mrr_bank,
+             "settings": {"steps": steps, "val_images": val_images, "mrr_images": mrr_images, "mrr_bank": mrr_bank,
                           "extra_overrides": extra_overrides},
+             "selection": "validation kNN top-1 (train images held out from the bank); test scored for the "
+                          "chosen variant only",
+             "chosen": {"variant": chosen, "val_knn_top1": results[chosen]["val_knn_top1"],
+                        "test_knn_top1": test["knn_top1"] if test else None, "test": test},
              "runs": results}
     if out_md is not None:
         out_md.parent.mkdir(parents=True, exist_ok=True)
         write_text(out_md.with_suffix(".json"), json.dumps(study, indent=2))
         write_text(out_md, place_table(out_md.read_text() if out_md.exists() else "", render_table(study)))
     return study
+
+
+def chosen_line(study: dict) -> str:
+    """The result: the variant validation chose, and apart from it, its one test score."""
+    c = study["chosen"]
+    line = f"chosen on validation: {c['variant']} (kNN top-1 {100 * c['val_knn_top1']:.2f} %); its test score: "
+    if c["test"] is None:
+        return line + "not scored in this call"
+    return line + (f"{100 * c['test_knn_top1']:.2f} % (kNN top-1 on {c['test']['test']} test images, bank of "
+                   f"{c['test']['bank']} train images; the test split scored once, for this variant only)")
 
 
 TABLE_BEGIN, TABLE_END = "<!-- iwm study recipe: table -->", "<!-- end of the table -->"
@@ -117,33 +177,44 @@ def place_table(page: str, table: str) -> str:
 
 
 def render_table(study: dict) -> str:
-    """The measured table; the reading around it is written by hand on the results page."""
+    """The measured table and the choice; the reading around them is written by hand on the
+    results page."""
     what = {n: w for n, _, w in VARIANTS}
     base = study["runs"].get("base")
+    first = next(iter(study["runs"].values()))
     lines = [f"Measured on {study['device']}, {study['date']}, {study['code']}: `{study['command']}` "
-             f"({study['settings']['steps']} steps of 128 images per run; MRR on "
-             f"{study['settings']['mrr_images']} test images x {study['settings']['mrr_bank']} bank entries).",
+             f"({study['settings']['steps']} steps of 128 images per run; validation: "
+             f"{first['val_queries']} train images held out from a kNN bank of {first['val_bank']} other train "
+             f"images; MRR on {study['settings']['mrr_images']} of those validation images x "
+             f"{study['settings']['mrr_bank']} bank entries). Every column is measured on validation; the test "
+             "split is scored for the chosen variant alone, below the table.",
              "",
-             "| variant | change | kNN top-1 | Δ kNN | MRR | MRR, a zeroed | final loss | images/s |",
+             "| variant | change | kNN top-1, validation | Δ kNN | MRR | MRR, a zeroed | final loss | images/s |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in study["runs"].items():
-        d = f"{100 * (r['knn_top1'] - base['knn_top1']):+.2f}" if base else ""
+        d = f"{100 * (r['val_knn_top1'] - base['val_knn_top1']):+.2f}" if base else ""
         rate = f"{r['images_per_s']:.0f}" if r.get("images_per_s") else "n/a"
-        lines.append(f"| {name} | {what.get(name, '')} | {100 * r['knn_top1']:.2f} % | {d} | {r['mrr']:.4f} | "
+        lines.append(f"| {name} | {what.get(name, '')} | {100 * r['val_knn_top1']:.2f} % | {d} | {r['mrr']:.4f} | "
                      f"{r['mrr_action_zeroed']:.4f} | {r['final_loss']:.4f} | {rate} |")
+    line = chosen_line(study)
+    lines += ["", line[0].upper() + line[1:] + "."]
     return "\n".join(lines) + "\n"
 
 
 def _main(args: argparse.Namespace) -> int:
     only = [s for s in args.only.split(",") if s] if args.only else None
-    command = shlex.join(["iwm", "study", "recipe", "--steps", str(args.steps), "--runs-dir", args.runs_dir,
-                          *(["--only", args.only] if args.only else []), *args.overrides])
+    command = shlex.join(["iwm", "study", "recipe", "--steps", str(args.steps), "--val-images", str(args.val_images),
+                          "--runs-dir", args.runs_dir, *(["--only", args.only] if args.only else []), *args.overrides])
     try:
-        run_study(Path(args.out) if args.out else None, Path(args.runs_dir), args.steps, args.mrr_images,
-                  args.mrr_bank, args.overrides, args.device, only, command)
+        # a call without --out is a worker's share of the variants: its choice is not the study's,
+        # so it does not read the test split
+        study = run_study(Path(args.out) if args.out else None, Path(args.runs_dir), args.steps, args.mrr_images,
+                          args.mrr_bank, args.overrides, args.device, only, command, args.val_images,
+                          score_test=bool(args.out))
     except ValueError as err:
         print(f"iwm: error: {err}", file=sys.stderr)
         return 2
+    print(chosen_line(study))
     return 0
 
 
@@ -151,11 +222,15 @@ def add_cli(studies: argparse._SubParsersAction) -> None:
     """Register ``iwm study recipe``."""
     r = studies.add_parser("recipe", help="short cifar10_equi runs, one change each: what learns fastest")
     r.add_argument("--steps", type=int, default=500, help="optimizer steps per run (default 500)")
-    r.add_argument("--mrr-images", type=int, default=32, help="MRR test images (default 32)")
+    r.add_argument("--val-images", type=int, default=5000,
+                   help="train images held out from the kNN bank as validation queries, which choose the "
+                        "variant (default 5000)")
+    r.add_argument("--mrr-images", type=int, default=32, help="MRR images, from the validation ones (default 32)")
     r.add_argument("--mrr-bank", type=int, default=256, help="MRR bank size (default 256)")
     r.add_argument("--runs-dir", default="runs/recipe", help="one directory per run (default runs/recipe)")
     r.add_argument("--only", default="", help="comma-separated variants to run (default all)")
-    r.add_argument("--out", default="", help="markdown page to write the table into, keeping its other text "
+    r.add_argument("--out", default="", help="markdown page to write the table into, keeping its other text; "
+                                           "only this call scores the test split, for the chosen variant "
                                            "(default: none)")
     r.add_argument("--device", default="auto")
     r.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. data.path=...")
