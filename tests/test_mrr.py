@@ -9,6 +9,7 @@ import torch
 import iwm
 from iwm import config
 from iwm.config import AugConfig
+from iwm.data import normalize
 from iwm.eval import mrr
 from iwm.eval.mrr import FAMILIES, add_cli, chance_mrr, compute_mrr, format_table, reciprocal_ranks
 from iwm.train import Trainer
@@ -56,10 +57,10 @@ def test_ranks_are_deterministic():
 
 def test_compute_mrr_end_to_end(tiny_run):
     run = iwm.load(tiny_run)
-    a = compute_mrr(run, num_images=3, bank_size=8, seed=5)
-    b = compute_mrr(run, num_images=3, bank_size=8, seed=5)
+    a = compute_mrr(run, num_images=3, bank_size=8, seed=5, source="augmented")
+    b = compute_mrr(run, num_images=3, bank_size=8, seed=5, source="augmented")
     assert a == b
-    assert list(a["families"]) == list(FAMILIES)
+    assert list(a["families"]) == list(FAMILIES) and a["mrr"] == a["families"]["all"]["mrr"]
     for r in a["families"].values():
         assert 0 < r["mrr"] <= 1 and 0 < r["mrr_action_zeroed"] <= 1
         assert r["count"] == 3 * 8
@@ -68,16 +69,57 @@ def test_compute_mrr_end_to_end(tiny_run):
     oracle = lambda self, trial, s, actions: torch.cat([trial.bank_tokens, trial.bank_tokens[:1]])  # noqa: E731
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mrr.Probe, "predict", oracle)
-        o = compute_mrr(run, num_images=2, bank_size=8)["families"]
+        o = compute_mrr(run, num_images=2, bank_size=8, source="augmented")["families"]
+        c = compute_mrr(run, num_images=2, bank_size=8)
     assert all(r["mrr"] == 1.0 and r["mrr_action_zeroed"] == pytest.approx(chance_mrr(8)) for r in o.values())
+    assert c["mrr"] == 1.0 and c["mrr_action_zeroed"] == pytest.approx(chance_mrr(8))
     # user images, one family
     imgs = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
-    c = compute_mrr(run, images=imgs, bank_size=4, families=["blur"])
+    c = compute_mrr(run, images=imgs, bank_size=4, families=["blur"], source="augmented")
     assert list(c["families"]) == ["blur"] and c["families"]["blur"]["count"] == 8
     # identity transformations (I-JEPA): reported, not a crash; an explicit bank config still works
     d = compute_mrr(run, num_images=2, bank_size=4, aug=AugConfig(strength=0.0))
-    assert not d["meaningful"] and d["families"]["all"]["mrr"] is None and "not meaningful" in format_table(d)
+    assert not d["meaningful"] and d["mrr"] is None and "not meaningful" in format_table(d)
     assert compute_mrr(run, num_images=1, bank_size=4, aug=AugConfig(strength=1.0))["meaningful"]
+    with pytest.raises(ValueError, match="unknown MRR source"):
+        compute_mrr(run, num_images=1, bank_size=4, source="jittered")
+
+
+def test_default_mrr_feeds_the_clean_image_with_the_action_from_it(tiny_run, monkeypatch):
+    """The paper's protocol: the context encoder sees the untouched test image, and a_x->y_k is
+    the action from the identity to bank entry k (no source jitter, no destructive flag)."""
+    run = iwm.load(tiny_run)
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    seen, acts = [], []
+    tokens, predictor = run.encoder.tokens, run.predictor.forward
+    monkeypatch.setattr(run.encoder, "tokens", lambda x, *a, **k: seen.append(x.clone()) or tokens(x, *a, **k))
+    monkeypatch.setattr(run.predictor, "forward",
+                        lambda *a, **k: acts.append(a[3].clone()) or predictor(*a, **k))
+    res = compute_mrr(run, images=images, bank_size=6)
+    assert res["source"] == "clean" and res["families"] == {} and res["count"] == 2 * 6
+    assert len(seen) == 2
+    for x, image in zip(seen, images):
+        assert torch.equal(x, normalize(image.float().div(255.0).unsqueeze(0)))
+    a = torch.cat(acts)
+    assert torch.equal(a[:, 4:], torch.zeros_like(a[:, 4:]))  # nothing destructive to undo
+    # the bank's own jitter, measured from the identity: brightness factor minus 1, and so on
+    probe = mrr.Probe(run)
+    trial = probe.trial(images[0], 6, mrr.image_generator(0, 0))
+    step = trial.masks.targets.shape[1] if probe.per_block else 1  # per block: one row per target block
+    assert torch.allclose(acts[0][:6 * step:step, 0], trial.bank_params.brightness - 1.0)
+
+
+def test_clean_and_augmented_sources_share_banks_and_masks(tiny_run):
+    """Image for image, the two protocols rank against the same bank with the same mask, so the
+    zeroed-action baselines agree wherever the context does not matter to them: here, chance."""
+    run = iwm.load(tiny_run)
+    probe = mrr.Probe(run)
+    image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    t1 = probe.trial(image, 5, mrr.image_generator(0, 0))
+    t2 = probe.trial(image, 5, mrr.image_generator(0, 0))
+    assert torch.equal(t1.bank_tokens, t2.bank_tokens) and torch.equal(t1.masks.targets, t2.masks.targets)
+    assert torch.equal(probe.source_view(t1, None), t1.image)
+    assert not torch.equal(probe.source_view(t1, t1.source), t1.image) or not t1.source.brightness.ne(1).any()
 
 
 def test_retrieval_figure_size(tiny_run, tmp_path):
@@ -103,8 +145,14 @@ def test_cli_parsers_write_results(tiny_run, tmp_path, capsys):
     assert (args.images, args.bank, args.seed, args.device) == (2, 4, 0, "cpu")
     assert args.fn(args) == 0
     res = json.loads((tiny_run / "mrr.json").read_text())
-    assert res["settings"]["bank_size"] == 4 and set(res["families"]) == set(FAMILIES)
-    assert "| all" in capsys.readouterr().out
+    assert res["settings"]["bank_size"] == 4 and res["source"] == "clean" and res["families"] == {}
+    assert "| clean" in capsys.readouterr().out
+    args = ap.parse_args(["eval", "mrr", str(tiny_run), "--images", "2", "--bank", "4", "--no-progress",
+                          "--source", "augmented"])
+    assert args.fn(args) == 0
+    res = json.loads((tiny_run / "mrr_augmented.json").read_text())
+    assert res["source"] == "augmented" and set(res["families"]) == set(FAMILIES)
+    assert "| grayscale" in capsys.readouterr().out
 
     ckpt = tiny_run / "checkpoints" / "latest.pt"  # a checkpoint path resolves to its run directory
     args = ap.parse_args(["viz", "retrieval", str(ckpt), "--images", "1", "--bank", "4", "--neighbours", "2"])

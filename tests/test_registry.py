@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run_path(tmp_path_factory):
     run = train_tiny(tmp_path_factory.mktemp("registry"))
-    (run / "mrr.json").write_text(json.dumps({"families": {"all": {"mrr": 0.25}}}))
+    (run / "mrr.json").write_text(json.dumps({"source": "clean", "mrr": 0.25, "families": {}}))
     return run
 
 

@@ -101,3 +101,18 @@ def test_a_missing_run_is_one_clear_line(tmp_path, capsys):
         (tmp_path / "bad" / sharing.weight_file(name)).write_bytes(b"")
     assert main(["eval", "knn", str(tmp_path / "bad")]) == 2
     assert "not an iwm weights config" in capsys.readouterr().err
+
+
+def test_scores_name_the_mrr_protocol_they_were_measured_by(tmp_path):
+    """"mrr" is the paper's (clean source) only; an mrr.json from before the clean protocol, and
+    the augmented source's file, are read as mrr_augmented_source, never as "mrr"."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "mrr.json").write_text(json.dumps({"families": {"all": {"mrr": 0.07}}}))
+    assert sharing.collect_scores(old) == {"mrr_augmented_source": 0.07}
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "mrr.json").write_text(json.dumps({"source": "clean", "mrr": 0.2, "families": {}}))
+    (new / "mrr_augmented.json").write_text(json.dumps({"source": "augmented", "mrr": 0.1,
+                                                        "families": {"all": {"mrr": 0.1}}}))
+    assert sharing.collect_scores(new) == {"mrr": 0.2, "mrr_augmented_source": 0.1}

@@ -69,8 +69,11 @@ def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, 
     t, r, p = equi["trained"], equi["random"], saved["pixels"]
     assert _cells(md, "kNN top-1 (README protocol)", "## IWM-equivariant")[1:] == [
         f"**{100 * t['knn']['top1']:.2f} %**", f"{100 * r['knn']['top1']:.2f} %", f"{100 * p['knn']['top1']:.2f} %"]
-    assert _cells(md, "MRR, 8-entry bank", "## IWM-equivariant")[1:] == [
+    assert _cells(md, "MRR, 8-entry bank, clean source (the paper's protocol)", "## IWM-equivariant")[1:] == [
         f"**{t['mrr']['mrr']:.4f}**", f"{r['mrr']['mrr']:.4f}", "—"]
+    assert _cells(md, "MRR, 8-entry bank, augmented source (our pages before 2026-12)", "## IWM-equivariant")[1:] \
+        == [f"**{t['mrr_augmented']['mrr']:.4f}**", f"{r['mrr_augmented']['mrr']:.4f}", "—"]
+    assert t["mrr"]["source"] == "clean" and t["mrr_augmented"]["source"] == "augmented"
     table4 = "## Table 4 analogue"
     assert _cells(md, "encoder FT", table4)[1:4] == ["pooled", f"**{100 * t['encoder']['top1']:.2f} %**",
                                                       f"{100 * r['encoder']['top1']:.2f} %"]
@@ -86,6 +89,7 @@ def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, 
     # the run directory holds the scores as `iwm eval` / `iwm leverage` write them: shipping carries them
     scores = collect_scores(runs / "cifar10_equi")
     assert scores["knn_top1"] == t["knn"]["top1"] and scores["mrr"] == t["mrr"]["mrr"]
+    assert scores["mrr_augmented_source"] == t["mrr_augmented"]["mrr"]
     assert scores["probe_linear_top1"] == t["linear"]["top1"]
     assert scores["finetune_predictor_top1"] == t["predictor_ft"]["top1"]
     assert scores["finetune_end2end_top1"] == t["end2end"]["top1"]
@@ -115,7 +119,7 @@ def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, 
     monkeypatch.setattr(reference, "measure", again)
     run_study(out, runs, 1, settings, ["cifar10_equi"], device="cpu", overrides=[*extra, "aug.brightness=0.3"],
               progress=False)
-    assert redone == [(8, kind) for kind in (*KINDS, *TABLE4)] + [(0, "mrr")]
+    assert redone == [(8, kind) for kind in (*KINDS, *TABLE4)] + [(0, "mrr"), (0, "mrr_augmented")]
 
     # the strong-jitter model has the equivariant one's architecture, data and seed, so the same
     # random init: of that, only the MRR bank (its own transformations) is measured
@@ -123,9 +127,9 @@ def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, 
     redone.clear()
     study = run_study(out, runs, 1, settings, ["cifar10_equi_strong"], device="cpu",
                       overrides=[*extra, "aug.brightness=0.3"], progress=False)
-    assert redone == [(8, kind) for kind in KINDS] + [(0, "mrr")]
+    assert redone == [(8, kind) for kind in KINDS] + [(0, "mrr"), (0, "mrr_augmented")]
     strong, equi = study["models"]["cifar10_equi_strong"], study["models"]["cifar10_equi"]
-    assert all(strong["random"][k] == equi["random"][k] for k in KINDS if k != "mrr")
+    assert all(strong["random"][k] == equi["random"][k] for k in KINDS if not k.startswith("mrr"))
 
 
 def test_a_difference_one_seed_cannot_tell_is_called_a_tie():
@@ -164,8 +168,61 @@ def test_ijepa_is_measured_on_the_others_transformations(tmp_path):
     ijepa = study["models"]["cifar10_ijepa"]
     assert load(runs / "cifar10_ijepa").config.predictor.conditioning == "none"
     assert list(ijepa["trained"]) == list(KINDS) and list(ijepa["random"]) == list(KINDS)  # no Table 4
-    for row in (ijepa["trained"]["mrr"], ijepa["random"]["mrr"]):
+    for row in (ijepa["trained"]["mrr"], ijepa["random"]["mrr"], ijepa["trained"]["mrr_augmented"]):
         assert row["bank_strength"] == 1.0 and 0 < row["mrr"] <= 1
     md, knn = out.read_text(), ijepa["trained"]["knn"]["top1"]
     assert _cells(md, "kNN top-1 (README protocol)", "## I-JEPA")[1] == f"**{100 * knn:.2f} %**"
     assert "not measured yet (cifar10_inv)" in _cells(md, "IWM-invariant beats I-JEPA in linear probing")[1]
+
+
+def test_a_model_whose_run_is_gone_is_measured_from_its_shipped_weights(tmp_path, monkeypatch):
+    """A fresh clone has the shipped weights and the stored study, not the runs: the study keeps
+    what was stored, moves a stored pre-clean-protocol MRR to the augmented row, measures the
+    clean-source MRR from the weights, and (--update-shipped) writes it into the package."""
+    from iwm import registry
+
+    monkeypatch.setenv(registry.ROOT_ENV, str(tmp_path / "weights"))
+    runs, out = tmp_path / "runs", tmp_path / "docs" / "reference_models.md"
+    extra = EXTRA + [f"data.cache_dir={tmp_path / 'cache'}"]
+    pretrain(model_config("cifar10_equi", runs, 1, "cpu", extra))
+    registry.ship(load(runs / "cifar10_equi"), "cifar10_equi")
+    made = []
+
+    def fake(run, kind, s, device, progress, pixels=False):
+        made.append((run.step, kind, str(run.path)))
+        if kind.startswith("mrr"):
+            return {"mrr": 0.3 if kind == "mrr" else 0.1, "chance": 0.1, "settings": {"bank_size": 8},
+                    "source": reference.MRR_SOURCES[kind]}
+        if kind == "seg_encoder":
+            return {"miou": 0.2}
+        return {"top1": 0.5, "bank": 32, "test": 16, "k": 20, "temperature": 0.07, "trainable_params": 1,
+                "seconds_per_epoch": 1.0, "settings": {"head": "attentive"}}
+
+    monkeypatch.setattr(reference, "measure", fake)
+    settings = _tiny_settings(tmp_path)
+    run_study(out, runs, 1, settings, ["cifar10_equi"], device="cpu", overrides=extra, progress=False)
+    stored = json.loads((runs / "reference.json").read_text())
+    equi = stored["models"]["cifar10_equi"]
+    for part in ("trained", "random"):  # as stored before the clean protocol: "mrr" was the augmented one
+        old = equi[part].pop("mrr_augmented")
+        equi[part]["mrr"] = {**old, "mrr": 0.07}
+        equi[part]["mrr"].pop("source", None)
+    curves = equi["curves"]
+    (runs / "reference.json").write_text(json.dumps(stored))
+    shutil.rmtree(runs / "cifar10_equi")
+
+    made.clear()
+    study = run_study(out, runs, 1, settings, ["cifar10_equi"], device="cpu", overrides=extra, progress=False,
+                      update_shipped=True)
+    equi = study["models"]["cifar10_equi"]
+    assert [(step, kind) for step, kind, _ in made] == [(8, "mrr"), (0, "mrr")]  # nothing else measured again
+    assert "pretrained:cifar10_equi" in made[0][2] or made[0][2].endswith("cifar10_equi")
+    assert equi["steps"] == 8 and "pretrained:cifar10_equi" in equi["weights"] and equi["curves"] == curves
+    assert equi["trained"]["mrr"]["mrr"] == 0.3 and equi["trained"]["mrr_augmented"]["mrr"] == 0.07
+    assert "Measured from the shipped fp16 weights" in out.read_text()
+    entry = registry.manifest()["models"]["cifar10_equi"]
+    assert entry["scores"]["mrr"] == 0.3 and entry["scores"]["mrr_augmented_source"] == 0.07
+    assert entry["scores"]["knn_top1"] == 0.5
+    folder = registry.shipped_folder("cifar10_equi")  # the new config.json matches its new sha256
+    assert json.loads((folder / "config.json").read_text())["scores"] == entry["scores"]
+    assert "| mrr_augmented_source | 0.0700 |" in (folder / "README.md").read_text()

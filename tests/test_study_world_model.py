@@ -73,25 +73,27 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     assert "Table 1" in md and "Table 2" in md and md.count(VERDICT) == 2
     assert "CPU, 1 threads" in md and "2 steps (1 epoch), batch 8" in md
     pixels = f"{100 * saved['knn_pixels_top1']:.2f} %"
-    assert _row(md, "raw pixels")[4] == pixels
+    assert _row(md, "raw pixels")[5] == pixels
     assert f"raw pixels by the same protocol: {pixels}" in md and f"same kNN protocol: {pixels}" in md
     num = lambda v: f"{v:.4f}"  # noqa: E731
     for cond, run in study.table1_rows():
         r = saved["runs"][run.name]
-        assert _row(md, cond)[1:5] == [run.name, num(r["mrr"]), num(r["mrr_action_zeroed"]),
+        assert _row(md, cond)[1:6] == [run.name, num(r["mrr"]), num(r["mrr_action_zeroed"]), num(r["mrr_augmented"]),
                                        f"{100 * r['knn_top1']:.2f} %"]
+        assert r["mrr_augmented"] == r["families"]["all"]["mrr"]  # the clean source beside the augmented one
     for label, value in study.STRENGTHS.items():
         rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
                 if line.startswith(f"| {label} ({value}) |")]
         own, common = rows[0], rows[1]  # the MRR tables: own transformations, then the strong bank
-        assert own[1:] == [num(saved["runs"][f"{label}_d{d}"]["mrr"]) for d in study.DEPTHS]
-        assert common[1:] == [num(saved["runs"][f"{label}_d{d}"]["mrr_strong_bank"]) for d in study.DEPTHS]
+        runs_ = [saved["runs"][f"{label}_d{d}"] for d in study.DEPTHS]  # clean (augmented) per cell
+        assert own[1:] == [f"{num(r['mrr'])} ({num(r['mrr_augmented'])})" for r in runs_]
+        assert common[1:] == [f"{num(r['mrr_strong_bank'])} ({num(r['mrr_augmented_strong_bank'])})" for r in runs_]
     for d in study.DEPTHS:  # strong runs: their own bank is the strong bank
         r = saved["runs"][f"strong_d{d}"]
-        assert r["mrr_strong_bank"] == r["mrr"]
+        assert r["mrr_strong_bank"] == r["mrr"] and r["mrr_augmented_strong_bank"] == r["mrr_augmented"]
     ij = saved["runs"]["ijepa"]
     assert ij["mrr"] is not None and ij["mrr_settings"]["aug"]["strength"] == 1.0
-    assert _row(md, "ijepa")[1] == num(ij["mrr"])
+    assert _row(md, "ijepa")[1] == num(ij["mrr"]) and _row(md, "ijepa")[3] == num(ij["mrr_augmented"])
     for name, r in saved["runs"].items():  # per-family table: the last row starting with the run name
         fam = [line for line in md.splitlines() if line.startswith(f"| {name} |")][-1]
         assert re.findall(r"\d\.\d{4}", fam) == [num(r["families"][f]["mrr"]) for f in study.FAMILIES]

@@ -80,3 +80,20 @@ def ship(run, name: str, root: str | Path | None = None) -> dict[str, Any]:
     data["models"] = dict(sorted(data["models"].items()))
     write_text(root / MANIFEST, json.dumps(data, indent=2) + "\n")
     return entry
+
+
+def update_scores(name: str, scores: dict[str, float], root: str | Path | None = None) -> dict[str, Any]:
+    """Record newly measured ``scores`` of shipped model ``name`` (merged over those it has),
+    in its ``config.json``, its model card and its manifest entry, whose sha256 follow; the
+    weights, step and shipping commit stay. Returns the entry."""
+    folder = shipped_folder(name, root)  # checks the files first: never re-hash a damaged folder
+    meta = sharing.read_meta(folder)
+    meta["scores"] = dict(sorted({**meta.get("scores", {}), **scores}.items()))
+    write_text(folder / sharing.CONFIG, json.dumps(meta, indent=2) + "\n")
+    write_text(folder / sharing.CARD, sharing.model_card(meta, name))
+    data = manifest(root)
+    entry = data["models"][name]
+    entry["scores"] = meta["scores"]
+    entry["files"][sharing.CONFIG] = sha256(folder / sharing.CONFIG)
+    write_text(registry_root(root) / MANIFEST, json.dumps(data, indent=2) + "\n")
+    return entry

@@ -97,13 +97,14 @@ def read_weights(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
 # scores, the model card, timm
 
 
-SCORE_FILES = ("knn.json", "demo_report.json", "mrr.json", "leverage_probe.json", "leverage_finetune.json",
-               "leverage_segment.json", "leverage_multitask.json")
+SCORE_FILES = ("knn.json", "demo_report.json", "mrr.json", "mrr_augmented.json", "leverage_probe.json",
+               "leverage_finetune.json", "leverage_segment.json", "leverage_multitask.json")
 
 
 def collect_scores(run_dir: str | Path | None) -> dict[str, float]:
     """The measured scores in a run directory's evaluation files (``iwm eval``, ``iwm leverage``,
-    the demo), as ``{name: value}``: knn_top1, mrr, probe_<kind>_top1,
+    the demo), as ``{name: value}``: knn_top1, mrr (clean source, the paper's protocol),
+    mrr_augmented_source, probe_<kind>_top1,
     finetune_<protocol>_top1, segment_<source>_miou, multitask_<task>_top1."""
     if run_dir is None:
         return {}
@@ -124,8 +125,12 @@ def collect_scores(run_dir: str | Path | None) -> dict[str, float]:
         put("knn_top1", found["knn.json"].get("top1"))
     elif found["demo_report.json"]:
         put("knn_top1", found["demo_report.json"].get("knn_top1_pretrained"))
-    if found["mrr.json"]:
-        put("mrr", found["mrr.json"].get("families", {}).get("all", {}).get("mrr"))
+    for file in ("mrr.json", "mrr_augmented.json"):
+        res = found[file] or {}
+        if res.get("source") == "clean":  # the paper's protocol
+            put("mrr", res.get("mrr"))
+        elif res:  # the source transformed as in training (every mrr.json before the clean protocol)
+            put("mrr_augmented_source", res.get("mrr", res.get("families", {}).get("all", {}).get("mrr")))
     for file, prefix, key, value in (("leverage_probe.json", "probe", "kind", "top1"),
                                      ("leverage_finetune.json", "finetune", "protocol", "top1"),
                                      ("leverage_segment.json", "segment", "source", "miou"),

@@ -4,13 +4,22 @@ Per evaluation image c (centred, unaugmented):
 
 - a bank of K target views y_k = J(c, t_k), jitter only, with jitter forced on so the entries
   differ; encoded by the target encoder and layer-normed as :meth:`IWM.targets` does;
-- one source transformation s, x = apply(c, s), edited per *family* (``all``: as sampled from
-  the training distribution; ``jitter``: no destructive op; ``grayscale``/``blur``/``solarize``:
-  that op forced on, the others off), so the families share the same jitter;
+- the source x, by one of two protocols (``source``):
+
+  - ``clean`` (the default, the paper's protocol): x = c, the untouched image, and
+    a_x->y_k = identity.action(t_k);
+  - ``augmented``: one source transformation s, x = apply(c, s), as in training, edited per
+    *family* (``all``: as sampled; ``jitter``: no destructive op; ``grayscale``/``blur``/
+    ``solarize``: that op forced on, the others off), so the families share the same jitter.
+    This is the view of the paper's Figure 1: it shows whether the predictor undoes
+    grayscale, blur and solarisation;
 - one I-JEPA multi-block mask: the context encoder sees x at the context patches and the
-  predictor predicts the target blocks with a_x->y = s.action(t_k), for every k;
+  predictor predicts the target blocks with a_x->y_k, for every k;
 - the true entry k is ranked among the bank by squared L2 distance to the prediction at the
   target positions, summed over tokens; RR = 1/rank and MRR is its mean over images and k.
+
+Both protocols draw the bank, the mask and the (unused, under ``clean``) source transformation
+from the same per-image stream, so their figures compare image for image.
 
 Ties count against the prediction: rank = 1 + #{j != k : d(k, j) <= d(k, k)}, so a predictor
 that cannot tell the bank entries apart gets rank K, not 1. Distances are computed in float64;
@@ -46,9 +55,11 @@ from .features import subset
 if TYPE_CHECKING:
     from ..api import Run
 
-FAMILIES = ("all", "jitter", "grayscale", "blur", "solarize")
+SOURCES = ("clean", "augmented")  # the paper's protocol first: the default
+FAMILIES = ("all", "jitter", "grayscale", "blur", "solarize")  # of the augmented source
 DESTRUCTIVE = ("grayscale", "blur", "solarize")
 TIE_RTOL = 1e-9
+MRR_FILES = {"clean": "mrr.json", "augmented": "mrr_augmented.json"}  # in a run directory
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,13 +163,17 @@ class Probe:
             tokens.append(gather_tokens(z, tidx.expand(z.shape[0], -1)))
         return Trial(c, t, torch.cat(views), torch.cat(tokens), source, masks)
 
-    def source_view(self, trial: Trial, source: PhotometricParams) -> torch.Tensor:
+    def source_view(self, trial: Trial, source: PhotometricParams | None) -> torch.Tensor:
+        """The source image: ``trial.image`` transformed by ``source``, or untouched (None)."""
+        if source is None:  # the clean image itself, not the identity run through the ops
+            return trial.image
         return apply(trial.image, source.to(self.device), self.kernel_size)
 
     @torch.no_grad()
-    def predict(self, trial: Trial, source: PhotometricParams, actions: torch.Tensor) -> torch.Tensor:
-        """Predicted target tokens (B, Nt, D) of the source view under ``source`` for each of
-        the actions (B, A); each target block in its own pass when the run was trained so."""
+    def predict(self, trial: Trial, source: PhotometricParams | None, actions: torch.Tensor) -> torch.Tensor:
+        """Predicted target tokens (B, Nt, D) of the source view under ``source`` (None: the
+        clean image) for each of the actions (B, A); each target block in its own pass when the
+        run was trained so."""
         m = trial.masks
         ctx = self.encoder.tokens(normalize(self.source_view(trial, source)), m.context)
         nblocks = m.targets.shape[1]
@@ -175,9 +190,11 @@ class Probe:
             out.append(p.reshape(sl.stop - sl.start, -1, p.shape[-1]))
         return torch.cat(out)
 
-    def actions(self, trial: Trial, source: PhotometricParams) -> torch.Tensor:
-        """a_x->y_k for every bank entry k, (K, A)."""
+    def actions(self, trial: Trial, source: PhotometricParams | None) -> torch.Tensor:
+        """a_x->y_k for every bank entry k, (K, A); from the clean image where ``source`` is None."""
         k = len(trial.bank_params)
+        if source is None:
+            return PhotometricParams.identity(k).action(trial.bank_params)
         return source[torch.zeros(k, dtype=torch.long)].action(trial.bank_params)
 
 
@@ -205,24 +222,34 @@ def _prepare_images(run: Run, images: torch.Tensor | None, num_images: int, seed
 
 def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 64, bank_size: int = 256,
                 families: tuple[str, ...] | list[str] = FAMILIES, seed: int = 0, device: str | torch.device = "cpu",
-                progress: bool = False, aug: AugConfig | None = None, chunk: int = 256) -> dict:
+                progress: bool = False, aug: AugConfig | None = None, chunk: int = 256,
+                source: str = "clean") -> dict:
     """MRR of a run's world model (see the module docstring).
 
-    ``images``: uint8 (N, 3, H, W) to use instead of ``num_images`` from the test split.
-    ``aug``: the transformations (source and bank); default the run's own. Returns
-    ``{"families": {name: {"mrr", "mrr_action_zeroed", "count"}}, "chance", "meaningful",
-    "note", "settings"}``; the networks are moved to ``device``.
+    ``source``: ``clean`` (the paper's protocol) or ``augmented`` (scored per family of
+    ``families``, which ``clean`` does not use). ``images``: uint8 (N, 3, H, W) to use instead
+    of ``num_images`` from the test split. ``aug``: the transformations (source and bank);
+    default the run's own. Returns ``{"source", "mrr", "mrr_action_zeroed", "count",
+    "families": {name: {"mrr", "mrr_action_zeroed", "count"}}, "chance", "meaningful", "note",
+    "settings"}``, where ``mrr`` is the clean source's figure or the augmented source's family
+    ``all`` (None if not scored) and ``families`` is empty for the clean source; the networks
+    are moved to ``device``.
     """
+    if source not in SOURCES:
+        raise ValueError(f"unknown MRR source {source!r}; choose from {', '.join(SOURCES)}")
     if bank_size < 2 or (images is None and num_images < 1):
         raise ValueError(f"need bank_size >= 2 and num_images >= 1, got {bank_size} and {num_images}")
+    clean = source == "clean"
+    families = () if clean else tuple(families)
     for f in families:
         family_params(PhotometricParams.identity(1), f)  # refuse an unknown family up front
     probe = Probe(run, aug, device, chunk)
     imgs = _prepare_images(run, images, num_images, seed)
-    settings = {"num_images": len(imgs), "bank_size": bank_size, "seed": seed, "families": list(families),
-                "step": run.step, "checkpoint": str(run.path), "aug": dataclasses.asdict(probe.aug),
-                "per_block": probe.per_block}
-    result = {"families": {}, "chance": chance_mrr(bank_size), "meaningful": True, "note": "", "settings": settings}
+    settings = {"source": source, "num_images": len(imgs), "bank_size": bank_size, "seed": seed,
+                "families": list(families), "step": run.step, "checkpoint": str(run.path),
+                "aug": dataclasses.asdict(probe.aug), "per_block": probe.per_block}
+    result = {"source": source, "mrr": None, "mrr_action_zeroed": None, "count": 0, "families": {},
+              "chance": chance_mrr(bank_size), "meaningful": True, "note": "", "settings": settings}
     if run.config.predictor.conditioning == "none":
         result["note"] = "predictor.conditioning=none: the predictor never sees a_x->y (expect chance)"
     if probe.bank_is_degenerate(bank_size, seed):
@@ -233,39 +260,55 @@ def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 
         result["families"] = {f: {"mrr": None, "mrr_action_zeroed": None, "count": 0} for f in families}
         return result
 
-    sums = {f: [0.0, 0.0, 0] for f in families}
+    names = ("clean",) if clean else families
+    sums = {f: [0.0, 0.0, 0] for f in names}
     it = range(len(imgs))
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="MRR", unit="image", leave=False, dynamic_ncols=True)
+        it = tqdm(it, desc=f"MRR, {source} source", unit="image", leave=False, dynamic_ncols=True)
     for i in it:
         trial = probe.trial(imgs[i], bank_size, image_generator(seed, i))
-        for f in families:
-            s = family_params(trial.source, f)
+        for f in names:
+            s = None if clean else family_params(trial.source, f)
             a = probe.actions(trial, s)
             pred = probe.predict(trial, s, torch.cat([a, torch.zeros_like(a[:1])]))  # last row: a = 0
             acc = sums[f]
             acc[0] += reciprocal_ranks(pred[:-1], trial.bank_tokens).sum().item()
             acc[1] += reciprocal_ranks(pred[-1:].expand_as(pred[:-1]), trial.bank_tokens).sum().item()
             acc[2] += bank_size
-    result["families"] = {f: {"mrr": a / n, "mrr_action_zeroed": z / n, "count": n}
-                          for f, (a, z, n) in sums.items()}
+    scores = {f: {"mrr": a / n, "mrr_action_zeroed": z / n, "count": n} for f, (a, z, n) in sums.items()}
+    headline = scores.get("clean" if clean else "all")
+    if headline is not None:
+        result.update(headline)
+    if not clean:
+        result["families"] = scores
     return result
 
 
 def format_table(result: dict) -> str:
-    """One row per family: MRR and MRR with a_x->y zeroed."""
+    """MRR and MRR with a_x->y zeroed: one row for the clean source, one per family for the
+    augmented one."""
     s = result["settings"]
-    rows = ["| family    | MRR    | MRR, a_x->y zeroed |", "|-----------|--------|--------------------|"]
-    num = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    for f, r in result["families"].items():
+    rows = ["| source    | MRR    | MRR, a_x->y zeroed |", "|-----------|--------|--------------------|"]
+    num = _fmt_score
+    if result.get("source", "augmented") == "clean":
+        table = {"clean": result}
+    else:
+        table = result["families"]
+    for f, r in table.items():
         rows.append(f"| {f:<9} | {num(r['mrr']):<6} | {num(r['mrr_action_zeroed']):<18} |")
-    rows.append(f"{s['num_images']} images x {s['bank_size']} bank entries, seed {s['seed']}; "
+    protocol = ("clean source (the paper's protocol)" if result.get("source") == "clean" else
+                "augmented source, per family (as in training)")
+    rows.append(f"{s['num_images']} images x {s['bank_size']} bank entries, seed {s['seed']}, {protocol}; "
                 f"chance (random ranks) {result['chance']:.4f}")
     if result["note"]:
         rows.append(f"note: {result['note']}")
     return "\n".join(rows)
+
+
+def _fmt_score(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,12 +333,12 @@ def _main(args: argparse.Namespace) -> int:
     run = load(args.run, device=args.device)
     try:
         res = compute_mrr(run, num_images=args.images, bank_size=args.bank, seed=args.seed, device=args.device,
-                          progress=not args.no_progress, aug=strength_aug(run, args.strength))
+                          progress=not args.no_progress, aug=strength_aug(run, args.strength), source=args.source)
     except ValueError as err:  # bad counts: a message, not a traceback
         print(f"iwm: error: {err}", file=sys.stderr)
         return 2
     print(format_table(res))
-    out = Path(args.out) if args.out else run_dir(run) / "mrr.json"
+    out = Path(args.out) if args.out else run_dir(run) / MRR_FILES[args.source]
     write_text(out, json.dumps(res, indent=2))
     print(f"wrote {out}")
     return 0
@@ -311,6 +354,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--strength", type=float, default=None,
                    help="rank against the run's aug config at this strength (e.g. 1 for an I-JEPA run)")
+    p.add_argument("--source", choices=SOURCES, default="clean",
+                   help="clean: the untouched image is the source (the paper's MRR, default); augmented: the "
+                        "source is transformed as in training, scored per family (shows whether grayscale, blur "
+                        "and solarisation are undone)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", default=None, help="JSON file (default <run_dir>/mrr.json)")
+    p.add_argument("--out", default=None, help="JSON file (default <run_dir>/mrr.json, or mrr_augmented.json)")
     p.set_defaults(fn=_main)

@@ -16,6 +16,11 @@ from ..checkpoint import LATEST, load_checkpoint
 from ..config import SHIPPED, Config, ConfigError
 from ..train import pretrain
 
+# settings added after runs were stored, at the value every earlier run had: left out of what
+# decides the weights, so that the stored runs and measurements keep their digests
+LATER_DEFAULTS = {("predictor", "norm_eps"): 1e-5}
+
+
 class GridRun(NamedTuple):
     name: str  # directory under runs_dir
     config: str  # shipped config name
@@ -45,6 +50,9 @@ def training_part(cfg_dict: dict) -> dict:
     part["mask"].pop("length_groups")
     if part["data"]["dataset"] == "cifar10":
         part["data"].pop("path")
+    for (section, key), default in LATER_DEFAULTS.items():
+        if part[section].get(key) == default:
+            part[section].pop(key)
     return part
 
 
@@ -56,7 +64,7 @@ def settings_digest(run, kind: str) -> str:
     part = training_part(run.config.to_dict())
     if run.step == 0:
         part.pop("optim")
-        if kind != "mrr":
+        if not kind.startswith("mrr"):
             part.pop("aug")
     return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:12]
 

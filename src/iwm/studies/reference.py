@@ -19,8 +19,10 @@ Measured per model, on its frozen EMA target encoder unless said otherwise:
   whole test split, k = 20);
 - the linear probe, the attentive probe and predictor finetuning, and a segmentation decoder
   on CamVid, with the settings of the leverage study (:mod:`.leverage`), so rows compare;
-- MRR of the world model on a 256-entry bank (an I-JEPA run, which has no transformations of
-  its own, is ranked on the strength-1 transformations of the other configs);
+- MRR of the world model on a 256-entry bank, by the paper's protocol (the clean image is the
+  source) and, beside it, with the source transformed as in training (the protocol of our pages
+  before 2026-12); an I-JEPA run, which has no transformations of its own, is ranked on the
+  strength-1 transformations of the other configs;
 - on IWM-equivariant, the paper's Table 4: encoder, end-to-end and random-predictor finetuning
   beside predictor finetuning, with encoder finetuning from random init (training from scratch
   by the same recipe) as the reference;
@@ -29,6 +31,10 @@ Measured per model, on its frozen EMA target encoder unless said otherwise:
 Every finished measurement is stored at once in ``<runs-dir>/reference.json`` with what decides
 it (the run's step and the settings); a second call reuses it. The scores also go into the run
 directory as the files ``iwm eval`` and ``iwm leverage`` write, so that ``iwm ship`` carries them.
+
+A model whose run directory is gone (a fresh clone) but which the package ships at the same step
+is measured from its shipped fp16 weights (``pretrained:NAME``), the page saying so; its
+learning curves and hours are kept from the stored study.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from ..config import SHIPPED, Config, ConfigError
 from ..downstream.report import write_json
 from ..files import save_figure, write_text
 from ..train import resolve_device
-from .grid import code_version, device_name, settings_digest, steps_per_epoch, trained_steps
+from .grid import code_version, device_name, settings_digest, steps_per_epoch, trained_steps, training_part
 from .leverage import TABLE4, default_settings, evaluate, setting_key
 
 DEFAULT_EPOCHS = 24  # 9,360 steps: 1.5 to 2.3 hours a model on a 2-core CPU (measured, reference_models.md)
@@ -84,7 +90,7 @@ MODELS = (
                                      "after predictor finetuning"),
 )
 # what each model is measured by, in the order of the page (the simplest head first)
-KINDS = ("knn", "linear", "attentive", "predictor_ft", "seg_encoder", "mrr")
+KINDS = ("knn", "linear", "attentive", "predictor_ft", "seg_encoder", "mrr", "mrr_augmented")
 PIXEL_KINDS = ("knn", "linear", "attentive")  # the protocols a network-free input goes through
 # the models the targets of issue 10 are about
 EQUIVARIANT = ("cifar10_equi", "cifar10_equi_strong", "cifar10_equi_deep", "cifar10_equi_deep_jitter15")
@@ -92,7 +98,9 @@ TABLE4_MODEL = "cifar10_equi"  # the paper compares finetuning protocols on the 
 TABLE4_RANDOM = ("encoder",)  # from random init: supervised training from scratch, the same recipe
 LABELS = {"knn": "kNN top-1 (README protocol)", "linear": "linear probe", "attentive": "attentive probe",
           "predictor_ft": "predictor finetuning", "seg_encoder": "CamVid mIoU, encoder tokens",
-          "mrr": "MRR, {bank}-entry bank"}
+          "mrr": "MRR, {bank}-entry bank, clean source (the paper's protocol)",
+          "mrr_augmented": "MRR, {bank}-entry bank, augmented source (our pages before 2026-12)"}
+MRR_SOURCES = {"mrr": "clean", "mrr_augmented": "augmented"}
 
 
 def model_config(name: str, runs_dir: str | Path, epochs: int, device: str = "auto",
@@ -105,6 +113,17 @@ def model_config(name: str, runs_dir: str | Path, epochs: int, device: str = "au
 def train_command(name: str, runs_dir: str | Path, epochs: int) -> str:
     return (f"iwm pretrain --config {name} optim.epochs={epochs} "
             f"run.out_dir={shlex.quote(str(Path(runs_dir) / name))}")
+
+
+SHIPPED_SOURCE = "the shipped fp16 weights, pretrained:{name} (the run directory is gone)"
+
+
+def shipped_step(name: str) -> int | None:
+    """The step of the package's shipped model ``name`` (None if it ships none)."""
+    from ..registry import manifest
+
+    entry = manifest()["models"].get(name)
+    return None if entry is None else int(entry["step"])
 
 
 def total_steps(cfg: Config) -> int:
@@ -140,14 +159,14 @@ def measure(run, kind: str, s: dict[str, Any], device: torch.device, progress: b
 
         net = RawPixels.of(run.config) if pixels else run.target_encoder
         return knn_eval(net.to(device), run.config, device, progress=progress)
-    if kind == "mrr":
+    if kind in MRR_SOURCES:
         from ..eval.mrr import compute_mrr, strength_aug
 
         # I-JEPA trains without transformations: its bank is the others' (it should score chance)
         strength = 1.0 if run.config.aug.strength == 0 else None
         res = compute_mrr(run, num_images=s["mrr_images"], bank_size=s["mrr_bank"], seed=s["seed"], device=device,
-                          progress=progress, aug=strength_aug(run, strength))
-        return {**res, "mrr": res["families"]["all"]["mrr"], "bank_strength": strength or run.config.aug.strength}
+                          progress=progress, aug=strength_aug(run, strength), source=MRR_SOURCES[kind])
+        return {**res, "bank_strength": strength or run.config.aug.strength}
     return evaluate(run, kind, s, device, progress, pixels)
 
 
@@ -156,8 +175,20 @@ def _key(kind: str, s: dict[str, Any], step: int) -> dict[str, Any]:
     if kind == "knn":
         return {"step": step, "protocol": "README"}
     if kind == "mrr":
+        return {"step": step, **{k: s[k] for k in ("mrr_images", "mrr_bank", "seed")}, "source": "clean"}
+    if kind == "mrr_augmented":  # the key "mrr" had before the clean protocol: those measurements stand
         return {"step": step, **{k: s[k] for k in ("mrr_images", "mrr_bank", "seed")}}
     return setting_key(kind, s, step)
+
+
+def migrate(measured: dict[str, dict]) -> dict[str, dict]:
+    """A stored model's measurements from before the clean-source protocol: its "mrr" was the
+    augmented source's, so it moves to "mrr_augmented" (re-keyed, not re-measured)."""
+    old = measured.get("mrr")
+    if old is not None and "source" not in old.get("key", {}):
+        measured = {k: v for k, v in measured.items() if k != "mrr"}
+        measured.setdefault("mrr_augmented", {**old, "mrr": old.get("mrr"), "source": "augmented"})
+    return measured
 
 
 def score(row: dict | None) -> float | None:
@@ -180,6 +211,8 @@ def write_score_files(run_dir: Path, trained: dict[str, dict]) -> None:
         write_json(trained["knn"], run_dir / "knn.json")
     if "mrr" in trained:
         write_json(trained["mrr"], run_dir / "mrr.json")
+    if "mrr_augmented" in trained:
+        write_json(trained["mrr_augmented"], run_dir / "mrr_augmented.json")
     write_json(rows("linear", "attentive"), run_dir / "leverage_probe.json")
     write_json(rows("predictor_ft", *TABLE4), run_dir / "leverage_finetune.json")
     write_json(rows("seg_encoder"), run_dir / "leverage_segment.json")
@@ -191,10 +224,13 @@ def write_score_files(run_dir: Path, trained: dict[str, dict]) -> None:
 
 def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[str, Any], names: list[str],
               train: bool = False, random: bool = True, device: str = "auto", command: str | None = None,
-              overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> dict:
+              overrides: list[str] | tuple[str, ...] = (), progress: bool = True,
+              update_shipped: bool = False) -> dict:
     """Measure the finished reference runs in ``runs_dir`` (training them first with ``train``),
     store ``runs_dir/reference.json`` as it goes, write ``out_md`` with its JSON and figure.
-    ``overrides``: dotted config overrides for every model (e.g. ``data.path=...``)."""
+    ``overrides``: dotted config overrides for every model (e.g. ``data.path=...``).
+    ``update_shipped``: a model measured from its shipped weights gets its scores rewritten in
+    the package (manifest, config.json, model card), as ``iwm ship`` would have written them."""
     from ..api import load
     from ..train import pretrain
 
@@ -214,18 +250,31 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
             pretrain(cfg)
             done = trained_steps(cfg)
         records = read_metrics(Path(cfg.run.out_dir))
+        old = previous.get("models", {}).get(model.name, {})
+        old = {**old, **{part: migrate(old[part]) for part in ("trained", "random") if part in old}}
+        source = "run"
+        if done == 0 and not records and shipped_step(model.name) == total:
+            done, source = total, SHIPPED_SOURCE.format(name=model.name)
         entry: dict[str, Any] = {"label": model.label, "config": model.name, "steps": done, "total_steps": total,
                                  "train_command": train_command(model.name, runs_dir, epochs),
                                  "curves": health_curves(records, steps_per_epoch(cfg)),
                                  "train_hours": training_hours(records, cfg.data.batch_size)}
+        if not records:  # the run directory is gone: what the study stored of its training stays
+            entry.update({k: old[k] for k in ("curves", "train_hours") if k in old})
+        if source != "run":
+            entry["weights"] = source
         study["models"][model.name] = entry
-        old = previous.get("models", {}).get(model.name, {})
         if done < total:
             continue  # not (yet) finished: listed, not measured
         if model.name not in names:  # not asked for now: what was measured of this very run stays
             entry.update({k: old[k] for k in ("trained", "random") if k in old and old.get("steps") == done})
             continue
-        run = load(cfg.run.out_dir, device=dev)
+        run = load(cfg.run.out_dir if source == "run" else f"pretrained:{model.name}", device=dev)
+        if source != "run":  # measured as the run it was shipped from: its config, its directory
+            if training_part(run.config.to_dict()) != training_part(cfg.to_dict()):
+                raise ConfigError(f"pretrained:{model.name} was trained with other settings than the config "
+                                  f"{model.name} at {epochs} epochs; train the run (--train) instead")
+            run.config, run.out_dir = cfg, Path(cfg.run.out_dir)
 
         def save() -> None:
             write_json(study, store)
@@ -234,7 +283,13 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
         entry["trained"] = old.get("trained", {})
         table4 = TABLE4 if model.name == TABLE4_MODEL else ()
         _measure_all(run, entry["trained"], settings, dev, progress, save, made_by, kinds=(*KINDS, *table4))
+        Path(cfg.run.out_dir).mkdir(parents=True, exist_ok=True)
         write_score_files(Path(cfg.run.out_dir), entry["trained"])
+        if update_shipped and source != "run":
+            from ..registry import update_scores
+            from ..sharing import collect_scores
+
+            update_scores(model.name, collect_scores(cfg.run.out_dir))
         # the raw pixels (the same data and image size for every model): measured once
         _measure_all(run, study["pixels"], settings, dev, progress, save, made_by, kinds=PIXEL_KINDS, pixels=True)
         if "random" in old or random:
@@ -345,7 +400,7 @@ def plot_curves(study: dict, path: Path) -> None:
 def _fmt(kind: str, v: float | None) -> str:
     if v is None:
         return "—"
-    return f"{v:.4f}" if kind == "mrr" else f"{100 * v:.2f} %"
+    return f"{v:.4f}" if kind.startswith("mrr") else f"{100 * v:.2f} %"
 
 
 def _targets(study: dict) -> list[str]:
@@ -369,9 +424,9 @@ def verdict(kind: str, a: float, b: float, tie_holds: bool = False) -> str:
     """Whether "a beats b" holds; a difference one seed cannot tell from noise (1 point of top-1
     or mIoU, 0.005 of MRR) is a tie, which is enough where the claim is "a matches or beats b"
     (``tie_holds``)."""
-    margin = 0.005 if kind == "mrr" else 0.01
+    margin = 0.005 if kind.startswith("mrr") else 0.01
     if abs(a - b) < margin:
-        within = f"{margin:g}" if kind == "mrr" else f"{100 * margin:g} point"
+        within = f"{margin:g}" if kind.startswith("mrr") else f"{100 * margin:g} point"
         return f"{'holds: ' if tie_holds else ''}a tie (within {within}, which one seed cannot tell apart)"
     return "holds" if a > b else "does not hold"
 
@@ -487,7 +542,9 @@ def render_markdown(study: dict, figure: str) -> str:
         f"CamVid at the pretraining's image size, {_n(s['seg_epochs'], 'epoch')} of a linear decoder on the "
         "encoder's tokens",
         f"- MRR: {s['mrr_images']} test images, each against a bank of {s['mrr_bank']} transformed targets "
-        f"(chance {chance_mrr(s['mrr_bank']):.4f}); I-JEPA, "
+        f"(chance {chance_mrr(s['mrr_bank']):.4f}), by the paper's protocol (the clean image is the source) "
+        "and, beside it, with the source transformed as in training (the protocol of these pages before "
+        "2026-12, `iwm eval mrr --source augmented`); the same images, banks and masks for both. I-JEPA, "
         "trained without transformations, is ranked on the strength-1 ones",
         "- raw numbers: the .json file of the same name beside this page",
         "",
@@ -504,6 +561,11 @@ def render_markdown(study: dict, figure: str) -> str:
                      f"**not trained yet** ({m['total_steps']:,} steps)")
         hours = "—" if not m.get("train_hours") else f"{m['train_hours']:.2f}"
         lines.append(f"| {m['label']} | `{name}` | {state} | {hours} | `{m['train_command']}` |")
+    shipped = [f"`{n}`" for n, m in study["models"].items() if m.get("weights")]
+    if shipped:
+        lines += ["", f"Measured from the shipped fp16 weights (`pretrained:NAME`; the run directory was gone, "
+                      f"its curves and hours are those the study stored): {', '.join(shipped)}. Measurements "
+                      "stored from the run itself were kept; only those missing were made from the weights."]
     lines += ["", "Then `iwm study reference` measures the finished ones and writes this page, and "
                   "`iwm ship runs/reference/NAME NAME` ships one (fp16, with these scores in the manifest).", ""]
     for name, m in study["models"].items():
@@ -554,7 +616,7 @@ def _main(args: argparse.Namespace) -> int:
     try:
         run_study(None if args.no_page else Path(args.out), Path(args.runs_dir), args.epochs, settings, names,
                   train=args.train, random=not args.no_random, device=args.device, command=command,
-                  overrides=args.overrides, progress=not args.no_progress)
+                  overrides=args.overrides, progress=not args.no_progress, update_shipped=args.update_shipped)
     except (ConfigError, ValueError) as err:  # a run trained otherwise, missing data: one line
         print(f"iwm: error: {err}", file=sys.stderr)
         return 2
@@ -576,6 +638,9 @@ def add_cli(studies: argparse._SubParsersAction) -> None:
     p.add_argument("--mrr-images", type=int, default=default_reference_settings()["mrr_images"],
                    help="test images ranked for MRR")
     p.add_argument("--no-random", action="store_true", help="skip the random-initialisation references")
+    p.add_argument("--update-shipped", action="store_true",
+                   help="write the scores of models measured from their shipped weights into the package's "
+                        "manifest and model cards")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="dotted config overrides for every model, e.g. data.path=...")

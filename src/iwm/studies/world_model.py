@@ -3,8 +3,9 @@ overrides name): which conditioning lets the predictor learn a world model, and 
 strength of the transformations and the depth of the predictor change it.
 
 Every run of :data:`GRID` is pretrained (or found already trained in ``runs_dir/<name>``),
-then measured: MRR of its world model (family ``all`` and per family, with the zeroed-action
-baseline) and kNN top-1 of its target encoder, beside the raw pixels' kNN top-1 by the same
+then measured: MRR of its world model by the paper's protocol (the clean image is the source)
+and with the source transformed as in training (family ``all`` and per family), each with the
+zeroed-action baseline, and kNN top-1 of its target encoder, beside the raw pixels' kNN top-1 by the same
 protocol (the reference a representation must beat). The numbers go to ``runs_dir/study.json`` and
 to a markdown page with the tables, the paper's qualitative claims beside them, and a plot.
 The page states no conclusion: a placeholder per table is left for whoever reads the numbers.
@@ -80,26 +81,32 @@ def table2_cells() -> dict[tuple[str, int], GridRun]:
 
 
 def measure(run: GridRun, cfg: Config, mrr_images: int, mrr_bank: int, device: torch.device) -> dict:
-    """MRR (all families) and kNN top-1 of the trained run in cfg.run.out_dir."""
+    """MRR (clean source; augmented source per family) and kNN top-1 of the trained run in
+    cfg.run.out_dir."""
     from ..api import load
 
     loaded = load(cfg.run.out_dir, device=device)
     # I-JEPA trains with the identity: rank against the strong transformations instead
     aug = strength_aug(loaded, STRENGTHS["strong"]) if "reference" in run.tables else None
-    res = compute_mrr(loaded, num_images=mrr_images, bank_size=mrr_bank, families=FAMILIES, seed=0,
-                      device=device, aug=aug)
+
+    def mrr(source: str, bank_aug=aug) -> dict:
+        return compute_mrr(loaded, num_images=mrr_images, bank_size=mrr_bank, families=FAMILIES, seed=0,
+                           device=device, aug=bank_aug, source=source)
+
+    clean, augmented = mrr("clean"), mrr("augmented")
     # a bank of weak transformations is harder to tell apart than a bank of strong ones, so MRR on
     # a run's own transformations mixes the world model with the measure: every run is also
     # ranked against the same strong transformations
-    common = res["families"]["all"]["mrr"]
+    common = {"clean": clean["mrr"], "augmented": augmented["mrr"]}
     if aug is None and cfg.aug.strength != STRENGTHS["strong"]:
-        common = compute_mrr(loaded, num_images=mrr_images, bank_size=mrr_bank, families=("all",), seed=0,
-                             device=device, aug=strength_aug(loaded, STRENGTHS["strong"]))["families"]["all"]["mrr"]
+        common = {source: mrr(source, strength_aug(loaded, STRENGTHS["strong"]))["mrr"] for source in common}
     knn = knn_eval(loaded.target_encoder, cfg, device)
-    return {"mrr": res["families"]["all"]["mrr"], "mrr_action_zeroed": res["families"]["all"]["mrr_action_zeroed"],
-            "mrr_strong_bank": common,
-            "families": res["families"], "chance": res["chance"], "mrr_note": res["note"],
-            "mrr_settings": {k: res["settings"][k] for k in ("num_images", "bank_size", "seed", "aug")},
+    return {"mrr": clean["mrr"], "mrr_action_zeroed": clean["mrr_action_zeroed"],
+            "mrr_strong_bank": common["clean"],
+            "mrr_augmented": augmented["mrr"], "mrr_augmented_action_zeroed": augmented["mrr_action_zeroed"],
+            "mrr_augmented_strong_bank": common["augmented"],
+            "families": augmented["families"], "chance": clean["chance"], "mrr_note": clean["note"],
+            "mrr_settings": {k: clean["settings"][k] for k in ("num_images", "bank_size", "seed", "aug")},
             "knn_top1": knn["top1"], "knn": {k: v for k, v in knn.items() if k != "top1"}, "step": loaded.step}
 
 
@@ -184,6 +191,12 @@ def fmt_mrr(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
+def fmt_pair(r: dict, key: str) -> str:
+    """The clean source's MRR with the augmented source's in brackets (where measured)."""
+    other = r.get(key.replace("mrr", "mrr_augmented", 1))
+    return fmt_mrr(r.get(key)) + ("" if other is None else f" ({fmt_mrr(other)})")
+
+
 def fmt_pct(v: float) -> str:
     return f"{100 * v:.2f} %"
 
@@ -219,7 +232,9 @@ def render_markdown(study: dict, plot: str = "world_model_mrr.png", section: str
         f"- encoder: ViT width {enc['embed_dim']}, depth {enc['depth']}, {enc['num_heads']} heads; predictor width "
         f"{pred['width']}, {pred['num_heads']} heads (depth per run below)",
         f"- MRR: {s['mrr_images']} test images x {s['mrr_bank']} bank entries, seed 0; chance (random ranks) "
-        f"{fmt_mrr(chance)}",
+        f"{fmt_mrr(chance)}; by the paper's protocol, the clean image as the source, and in brackets or "
+        "columns of their own with the source transformed as in training (`--source augmented`, this page's "
+        "protocol before 2026-12), on the same images, banks and masks",
         f"- kNN: k={s['knn_k']}, bank {next(iter(runs.values()))['knn']['bank']} train images, "
         f"{next(iter(runs.values()))['knn']['test']} test images, target encoder"
         + ("" if study.get("knn_pixels_top1") is None else
@@ -231,15 +246,16 @@ def render_markdown(study: dict, plot: str = "world_model_mrr.png", section: str
         "",
         "Strong transformations (aug.strength=1.0), predictor depth 4.",
         "",
-        "| conditioning | run | MRR (all) | MRR, a_x→y zeroed | kNN top-1 | paper (qualitative) |",
-        "|---|---|---|---|---|---|",
+        "| conditioning | run | MRR, clean source | MRR, a_x→y zeroed | MRR, augmented source (all) | kNN top-1 "
+        "| paper (qualitative) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for cond, run in table1_rows():
         r = runs[run.name]
         lines.append(f"| {cond} | {run.name} | {fmt_mrr(r['mrr'])} | {fmt_mrr(r['mrr_action_zeroed'])} | "
-                     f"{fmt_pct(r['knn_top1'])} | {TABLE1_PAPER[cond]} |")
+                     f"{fmt_mrr(r.get('mrr_augmented'))} | {fmt_pct(r['knn_top1'])} | {TABLE1_PAPER[cond]} |")
     if pixels is not None:
-        lines.append(f"| raw pixels | (no encoder) | | | {fmt_pct(pixels)} | the floor for kNN |")
+        lines.append(f"| raw pixels | (no encoder) | | | | {fmt_pct(pixels)} | the floor for kNN |")
     lines += [
         "",
         "Paper: without conditioning there is no world model (MRR ≈ 0); sequence and feature conditioning "
@@ -249,14 +265,15 @@ def render_markdown(study: dict, plot: str = "world_model_mrr.png", section: str
         "",
         "## Table 2: strength of the transformations x predictor depth",
         "",
-        "MRR (family all), feature conditioning, each run ranked against its own transformations:",
+        "MRR, clean source (augmented source, family all, in brackets), feature conditioning, each run ranked "
+        "against its own transformations:",
         "",
         "| strength | " + " | ".join(f"depth {d}" for d in DEPTHS) + " |",
         "|---|" + "---|" * len(DEPTHS),
     ]
     cells = table2_cells()
     for label, value in STRENGTHS.items():
-        row = [fmt_mrr(runs[cells[(label, d)].name]["mrr"]) for d in DEPTHS]
+        row = [fmt_pair(runs[cells[(label, d)].name], "mrr") for d in DEPTHS]
         lines.append(f"| {label} ({value}) | " + " | ".join(row) + " |")
     lines += [
         "",
@@ -267,7 +284,7 @@ def render_markdown(study: dict, plot: str = "world_model_mrr.png", section: str
         "|---|" + "---|" * len(DEPTHS),
     ]
     for label, value in STRENGTHS.items():
-        row = [fmt_mrr(runs[cells[(label, d)].name].get("mrr_strong_bank")) for d in DEPTHS]
+        row = [fmt_pair(runs[cells[(label, d)].name], "mrr_strong_bank") for d in DEPTHS]
         lines.append(f"| {label} ({value}) | " + " | ".join(row) + " |")
     lines += [
         "",
@@ -297,16 +314,19 @@ def render_markdown(study: dict, plot: str = "world_model_mrr.png", section: str
         "Trained with the identity (aug.strength=0, no conditioning); its MRR is ranked against the strong "
         "transformations (strength 1.0), since its own bank would be one image repeated.",
         "",
-        "| run | MRR (all) | MRR, a_x→y zeroed | kNN top-1 |",
-        "|---|---|---|---|",
+        "| run | MRR, clean source | MRR, a_x→y zeroed | MRR, augmented source (all) | kNN top-1 |",
+        "|---|---|---|---|---|",
     ]
     for name, r in runs.items():
         if "reference" in r["tables"]:
             lines.append(f"| {name} | {fmt_mrr(r['mrr'])} | {fmt_mrr(r['mrr_action_zeroed'])} | "
-                         f"{fmt_pct(r['knn_top1'])} |")
+                         f"{fmt_mrr(r.get('mrr_augmented'))} | {fmt_pct(r['knn_top1'])} |")
     lines += [
         "",
-        "## MRR per transformation family",
+        "## MRR per transformation family, augmented source",
+        "",
+        "The source carries the family's transformation, as in training (the view of the paper's Figure 1): "
+        "grayscale, blur and solarisation must be undone as well as the jitter applied.",
         "",
         "| run | " + " | ".join(FAMILIES) + " |",
         "|---|" + "---|" * len(FAMILIES),
@@ -321,7 +341,7 @@ def render_markdown(study: dict, plot: str = "world_model_mrr.png", section: str
 
 
 def plot_mrr(study: dict, path: Path) -> None:
-    """MRR (all) vs predictor depth, one line per strength on its own transformations, the weak
+    """MRR (clean source) vs predictor depth, one line per strength on its own transformations, the weak
     runs again (dotted) on the strong transformations; chance dashed."""
     import matplotlib
 
@@ -340,7 +360,7 @@ def plot_mrr(study: dict, path: Path) -> None:
     ax.axhline(next(iter(runs.values()))["chance"], color="gray", ls="--", lw=1, label="chance")
     ax.set_xticks(DEPTHS)
     ax.set_xlabel("predictor depth")
-    ax.set_ylabel("MRR (all families)")
+    ax.set_ylabel("MRR (clean source)")
     ax.set_title(f"world model, {_training(study['settings'])}")
     ax.grid(alpha=0.3)
     ax.legend()
