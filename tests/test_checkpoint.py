@@ -1,11 +1,13 @@
+import hashlib
 import pickle
+import zipfile
 
 import pytest
 import torch
 
 import iwm
 from iwm import config
-from iwm.checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from iwm.checkpoint import CheckpointError, atomic_save, load_checkpoint, save_checkpoint, sidecar
 from iwm.train import Trainer
 
 
@@ -77,3 +79,49 @@ def test_load_api_and_export(tmp_path, tiny_overrides):
     folder = run.save_pretrained(tmp_path / "w")
     weights = load_file(str(folder / "encoder.safetensors"))
     assert torch.equal(weights["patch_embed.proj.weight"], run.encoder.patch_embed.proj.weight)
+
+
+def _flip_inside(path, tensor, offset=100):
+    """Flip one byte of ``tensor``'s storage inside the saved file (found by its bytes)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(tensor.numpy().tobytes())
+    assert at > 0 and data.find(tensor.numpy().tobytes(), at + 1) < 0
+    data[at + offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _state(step):
+    g = torch.Generator().manual_seed(step)
+    return {"step": step, "model": {"w": torch.randn(64, generator=g)},
+            "optimizer": {"state": {"w": {"exp_avg": torch.randn(64, generator=g),
+                                          "exp_avg_sq": torch.rand(256, generator=g)}}}}
+
+
+def test_a_damaged_tensor_is_caught_when_the_checksum_file_is_lost(tmp_path):
+    state = _state(3)
+    latest = save_checkpoint(state, tmp_path, 3, keep=2, periodic=False)
+    sidecar(latest).unlink()
+    assert load_checkpoint(latest)["step"] == 3  # sound: verified by the sha256 it carries
+    _flip_inside(latest, state["optimizer"]["state"]["w"]["exp_avg_sq"])
+    assert torch.load(latest, weights_only=True)["step"] == 3  # torch.load alone does not notice
+    with pytest.raises(CheckpointError, match="damaged: its sha256 differs from the one it carries"):
+        load_checkpoint(latest)
+
+
+def test_the_sha256_inside_is_the_archive_comment_and_its_damage_is_caught(tmp_path):
+    latest = save_checkpoint(_state(1), tmp_path, 1, keep=2, periodic=False)
+    sidecar(latest).unlink()
+    comment = zipfile.ZipFile(latest).comment  # a zip comment: every zip reader skips it
+    data = latest.read_bytes()
+    assert comment == b"iwm-sha256:" + hashlib.sha256(data[:-len(comment) - 2]).hexdigest().encode()
+    damaged = bytearray(data)
+    damaged[-len(comment)] ^= 0x01  # in the comment's prefix: the checksum itself is damaged
+    latest.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match="the sha256 it carries at its end is damaged"):
+        load_checkpoint(latest)
+
+
+def test_a_checkpoint_without_any_checksum_is_judged_by_loading(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save(_state(2), path)  # as written before checkpoints carried a sha256
+    assert load_checkpoint(path)["step"] == 2

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from timm.layers import build_sincos2d_pos_embed
 
@@ -97,13 +98,30 @@ def reference_encoder(state: dict) -> Encoder:
     return enc
 
 
-def reference_predictor(state: dict) -> Predictor:
-    """The format's predictor: ours unconditioned, on the checkpoint's weights and positions."""
-    pred = Predictor(GRID, DIM, P_WIDTH, P_DEPTH, HEADS, conditioning="none").eval()
-    plain = {k.removeprefix("module.").removeprefix("predictor_"): v for k, v in state.items()}
-    pred.pos_embed = plain.pop("pos_embed")
-    pred.load_state_dict(plain)
-    return pred
+def ijepa_predictor_forward(state: dict, context: torch.Tensor, context_idx: torch.Tensor,
+                            target_idx: torch.Tensor, heads: int = HEADS) -> torch.Tensor:
+    """I-JEPA's predictor as published (VisionTransformerPredictor built by vit_predictor),
+    written out here on the checkpoint's own weights and positions: predictor_embed, the
+    positions of the context added, mask tokens plus the targets' positions appended, pre-norm
+    ViT blocks, the final norm on the mask tokens, predictor_proj. Every LayerNorm: eps 1e-6."""
+    s = {k.removeprefix("module."): v for k, v in state.items()}
+    norm = lambda t, n: F.layer_norm(t, t.shape[-1:], s[n + ".weight"], s[n + ".bias"], eps=1e-6)  # noqa: E731
+    linear = lambda t, n: F.linear(t, s[n + ".weight"], s[n + ".bias"])  # noqa: E731
+    pos = s["predictor_pos_embed"]
+
+    def at(idx):
+        return torch.gather(pos.expand(len(idx), -1, -1), 1, idx.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
+
+    x = torch.cat([linear(context, "predictor_embed") + at(context_idx), s["mask_token"] + at(target_idx)], dim=1)
+    for i in range(P_DEPTH):
+        b = f"predictor_blocks.{i}."
+        y = norm(x, b + "norm1")
+        n, length, width = y.shape
+        q, k, v = linear(y, b + "attn.qkv").reshape(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1) * (width // heads) ** -0.5).softmax(dim=-1)
+        x = x + linear((attn @ v).transpose(1, 2).reshape(n, length, width), b + "attn.proj")
+        x = x + linear(F.gelu(linear(norm(x, b + "norm2"), b + "mlp.fc1")), b + "mlp.fc2")
+    return linear(norm(x, "predictor_norm")[:, -target_idx.shape[1]:], "predictor_proj")
 
 
 def test_import_computes_the_ijepa_networks_with_our_positions(ckpt_file, tmp_path):
@@ -127,11 +145,51 @@ def test_import_computes_the_ijepa_networks_with_our_positions(ckpt_file, tmp_pa
         tgt = torch.tensor([[3, 7, 15]] * 3)
         keep = lambda t: torch.gather(t, 1, ctx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # noqa: E731
         got = run.predictor(keep(ours), ctx, tgt)
-        want = reference_predictor(ckpt["predictor"])(keep(theirs), ctx, tgt)
+        want = ijepa_predictor_forward(ckpt["predictor"], keep(theirs), ctx, tgt)
         assert torch.allclose(got, want[..., order], atol=1e-5)
     meta = json.loads((tmp_path / "imp" / "config.json").read_text())
     assert meta["license"] == "cc-by-nc-4.0" and "epoch 7" in meta["source"]
     assert "cc-by-nc-4.0" in (tmp_path / "imp" / "README.md").read_text()
+
+
+def test_imported_predictor_is_ijepas_forward_pass_to_fp32_precision(ckpt_file, tmp_path):
+    assert main(["import-ijepa", str(ckpt_file), "--out", str(tmp_path / "imp"), "--num-heads", str(HEADS)]) == 0
+    run = iwm.load(tmp_path / "imp")  # as saved and read back
+    ckpt = torch.load(ckpt_file, weights_only=True)
+    order = their_channel_order(DIM)
+    g = torch.Generator().manual_seed(5)
+    theirs = torch.randn(3, 8, DIM, generator=g)  # context tokens in I-JEPA's channel order
+    ctx, tgt = torch.tensor([[0, 1, 2, 5, 6, 9, 10, 11]] * 3), torch.tensor([[3, 7, 15]] * 3)
+    with torch.no_grad():
+        got = run.predictor(theirs[..., order], ctx, tgt)
+        want = ijepa_predictor_forward(ckpt["predictor"], theirs, ctx, tgt)[..., order]
+    # fp32 rounding is below 1e-6 here; LayerNorms with eps 1e-5 instead of 1e-6 move it by 3e-5
+    assert (got - want).abs().max() < 3e-6
+    assert run.config.predictor.norm_eps == 1e-6  # recorded, so the folder reloads as it was imported
+
+
+def test_our_predictors_and_the_shipped_ones_keep_layernorm_eps_1e5():
+    from iwm import registry
+
+    shipped = [config.from_dict(e["config"]) for e in registry.manifest()["models"].values()]
+    assert shipped and all(c.predictor.norm_eps == 1e-5 for c in [config.from_dict(None), *shipped])
+    pred = Predictor(GRID, DIM, P_WIDTH, P_DEPTH, HEADS)
+    assert {m.eps for m in pred.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
+
+
+def test_a_file_holding_python_objects_is_refused_in_one_line(tmp_path, capsys):
+    crafted = tmp_path / "crafted.pth.tar"
+    torch.save({"encoder": NotATensor(), "predictor": {}, "target_encoder": {}}, crafted)
+    assert main(["import-ijepa", str(crafted), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"iwm: error: cannot load checkpoint {crafted}: not a plain checkpoint of tensors")
+    assert "NotATensor" in lines[0] and not (tmp_path / "o").exists()
+
+
+class NotATensor:
+    """What a crafted checkpoint holds: an object of a class that unpickling would import and build."""
 
 
 def test_eval_leverage_and_pretrain_work_on_an_imported_checkpoint(ckpt_file, tmp_path, capsys):
@@ -162,7 +220,8 @@ def test_warm_start_gains_conditioning_with_a_zeroed_last_layer(ckpt_file, tmp_p
                                                       "predictor.conditioning=feature"])
     assert cfg.predictor.cond_residual  # the imported config continues with residual conditioning
     model = IWM(Encoder(16, PATCH, DIM, DEPTH, HEADS),
-                Predictor(GRID, DIM, P_WIDTH, P_DEPTH, HEADS, "feature", cond_residual=True))
+                Predictor(GRID, DIM, P_WIDTH, P_DEPTH, HEADS, "feature", cond_residual=True,
+                          norm_eps=cfg.predictor.norm_eps))
     assert warm_start(model, cfg) == str(tmp_path / "imp")
     for k, v in source.target_encoder.state_dict().items():
         assert torch.equal(model.target_encoder.state_dict()[k], v)

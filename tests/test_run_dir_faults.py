@@ -192,6 +192,56 @@ def test_checkpoints_without_checksums_are_judged_by_loading(tiny_overrides, cap
     assert "latest.pt" in caplog.text
 
 
+def _flip_in_tensor(path, tensor):
+    """Flip one byte inside ``tensor``'s storage in the saved file (found by its bytes)."""
+    data, raw = bytearray(path.read_bytes()), tensor.numpy().tobytes()
+    at = data.find(raw)
+    assert at > 0 and data.find(raw, at + 1) < 0
+    data[at + len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_optimizer_tensor_is_caught_when_the_checksum_files_are_lost(tiny_overrides, caplog):
+    run = _trained(tiny_overrides, 4, "run.ckpt_every=2")
+    ckpt = run / "checkpoints"
+    for side in ckpt.glob("*.json"):
+        side.unlink()
+    latest = ckpt / "latest.pt"
+    moments = load_checkpoint(latest)["optimizer"]["state"].values()
+    _flip_in_tensor(latest, max((m["exp_avg_sq"] for m in moments), key=torch.Tensor.numel))
+    t = Trainer(_cfg(tiny_overrides, "optim.max_steps=4", "run.ckpt_every=2"))
+    with caplog.at_level(logging.WARNING, logger="iwm.checkpoint"):
+        assert t.maybe_resume() and t.step == 4
+    assert re.search(r"skipping checkpoint .*latest\.pt: damaged: its sha256 differs from the one it carries",
+                     caplog.text)
+    assert re.search(r"resuming from .*step-00000004\.pt \(step 4\)", caplog.text)
+
+
+def test_readers_of_a_run_take_the_newest_sound_checkpoint_when_latest_is_damaged(tiny_overrides, tmp_path,
+                                                                                  caplog, capsys):
+    import iwm
+
+    run = _trained(tiny_overrides, 4, "run.ckpt_every=2")
+    ckpt = run / "checkpoints"
+    latest, step4 = ckpt / "latest.pt", ckpt / "step-00000004.pt"
+    _flip_byte(latest)
+    with caplog.at_level(logging.WARNING, logger="iwm.checkpoint"):
+        loaded = iwm.load(run)
+    assert loaded.step == 4 and loaded.path == step4
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "\n" not in warned[0], warned
+    assert re.search(r"latest\.pt \(damaged: its sha256 differs.*reading step-00000004\.pt \(step 4\)", warned[0])
+    assert main(["export", str(run), str(tmp_path / "w")]) == 0  # every reader, as iwm.load
+    # a damaged file named explicitly is refused, in one line
+    capsys.readouterr()
+    assert main(["export", str(latest), str(tmp_path / "w2")]) == 2
+    assert re.search(r"cannot load checkpoint .*latest\.pt: damaged", _one_line_error(capsys.readouterr().err))
+    _flip_byte(step4)
+    _flip_byte(ckpt / "step-00000002.pt")
+    with pytest.raises(CheckpointError, match=r"no sound checkpoint in .*latest\.pt \(damaged.*step-00000002"):
+        iwm.load(run)
+
+
 def test_no_sound_checkpoint_is_a_one_line_error(tiny_overrides, capsys):
     run = _trained(tiny_overrides, 2)
     for p in (run / "checkpoints").glob("*.pt"):

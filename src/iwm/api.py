@@ -18,7 +18,7 @@ import torch
 
 from . import config as config_mod
 from . import sharing
-from .checkpoint import find_checkpoint, load_checkpoint, load_weights
+from .checkpoint import find_checkpoint, load_checkpoint, load_run_checkpoint, load_weights
 from .config import Config, ConfigError
 from .data.views import normalize
 from .models import Encoder, Predictor, build_encoder, build_predictor
@@ -181,6 +181,15 @@ def locate(ref: str | Path) -> tuple[Path, Path]:
     return ckpt, run_dir_of(ckpt)
 
 
+def _load(ref: str | Path, path: Path) -> tuple[dict[str, Any], Path]:
+    """The checkpoint ``path`` that ``ref`` located, and the file read: given a run directory,
+    a damaged ``latest.pt`` gives way to the newest sound periodic copy (with a warning), as
+    when the run resumes; a file named by the user is read as it is, or refused."""
+    if Path(ref).is_dir():
+        return load_run_checkpoint(path)
+    return load_checkpoint(path), path
+
+
 def read(ref: str | Path) -> Weights:
     """The config and state dicts a run argument points at (see :func:`locate`)."""
     path, out_dir = locate(ref)
@@ -192,7 +201,7 @@ def read(ref: str | Path) -> Weights:
             raise sharing.WeightsError(f"{path / sharing.CONFIG}: {err}") from None
         return Weights(cfg, sharing.read_weights(path), int(meta.get("step", 0)), path, out_dir,
                        {k: meta.get(k) for k in ("license", "source", "scores")})
-    state = load_checkpoint(path)
+    state, path = _load(ref, path)
     states = {k: state[k] for k in sharing.NETWORKS}
     return Weights(config_mod.from_dict(state["config"]), states, int(state["step"]), path, out_dir, {})
 
@@ -202,7 +211,7 @@ def read_config(ref: str | Path) -> Config:
     path, _ = locate(ref)
     if path.is_dir():
         return config_mod.from_dict(sharing.read_meta(path)["config"])
-    return config_mod.from_dict(load_checkpoint(path)["config"])
+    return config_mod.from_dict(_load(ref, path)[0]["config"])
 
 
 def load(ref: str | Path, device: str | torch.device = "cpu", image_size: int | None = None) -> Run:

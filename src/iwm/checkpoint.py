@@ -1,5 +1,5 @@
-"""Checkpoints: atomic writes with a sha256 beside each file, ``latest`` plus rotated periodic
-copies, verified loading, and resuming from the newest sound one.
+"""Checkpoints: atomic writes with a sha256 beside each file and another inside it, ``latest``
+plus rotated periodic copies, verified loading, and loading the newest sound one.
 
 A checkpoint is a plain dict of tensors and numbers, loaded with ``weights_only=True`` so a
 file can never run code. Weights for sharing: :mod:`iwm.sharing`.
@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Callable, Mapping
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 LATEST = "latest.pt"
 _PERIODIC = re.compile(r"^step-(\d+)\.pt$")
 _TEMP = re.compile(r"^\..+\.tmp\d+")  # what files.atomic_write leaves behind when killed mid-write
+# A checkpoint also carries its sha256 inside, as the comment its zip archive may end with
+# (readers of the archive skip it), so that it is verified when its side file is lost.
+_EOCD = b"PK\x05\x06"  # the zip's end record: 22 bytes, the last two the comment's length
+_EOCD_SIZE = 22
+_SEAL = b"iwm-sha256:"
+_SEAL_SIZE = len(_SEAL) + 64
 
 
 class CheckpointError(ValueError):
@@ -39,6 +46,18 @@ class CheckpointError(ValueError):
 
 def _refuse(path: Path, reason: str) -> CheckpointError:
     return CheckpointError(f"cannot load checkpoint {path}: {reason}", reason)
+
+
+def refusal(path: str | Path, err: Exception) -> CheckpointError:
+    """The one-line error for a file ``torch.load`` failed on. Its refusal of a pickle that
+    would run code spans a page and suggests turning the check off: said here in a line."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError):
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)", text)
+        detail = f" ({found.group(1).strip()})" if found else ""
+        return _refuse(Path(path), f"not a plain checkpoint of tensors{detail}; iwm loads only tensors and plain "
+                                   "containers, never code from a file")
+    return _refuse(Path(path), text.splitlines()[0] if text.strip() else type(err).__name__)
 
 
 def sidecar(path: Path) -> Path:
@@ -72,6 +91,79 @@ class _Hashing:
 
     def flush(self) -> None:
         self.f.flush()
+
+
+class _Sealing:
+    """Passes torch.save's zip archive on, hashing it and holding back its last 22 bytes (the
+    end record, whose comment length is 0 as written); :meth:`seal` then ends the archive with
+    the sha256 of everything before the comment's length as its comment."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.held = f, hashlib.sha256(), b""
+
+    def _pass(self, data) -> None:
+        if len(data):
+            self.f.write(data)
+            self.sha.update(data)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if n >= _EOCD_SIZE:  # large writes (tensor storages) pass without a copy
+            self._pass(self.held)
+            self._pass(view[:n - _EOCD_SIZE])
+            self.held = bytes(view[n - _EOCD_SIZE:])
+        else:
+            joined = self.held + bytes(view)
+            cut = max(0, len(joined) - _EOCD_SIZE)
+            self._pass(joined[:cut])
+            self.held = joined[cut:]
+        return n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def seal(self) -> None:
+        end = self.held
+        if len(end) != _EOCD_SIZE or not end.startswith(_EOCD) or end[-2:] != b"\0\0":
+            log.warning("torch.save wrote no plain zip end record: this checkpoint carries no sha256 inside")
+            self._pass(end)
+            return
+        self._pass(end[:-2])
+        comment = _SEAL + self.sha.hexdigest().encode()
+        self.f.write(len(comment).to_bytes(2, "little") + comment)
+
+
+def _sealed(f, write: Callable[[Any], Any]) -> None:
+    """``write(stream)`` of a zip archive into ``f``, ended with its sha256 (:class:`_Sealing`)."""
+    sealing = _Sealing(f)
+    write(sealing)
+    sealing.seal()
+
+
+def _sealed_sha256(f, size: int) -> str | None:
+    """The sha256 the open file carries (:class:`_Sealing`); None when it carries none (written
+    before checkpoints carried one, or not by iwm). ValueError when its end is damaged."""
+    tail_size = _EOCD_SIZE + _SEAL_SIZE
+    f.seek(max(0, size - tail_size))
+    tail = f.read(tail_size)
+    if tail[-_EOCD_SIZE:].startswith(_EOCD) and tail.endswith(b"\0\0"):
+        return None  # an archive without a comment
+    if len(tail) < tail_size or not tail.startswith(_EOCD):
+        return None  # not a zip archive of iwm's; loading judges it
+    if tail[_EOCD_SIZE - 2:_EOCD_SIZE] != _SEAL_SIZE.to_bytes(2, "little") or not tail[_EOCD_SIZE:].startswith(_SEAL):
+        raise ValueError("the sha256 it carries at its end is damaged")
+    return tail[_EOCD_SIZE + len(_SEAL):].decode("ascii", "replace")
+
+
+def _sha256_of_start(f, n: int) -> str:
+    """The sha256 of the first ``n`` bytes of the open file."""
+    f.seek(0)
+    h = hashlib.sha256()
+    while n > 0 and (chunk := f.read(min(n, 1 << 20))):
+        h.update(chunk)
+        n -= len(chunk)
+    return h.hexdigest()
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -113,11 +205,11 @@ def write_checked(path: Path, write: Callable[[Any], Any], need: int, step: int 
 
 def atomic_save(obj: Any, path: Path, step: int | None = None) -> dict[str, Any]:
     """``torch.save`` through :func:`write_checked`: a crash or a full disk leaves the old
-    file or the new one, each with its checksum."""
-    need = _tensor_bytes(obj) + (1 << 16)
+    file or the new one, each with its checksum beside it and inside it."""
+    need = _tensor_bytes(obj) + (1 << 16)  # the format's overhead, the sha256 inside included
     if path.is_file():  # the file it replaces is the best estimate (the format adds a little per tensor)
         need = max(need, path.stat().st_size)
-    return write_checked(path, lambda f: torch.save(obj, f), need, step)
+    return write_checked(path, lambda f: _sealed(f, lambda zipped: torch.save(obj, zipped)), need, step)
 
 
 def periodic_copies(ckpt_dir: Path) -> list[Path]:
@@ -166,14 +258,24 @@ def intact_note(ckpt_dir: Path) -> str:
 
 def _damage(f, path: Path) -> str | None:
     """Why the open file ``f`` (at ``path``) is damaged, or None: its size and sha256 against
-    its records. A file without records (runs from before checksums) is judged by loading."""
+    its records; without them (the side file lost), against the sha256 it carries inside. A
+    file with neither (from before checksums) is judged by loading, so that old runs still load."""
+    size = os.fstat(f.fileno()).st_size
+    unreadable = None
     try:
         recs = _records(path)
     except (OSError, ValueError) as err:
-        return f"its checksum file is unreadable ({err})"
+        recs, unreadable = [], f"its checksum file is unreadable ({err})"
     if not recs:
+        try:
+            carried = _sealed_sha256(f, size)
+        except ValueError as err:
+            return f"damaged: {err}"
+        if carried is None:
+            return unreadable
+        if _sha256_of_start(f, size - 2 - _SEAL_SIZE) != carried:
+            return "damaged: its sha256 differs from the one it carries"
         return None
-    size = os.fstat(f.fileno()).st_size
     same_size = {r["sha256"] for r in recs if r["bytes"] == size}
     if not same_size:
         want = recs[0]["bytes"]
@@ -184,8 +286,9 @@ def _damage(f, path: Path) -> str | None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Verify against the recorded sha256, then load without executing anything from the file
-    (``weights_only``). Raises :class:`CheckpointError` with the reason."""
+    """Verify against the recorded sha256 (or, its side file lost, the one the file carries),
+    then load without executing anything from the file (``weights_only``). Raises
+    :class:`CheckpointError` with the reason, in one line."""
     path = Path(path)
     try:
         # the file is opened before its records are read: a writer lists a file before renaming it
@@ -195,7 +298,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 f.seek(0)
                 return torch.load(f, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise _refuse(path, str(err).splitlines()[0]) from err
+        raise refusal(path, err) from err
     raise _refuse(path, reason)
 
 
@@ -209,19 +312,40 @@ def load_newest_sound(ckpt_dir: Path, map_location: str | torch.device = "cpu") 
     cands = [p for p in (ckpt_dir / LATEST, *reversed(periodic_copies(ckpt_dir))) if p.is_file()]
     if not cands:
         return None
+    state, used, skipped = _first_sound(cands, map_location, "move the run directory away to start afresh",
+                                        lambda p, err: log.warning("skipping checkpoint %s: %s", p, err.reason))
+    if skipped:
+        log.warning("resuming from %s (step %d)", used, int(state["step"]))
+    return state
+
+
+def load_run_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
+    """A run's ``latest.pt`` for reading, else, when it is damaged, the newest sound periodic
+    copy beside it, as a resumed run would take; one warning names both. Any other file is
+    loaded as it is. Returns (state, the file read). Removes nothing: a reader may run beside
+    the run's writer."""
+    if path.name != LATEST:
+        return load_checkpoint(path, map_location), path
+    cands = [path, *(p for p in reversed(periodic_copies(path.parent)) if p.is_file())]
+    state, used, skipped = _first_sound(cands, map_location, "", lambda p, err: None)
+    if skipped:
+        log.warning("%s: skipped %s; reading %s (step %d), the newest sound checkpoint", path.parent,
+                    "; ".join(skipped), used.name, int(state["step"]))
+    return state, used
+
+
+def _first_sound(cands: list[Path], map_location: str | torch.device, hint: str,
+                 skip: Callable[[Path, CheckpointError], Any]) -> tuple[dict[str, Any], Path, list[str]]:
+    """The first of ``cands`` that loads: (state, its path, the files skipped, with why)."""
     skipped = []
     for p in cands:
         try:
-            state = load_checkpoint(p, map_location)
+            return load_checkpoint(p, map_location), p, skipped
         except CheckpointError as err:
-            log.warning("skipping checkpoint %s: %s", p, err.reason)
+            skip(p, err)
             skipped.append(f"{p.name} ({err.reason})")
-            continue
-        if skipped:
-            log.warning("resuming from %s (step %d)", p, int(state["step"]))
-        return state
-    raise CheckpointError(f"no sound checkpoint in {ckpt_dir}: {'; '.join(skipped)}. Restore one from a copy, "
-                          "or move the run directory away to start afresh")
+    raise CheckpointError(f"no sound checkpoint in {cands[0].parent}: {'; '.join(skipped)}. Restore one from a "
+                          f"copy{', or ' + hint if hint else ''}")
 
 
 def check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str) -> None:

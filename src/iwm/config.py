@@ -105,6 +105,8 @@ class PredictorConfig:
     # True: each target block gets its own predictor pass (I-JEPA); False: all blocks in one
     # pass, about num_targets times cheaper, as the mask tokens of all blocks share the context.
     per_block: bool = True
+    # the LayerNorms' epsilon: 1e-5 for ours, 1e-6 for a predictor imported from I-JEPA (its value)
+    norm_eps: float = 1e-5
 
 
 @dataclass
@@ -306,6 +308,7 @@ def validate(cfg: Config) -> Config:
     ph = p.num_heads or max(1, p.width // 64)
     _check(p.width % ph == 0, "predictor.num_heads", f"must divide predictor.width ({p.width})")
     _check(p.cond_tokens >= 1, "predictor.cond_tokens", "must be at least 1")
+    _check(0 < p.norm_eps < 1, "predictor.norm_eps", "must lie in (0, 1)")
 
     grid = d.image_size // mo.patch_size
     n = grid * grid

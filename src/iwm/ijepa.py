@@ -8,12 +8,15 @@ fixed 2-D sin-cos positions, laid out as [sin x, cos x, sin y, cos y] over the c
 ours (timm's) are [sin y, sin x, cos y, cos x]. Reordering the channels of each residual stream
 in every weight that reads or writes it is an exact reparametrisation, so the imported
 networks compute the same function with our positions; only the order of the output channels
-changes. Those weights are under CC BY-NC 4.0, and so is the folder written here.
+changes. I-JEPA's LayerNorms take eps 1e-6; the imported predictor's do too (its config says so
+in ``predictor.norm_eps``; ours take 1e-5). Those weights are under CC BY-NC 4.0, and so is the
+folder written here.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -23,12 +26,13 @@ from timm.layers import build_sincos2d_pos_embed
 
 from . import config as config_mod
 from . import sharing
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import load_checkpoint, load_weights, refusal
 from .config import Config, ConfigError
 from .models import build_encoder, build_predictor
 
 LICENSE = "cc-by-nc-4.0"
 BASE_CONFIG = "imagenet_vith14"  # training settings for continuing: I-JEPA's own ImageNet recipe
+NORM_EPS = 1e-6  # the LayerNorms' epsilon of I-JEPA's ViTs (timm's encoder has it already)
 # I-JEPA's ViT sizes: width -> attention heads (its predictor uses the encoder's head count)
 HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
 
@@ -113,8 +117,8 @@ def infer_config(enc: dict[str, torch.Tensor], pred: dict[str, torch.Tensor], nu
     overrides = [f"data.image_size={grid * patch}", f"model.patch_size={patch}", f"model.embed_dim={dim}",
                  f"model.depth={depth}", f"model.num_heads={heads}", f"model.mlp_ratio={ratio!r}",
                  f"predictor.width={width}", f"predictor.depth={p_depth}", f"predictor.num_heads={p_heads}",
-                 "predictor.conditioning=none", "predictor.cond_residual=true", "aug.strength=0.0",
-                 "run.parallel=ddp", "run.out_dir=runs/ijepa"]
+                 f"predictor.norm_eps={NORM_EPS}", "predictor.conditioning=none", "predictor.cond_residual=true",
+                 "aug.strength=0.0", "run.parallel=ddp", "run.out_dir=runs/ijepa"]
     try:
         return config_mod.load(config_mod.resolve_config(BASE_CONFIG), overrides)
     except ConfigError as err:
@@ -163,7 +167,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     state of a ViT-g checkpoint is large and never needed)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, ValueError, OSError):
+    except pickle.UnpicklingError as err:  # it holds more than tensors: refused in one line
+        raise refusal(path, err) from None
+    except (RuntimeError, ValueError, OSError):  # not a zip archive, which mmap needs
         return load_checkpoint(path)
 
 

@@ -10,9 +10,14 @@ encoder's tokens of y at those positions. How a_x->y enters is the paper's Table
   predictor width by an MLP; with ``cond_residual`` the MLP's output is added to the mask token
   (``m + MLP([m, a])``) instead of replacing it, so the positional embedding reaches the blocks
   at full strength from the first step, and a zero last layer makes the action a no-op.
+
+Its LayerNorms take ``norm_eps``: 1e-5 (PyTorch's default) for ours, 1e-6 for an imported
+I-JEPA predictor, which was trained with it.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from timm.layers import build_sincos2d_pos_embed
@@ -27,7 +32,7 @@ from .encoder import gather_tokens, run_blocks
 class Predictor(nn.Module):
     def __init__(self, grid: int, enc_dim: int, width: int, depth: int, num_heads: int,
                  conditioning: str = "feature", action_dim: int = ACTION_DIM, cond_tokens: int = 1,
-                 cond_residual: bool = False):
+                 cond_residual: bool = False, norm_eps: float = 1e-5):
         super().__init__()
         self.conditioning = conditioning
         self.cond_residual = cond_residual
@@ -43,10 +48,11 @@ class Predictor(nn.Module):
             self.cond = nn.Sequential(nn.Linear(width + action_dim, width), nn.GELU(), nn.Linear(width, width))
         elif conditioning != "none":
             raise ValueError(f"conditioning must be none, sequence or feature, got {conditioning!r}")
+        norm = partial(nn.LayerNorm, eps=norm_eps)
         self.blocks = nn.Sequential(*[
-            Block(width, num_heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=nn.LayerNorm) for _ in range(depth)
+            Block(width, num_heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm) for _ in range(depth)
         ])
-        self.norm = nn.LayerNorm(width)
+        self.norm = norm(width)
         self.proj = nn.Linear(width, enc_dim)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.apply(_init)
@@ -94,4 +100,4 @@ def build_predictor(cfg: Config) -> Predictor:
     enc_dim = encoder_dims(cfg.model)[0]
     return Predictor(cfg.data.image_size // cfg.model.patch_size, enc_dim, p.width, p.depth,
                      p.num_heads or max(1, p.width // 64), p.conditioning, ACTION_DIM, p.cond_tokens,
-                     p.cond_residual)
+                     p.cond_residual, p.norm_eps)
