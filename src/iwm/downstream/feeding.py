@@ -6,8 +6,7 @@ every patch position, and a conditioned predictor gets the null action a = 0 (a 
 zeros). The output is one predicted token per patch, (B, N, D).
 
 ``predict_all(..., prefix=...)`` also places extra tokens (the multi-task token) first in the
-predictor's sequence; it rebuilds the predictor's input the way ``Predictor.forward`` does,
-and a test checks that with an empty prefix both agree.
+predictor's sequence (``Predictor.forward``'s ``prefix``).
 """
 
 from __future__ import annotations
@@ -44,21 +43,7 @@ def predict_all(predictor: Predictor, tokens: torch.Tensor, prefix: torch.Tensor
         raise ValueError(f"predictor feeding needs the tokens of every patch ({predictor.pos_embed.shape[1]}), "
                          f"got {n}: images must have the run's image size")
     idx = all_positions(b, n, tokens.device)
-    action = null_action(predictor, b, tokens)
-    if prefix is None:
-        return predictor(tokens, idx, idx, action)
-    # Predictor.forward, with ``prefix`` first: context and mask tokens at every position
-    pos = predictor.pos_embed.to(tokens.dtype).expand(b, -1, -1)
-    x = predictor.embed(tokens) + pos
-    m = predictor.mask_token.to(x.dtype) + pos
-    parts = [x, m]
-    if predictor.conditioning == "feature":
-        mixed = predictor.cond(torch.cat([m, action.to(x.dtype).unsqueeze(1).expand(-1, n, -1)], dim=-1))
-        parts[1] = m + mixed if predictor.cond_residual else mixed  # as Predictor.forward
-    elif predictor.conditioning == "sequence":
-        parts.insert(0, predictor.cond(action.to(x.dtype)).view(b, predictor.cond_tokens, -1))
-    out = predictor.blocks(torch.cat([prefix.to(x.dtype), *parts], dim=1))
-    return predictor.proj(predictor.norm(out[:, -n:]))
+    return predictor(tokens, idx, idx, null_action(predictor, b, tokens), prefix=prefix)
 
 
 def extract_tokens(encoder: Encoder, ds: Dataset, device: torch.device | str = "cpu", batch_size: int = 256,

@@ -58,10 +58,13 @@ class Predictor(nn.Module):
         self.apply(_init)
 
     def forward(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor,
-                action: torch.Tensor | None = None, context_valid: torch.Tensor | None = None) -> torch.Tensor:
+                action: torch.Tensor | None = None, context_valid: torch.Tensor | None = None,
+                prefix: torch.Tensor | None = None) -> torch.Tensor:
         """context (B, Nc, D) encoder tokens at patches context_idx (B, Nc); target_idx (B, Nt);
         action a_x->y (B, ACTION_DIM); context_valid (B, Nc) False where the context is padding
-        (None: no padding). Returns predicted target tokens (B, Nt, D)."""
+        (None: no padding); prefix (B, K, width) tokens placed first in the sequence, with no
+        position (the multi-task token of predictor tuning). Returns predicted target tokens
+        (B, Nt, D)."""
         b, nt = target_idx.shape
         pos = self.pos_embed.expand(b, -1, -1).to(context.dtype)
         x = self.embed(context) + gather_tokens(pos, context_idx)
@@ -76,7 +79,9 @@ class Predictor(nn.Module):
                 parts[1] = m + mixed if self.cond_residual else mixed
             else:
                 parts.insert(0, self.cond(a).view(b, self.cond_tokens, -1))
-        x = torch.cat(parts, dim=1)  # [action tokens], context, mask tokens
+        if prefix is not None:
+            parts.insert(0, prefix.to(x.dtype))
+        x = torch.cat(parts, dim=1)  # [prefix], [action tokens], context, mask tokens
         key_valid = None
         if context_valid is not None:  # padded context entries are keys nobody attends to
             key_valid = context_valid.new_ones(x.shape[:2])
