@@ -164,3 +164,97 @@ def test_missing_or_empty_data_is_a_clear_error(tmp_path, tiny_overrides):
         cfg = config.from_dict(None, tiny_overrides + ["data.dataset=folder", f"data.path={path}"])
         with pytest.raises(FileNotFoundError, match=msg):
             Trainer(cfg)
+
+
+def _poll(pred, proc):
+    """Wait for ``pred`` while the run lives (no time limit: the run's own end is the bound)."""
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+
+
+def _said(stderr):
+    """The lines iwm wrote itself (log lines carry a time stamp and a level)."""
+    return [line for line in stderr.splitlines() if line.startswith("iwm:")]
+
+
+def _health_steps(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if r["kind"] == "health"]
+
+
+def test_runs_killed_before_their_first_checkpoint_leave_one_step0_health_record(tiny_overrides):
+    cfg = config.from_dict(None, tiny_overrides + ["optim.max_steps=3"])
+    for _ in range(3):  # each try measures step 0, then dies in its first step: no checkpoint yet
+        t = Trainer(cfg)
+        t.train_step = lambda crops: (_ for _ in ()).throw(RuntimeError("killed"))
+        with pytest.raises(RuntimeError, match="killed"):
+            t.fit()
+    assert not (t.ckpt_dir / "latest.pt").exists() and _health_steps(t.run_dir) == [0]
+    Trainer(cfg).fit()
+    assert _health_steps(t.run_dir) == [0, 3]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_to_the_process_group_of_a_run_with_workers_checkpoints_and_resumes(tmp_path, tiny_overrides,
+                                                                                        sig):
+    # SLURM, `timeout`, container runtimes (SIGTERM) and a terminal's Ctrl-C (SIGINT) signal the
+    # whole process group: the DataLoader workers get it too
+    run = tmp_path / "run"
+    args = [*tiny_overrides, "data.num_workers=2", "run.ckpt_every=100000"]
+    proc = _cli([*args, "optim.max_steps=100000"], start_new_session=True)
+    _poll(lambda: (run / "metrics.jsonl").is_file() and len(_losses(run)) >= 3, proc)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate()
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
+    assert "Traceback" not in err and len(_said(err)) == 1
+    assert f"stopped by signal {sig.name} after step" in _said(err)[0]
+    step = load_checkpoint(run / "checkpoints" / "latest.pt")["step"]
+    assert step == len(_losses(run)) >= 3  # the step in flight finished and was saved
+
+    resumed = _cli([*args, f"optim.max_steps={step + 2}"])
+    _, err = resumed.communicate()
+    assert resumed.returncode == 0, err[-2000:]
+    assert f"resuming run in {run}" in err
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, step + 3))
+
+
+# Runs `iwm pretrain` with one start-up stage held until the test signals: a deterministic way to
+# be in start-up when the signal comes. The stage prints a line, then waits on stdin.
+_HELD_START_UP = """
+import sys
+import iwm.eval.health, iwm.train
+
+def held(*args, **kwargs):
+    print("held in start-up", file=sys.stderr, flush=True)
+    sys.stdin.readline()
+    raise AssertionError("the signal did not stop the start-up")
+
+if sys.argv[1] == "data":
+    iwm.train.build_dataset = held  # decoding the training data
+else:
+    iwm.eval.health.HealthMonitor.__call__ = held  # the step-0 health check
+from iwm.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("stage,sig", [("data", signal.SIGTERM), ("health", signal.SIGTERM),
+                                       ("health", signal.SIGINT)])
+def test_stop_signal_during_start_up_exits_with_one_line(tmp_path, tiny_overrides, stage, sig):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _HELD_START_UP, stage, "pretrain", *tiny_overrides,
+                             "optim.max_steps=5"], env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    while "held in start-up" not in (line := proc.stderr.readline()):
+        assert line, f"run ended early: {''.join(seen)[-2000:]}"
+        seen.append(line)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate()
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
+    assert "Traceback" not in err and len(_said(err)) == 1
+    assert f"stopped by signal {sig.name} during start-up" in _said(err)[0]
+    assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 import torch
@@ -57,3 +58,58 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, tiny_overrides):
     accum = pretrain(config.from_dict(None, base + [f"run.out_dir={tmp_path / 'acc'}", "optim.accum_steps=2"]))
     a, b = [v for _, v in full.losses], [v for _, v in accum.losses]
     assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_auto_precision_follows_the_device_and_every_shipped_config_uses_it(monkeypatch):
+    from iwm.config import resolve_config, shipped_configs
+    from iwm.train import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    for name in shipped_configs():  # the cifar configs were auto already; the ImageNet ones said bf16
+        cfg = config.load(resolve_config(name))
+        assert cfg.run.precision == "auto", name
+        assert resolve_precision(cfg.run.precision, torch.device("cpu")) is None, name  # fp32 on a CPU
+        assert resolve_precision(cfg.run.precision, torch.device("cuda")) == torch.bfloat16, name
+
+
+def test_explicit_bf16_on_the_cpu_is_honoured_with_a_warning_and_the_start_line_says_why(tiny_overrides, caplog,
+                                                                                         tmp_path):
+    quiet = tiny_overrides + ["eval.every=0", "optim.max_steps=1"]
+    with caplog.at_level(logging.INFO, logger="iwm.train"):
+        t = Trainer(config.from_dict(None, quiet + ["run.precision=bf16"]))
+        t.fit()
+    assert t.amp_dtype == torch.bfloat16
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("run.precision=bf16 on the CPU")
+    assert "on cpu in bf16 (run.precision=bf16)" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="iwm.train"):
+        t = Trainer(config.from_dict(None, quiet + [f"run.out_dir={tmp_path / 'auto'}"]))
+        t.fit()
+    assert t.amp_dtype is None and not [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "on cpu in fp32 (run.precision=auto: bf16 on CUDA, fp32 on the CPU)" in caplog.text
+
+
+def test_health_checks_on_the_cpu_at_large_image_sizes_measure_fewer_images(tiny_overrides, caplog):
+    from iwm.config import resolve_config
+    from iwm.train import CPU_HEALTH_SIZES, health_config
+
+    vitb = config.load(resolve_config("imagenet_vitb16"))
+    cut, note = health_config(vitb, torch.device("cpu"))
+    assert {k: getattr(cut.eval, k) for k in CPU_HEALTH_SIZES} == CPU_HEALTH_SIZES
+    assert note.startswith("health checks on the CPU at 224 px use eval.health_test=16")
+    assert vitb.eval.health_test == 500  # the run's own config is left as it is
+    assert health_config(vitb, torch.device("cuda")) == (vitb, None)  # GPUs: the sizes as set
+    small = config.load(resolve_config("cifar10_equi"))
+    assert health_config(small, torch.device("cpu")) == (small, None)  # 32 px: as before
+    asked = config.from_dict(vitb.to_dict(), ["eval.health_test=100"])  # a size the user sets is kept
+    assert health_config(asked, torch.device("cpu"))[0].eval.health_test == 100
+
+    # a run at 96 px on the CPU with the default health sizes holds the cut ones, and says so
+    base = [o for o in tiny_overrides if not o.startswith("eval.health")]
+    cfg = config.from_dict(None, base + ["data.image_size=96", "model.patch_size=16"])
+    with caplog.at_level(logging.INFO, logger="iwm.train"):
+        t = Trainer(cfg)
+    assert len(t.health.test) == 16 and len(t.health.bank) == 32
+    assert "health checks on the CPU at 96 px use" in caplog.text

@@ -1,7 +1,8 @@
 """``iwm`` command line: pretrain, demo, knn evaluation, weights out (export, ship) and in (import-ijepa).
 
 Exit status: 0 done, 2 a usage error (bad config, missing or damaged checkpoint, run directory
-busy or not writable), 3 non-finite training, 4 no space left on device, 75 preempted."""
+busy or not writable), 3 non-finite training, 4 no space left on device, 75 stopped by SIGTERM,
+SIGINT or SIGUSR1 (checkpointed if training had begun: run the same command to resume)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .downstream import cli as downstream_cli
 from .checkpoint import CheckpointError, intact_note
 from .eval import mrr as eval_mrr
 from .files import DISK_FULL_EXIT_CODE, DiskFullError, is_disk_full, write_text
+from .train import PREEMPTED_EXIT_CODE, Preempted
 
 
 def _pretrain_config(args: argparse.Namespace) -> config_mod.Config:
@@ -45,29 +47,29 @@ def _pretrain_config(args: argparse.Namespace) -> config_mod.Config:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from .train import PREEMPTED_EXIT_CODE, NonFiniteError, Preempted, pretrain
+    from .train import NonFiniteError, StopSignals, pretrain
 
-    cfg = _pretrain_config(args)
-    _setup_distributed(cfg)
-    finished = False
-    try:
-        result = pretrain(cfg)
-        finished = True
-    except Preempted as stop:
-        print(f"iwm: {stop}", file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
-    except NonFiniteError as err:
-        print(f"iwm: error: {err}", file=sys.stderr)
-        return 3
-    except OSError as err:  # a full disk, whatever the write (metrics, plot): say which checkpoint is intact
-        if not is_disk_full(err):
-            raise
-        said = isinstance(err, DiskFullError) and err.safe
-        note = "" if said else f"; {intact_note(Path(cfg.run.out_dir) / 'checkpoints')}"
-        print(f"iwm: error: {err}{note}", file=sys.stderr)
-        return DISK_FULL_EXIT_CODE
-    finally:
-        _leave_distributed(finished)
+    # a scheduler may preempt while the run starts up (config, data decoding, the step-0 health
+    # check): from here on a stop signal ends it as one in the loop does (main says so, status 75)
+    with StopSignals() as stops:
+        cfg = _pretrain_config(args)
+        _setup_distributed(cfg)
+        finished = False
+        try:
+            result = pretrain(cfg, stops)
+            finished = True
+        except NonFiniteError as err:
+            print(f"iwm: error: {err}", file=sys.stderr)
+            return 3
+        except OSError as err:  # a full disk, whatever the write (metrics, plot): say which checkpoint is intact
+            if not is_disk_full(err):
+                raise
+            said = isinstance(err, DiskFullError) and err.safe
+            note = "" if said else f"; {intact_note(Path(cfg.run.out_dir) / 'checkpoints')}"
+            print(f"iwm: error: {err}{note}", file=sys.stderr)
+            return DISK_FULL_EXIT_CODE
+        finally:
+            _leave_distributed(finished)
     print(f"done: {result.steps} steps, final loss {result.final_loss:.4f}, run in {result.run_dir}")
     return 0
 
@@ -223,14 +225,35 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _is_override(word: str) -> bool:
+    return "=" in word and not word.startswith("-")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, with the dotted ``key=value`` overrides taken wherever they stand.
+    argparse fills a command's ``overrides`` list only with the words right after its other
+    positionals, so those after a flag (``iwm eval knn RUN --no-pixels eval.knn_train=500``) would
+    be "unrecognized"; they join the list here, in command-line order."""
+    args, extra = parser.parse_known_args(argv)
+    if isinstance(getattr(args, "overrides", None), list):
+        args.overrides = [*args.overrides, *(w for w in extra if _is_override(w))]
+        extra = [w for w in extra if not _is_override(w)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     if not any(str(w).startswith(HUB) for w in words):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub unless a run comes from it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         return args.fn(args)
+    except Preempted as stop:  # pretrain, and the commands that pretrain (demo, studies)
+        print(f"iwm: {stop}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except (ConfigError, FileNotFoundError, sharing.WeightsError, CheckpointError) as err:
         print(f"iwm: error: {err}", file=sys.stderr)
         return 2

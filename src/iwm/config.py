@@ -132,6 +132,7 @@ class RunConfig:
     out_dir: str = "runs/iwm"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    # autocast: auto = bf16 on a CUDA GPU that has it, fp32 on the CPU (whose bf16 is far slower)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     log_every: int = 10
     ckpt_every: int = 500  # steps between periodic checkpoints (latest is written with them)

@@ -7,13 +7,14 @@ several processes with the same global batch, trains on exactly the same inputs.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader
 from . import config as config_mod
 from . import files, runlock
 from .checkpoint import LATEST, load_newest_sound, save_checkpoint
-from .config import Config
+from .config import Config, EvalConfig
 from .data import ResumableSampler, build_dataset, normalize
 from .data.device_crops import device_images
 from .eval.features import subset
@@ -42,15 +43,87 @@ log = logging.getLogger(__name__)
 
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "stopped on request, checkpointed, run me again"
+# what schedulers send before preempting (SLURM: SIGTERM, or SIGUSR1 with --signal), and Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
-class Preempted(Exception):
-    """SIGTERM/SIGUSR1 arrived: the step finished, a checkpoint was written, the run stopped."""
+class Preempted(BaseException):
+    """A stop signal arrived. In the loop: the step finished, a checkpoint was written, the run
+    stopped. During start-up (``step`` None): the run stopped before training anything new.
 
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"stopped by signal {signal.Signals(signum).name} after step {step}; "
-                         "checkpoint written, run the same command to resume")
+    A BaseException, as KeyboardInterrupt: raised from a signal handler at any point of
+    start-up, it must pass through the ``except Exception`` that turn a read error into "skip
+    this image" or "this checkpoint is damaged"."""
+
+    def __init__(self, signum: int, step: int | None):
+        name = signal.Signals(signum).name
+        if step is None:
+            text = f"stopped by signal {name} during start-up, before any new step; run the same command to resume"
+        else:
+            text = f"stopped by signal {name} after step {step}; checkpoint written, run the same command to resume"
+        super().__init__(text)
         self.signum, self.step = signum, step
+
+
+class StopSignals:
+    """Turns the stop signals into a clean stop of a run, while it is entered (re-entrant).
+
+    Until :meth:`defer`, a signal raises :class:`Preempted` at once, wherever the run is: start-up
+    (the config, decoding data, the step-0 health check) has trained nothing that a checkpoint
+    could keep, and may last minutes. After it, the signal is only noted: the loop finishes the
+    step in flight, checkpoints, then stops."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.deferred = False
+        self._depth = 0
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        # signal handlers can only be set from the main thread; elsewhere the signals stay as they are
+        if self._depth == 0 and threading.current_thread() is threading.main_thread():
+            self._old = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
+            self._old = {}
+
+    def start_up(self) -> None:
+        self.signum, self.deferred = None, False
+
+    def defer(self) -> None:
+        self.deferred = True
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = self.signum or signum
+        if not self.deferred:
+            raise Preempted(signum, None)
+
+    @staticmethod
+    @contextmanager
+    def held():
+        """The stop signals wait while DataLoader workers are forked: a worker starts with them
+        blocked and ignores them before it unblocks them (:func:`ignore_stop_signals`), so that no
+        signal finds a worker between its birth and that point."""
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a signal that came meanwhile is handled now
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers' init: ignore the stop signals. SLURM, ``timeout`` and a terminal's
+    Ctrl-C signal the whole process group; a worker they killed would make the main process
+    raise mid-step, before it could checkpoint. The main process ends the workers itself."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 class NonFiniteError(FloatingPointError):
@@ -79,11 +152,56 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full fp32."""
+    """The autocast dtype, or None for full fp32. ``auto``: bf16 on a CUDA GPU that has it, fp32
+    elsewhere (CPU autocast in bf16 is many times slower than fp32 on CPUs without native bf16);
+    an explicit value is honoured on any device."""
     if name == "auto":
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if cuda_bf16 else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def describe_precision(name: str, dtype: torch.dtype | None) -> str:
+    """The precision a run computes in and why, for its start-up line."""
+    chosen = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    why = "auto: bf16 on CUDA, fp32 on the CPU" if name == "auto" else name
+    return f"{chosen} (run.precision={why})"
+
+
+def half_on_cpu_warning(name: str, device: torch.device) -> str | None:
+    """The warning for an explicit bf16/fp16 on the CPU, or None."""
+    if device.type != "cpu" or name not in ("bf16", "fp16"):
+        return None
+    return (f"run.precision={name} on the CPU: autocast in {name} is many times slower than fp32 on CPUs "
+            "without native bf16 arithmetic; run.precision=auto (or fp32) computes in fp32 on the CPU")
+
+
+# The held-out sizes of the health checks on a CPU for images over CPU_HEALTH_MAX_SIZE px, where
+# the defaults (sized for 32 px) make a check last many minutes (ViT-B/16 at 224 px): about a
+# hundred image passes through the networks instead of a few thousand.
+CPU_HEALTH_MAX_SIZE = 64
+CPU_HEALTH_SIZES = {"health_test": 16, "health_bank": 32, "health_loss_batch": 4, "health_mrr_images": 1,
+                    "health_mrr_bank": 8}
+
+
+def health_config(cfg: Config, device: torch.device) -> tuple[Config, str | None]:
+    """The config the health checks measure with, and a line saying what was cut (None: nothing).
+    On a CPU with images over 64 px, each held-out size left at its default is cut to
+    ``CPU_HEALTH_SIZES``; sizes the config sets itself are kept, so a user can still ask for more."""
+    if device.type != "cpu" or cfg.data.image_size <= CPU_HEALTH_MAX_SIZE:
+        return cfg, None
+    default = EvalConfig()
+    cut = {k: v for k, v in CPU_HEALTH_SIZES.items()
+           if getattr(cfg.eval, k) == getattr(default, k) and v < getattr(cfg.eval, k)}
+    if not cut:
+        return cfg, None
+    small = copy.deepcopy(cfg)
+    for k, v in cut.items():
+        setattr(small.eval, k, v)
+    config_mod.validate(small)
+    sizes = ", ".join(f"eval.{k}={v}" for k, v in cut.items())
+    return small, (f"health checks on the CPU at {cfg.data.image_size} px use {sizes} (the defaults suit 32 px "
+                   "and would take many minutes a check here; set these keys to choose other sizes)")
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -124,11 +242,22 @@ def dist_info() -> tuple[int, int]:
 class Trainer:
     """One pretraining run in one directory; re-creating it on the same directory resumes."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, stops: StopSignals | None = None):
+        # a stop signal during the set-up below (data decoding, the health monitor's held-out
+        # images) stops the run cleanly, as one in the loop does
+        self.stops = stops if stops is not None else StopSignals()
+        with self.stops:
+            self._set_up(cfg)
+
+    def _set_up(self, cfg: Config) -> None:
         self.cfg = cfg
         self.rank, self.world = dist_info()
         self.device = resolve_device(cfg.run.device)
         self.amp_dtype = resolve_precision(cfg.run.precision, self.device)
+        self.precision = describe_precision(cfg.run.precision, self.amp_dtype)
+        warning = half_on_cpu_warning(cfg.run.precision, self.device)
+        if warning and self.rank == 0:
+            log.warning(warning)
         self.run_dir = Path(cfg.run.out_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
 
@@ -139,7 +268,7 @@ class Trainer:
         self.sampler = ResumableSampler(len(source), cfg.data.batch_size, cfg.run.seed, self.rank, self.world)
         self.loader = DataLoader(source, batch_size=cfg.data.batch_size, sampler=self.sampler,
                                  num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                                 drop_last=True, persistent_workers=False)
+                                 drop_last=True, persistent_workers=False, worker_init_fn=ignore_stop_signals)
         # data.on_device: the images live on the device and the loader is not used
         self.on_device = device_images(source, cfg.data, cfg.run.seed, self.device) if cfg.data.on_device else None
         self.steps_per_epoch = self.sampler.batches_per_epoch
@@ -175,15 +304,17 @@ class Trainer:
         self.skipped = torch.zeros((), device=self.device)
         self.consecutive = torch.zeros((), device=self.device)
         self.worst_run = torch.zeros((), device=self.device)  # longest streak of skipped steps
-        self.stop_signal: int | None = None
         # one writer per run directory, refused here (before any step) if busy or read-only
         self.lock = runlock.hold(self.run_dir, self.ckpt_dir) if self.rank == 0 else None
         # training health on held-out data: rank 0 measures it; under FSDP every process takes
         # part, as the sharded networks gather their weights collectively
         self.health = None
         if cfg.eval.every and (self.rank == 0 or self.sharded):
+            health_cfg, cut = health_config(cfg, self.device)
+            if cut and self.rank == 0:
+                log.info(cut)
             try:
-                self.health = HealthMonitor(cfg, self.device, self.amp_dtype, verbose=self.rank == 0)
+                self.health = HealthMonitor(health_cfg, self.device, self.amp_dtype, verbose=self.rank == 0)
             except FileNotFoundError as err:  # no held-out split (a folder of training images only)
                 log.warning("training health is off: %s", err)
         self.postfix: dict[str, str] = {}  # the progress bar's latest figures
@@ -301,41 +432,70 @@ class Trainer:
 
     def fit(self, until: int | None = None) -> TrainResult:
         """Train to the last step (or stop after step ``until``), checkpointing on the way
-        and at the end."""
+        and at the end. A stop signal (:data:`STOP_SIGNALS`) raises :class:`Preempted`: at once
+        during start-up, after checkpointing the step in flight once training has begun."""
         cfg = self.cfg
         stop = min(until or self.total_steps, self.total_steps)
-        if self.lock is not None:
-            self.lock.acquire()  # a no-op unless an earlier fit released it
-        resumed = self.maybe_resume()
-        writer = None
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            config_mod.save(cfg, self.run_dir / "config.yaml")
-            from torch.utils.tensorboard import SummaryWriter
+        with self.stops:
+            self.stops.start_up()
+            if self.lock is not None:
+                self.lock.acquire()  # a no-op unless an earlier fit released it
+            writer = bar = metrics = None
+            t_start = time.perf_counter()
+            try:
+                resumed = self.maybe_resume()
+                if self.rank == 0:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    config_mod.save(cfg, self.run_dir / "config.yaml")
+                    from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-            spread = f", {'FSDP' if self.sharded else 'DDP'} over {self.world} processes" if self.world > 1 else ""
-            log.info("%s run in %s: %d steps (%d per epoch) on %s, %s%s", "resuming" if resumed else "starting",
-                     self.run_dir, self.total_steps, self.steps_per_epoch, self.device,
-                     self.amp_dtype or "fp32", spread)
-        bar = None
-        if self.rank == 0 and cfg.run.progress:
-            from tqdm.auto import tqdm
+                    writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+                    spread = (f", {'FSDP' if self.sharded else 'DDP'} over {self.world} processes"
+                              if self.world > 1 else "")
+                    log.info("%s run in %s: %d steps (%d per epoch) on %s in %s%s",
+                             "resuming" if resumed else "starting", self.run_dir, self.total_steps,
+                             self.steps_per_epoch, self.device, self.precision, spread)
+                if self.rank == 0 and cfg.run.progress:
+                    from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True)
-        metrics = self._open_metrics() if self.rank == 0 else None
-        if self.health is not None and self.step == 0:
-            self._check_health(writer, metrics, bar)  # the random initialisation: the baseline
-        t_start = time.perf_counter()
-        t_log, step_log = t_start, self.step
+                    bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step",
+                               dynamic_ncols=True)
+                metrics = self._open_metrics() if self.rank == 0 else None
+                if self.health is not None and self.step == 0:
+                    self._check_health(writer, metrics, bar)  # the random initialisation: the baseline
+                self.stops.defer()  # from here a signal lets the step in flight finish and checkpoint
+                t_start = time.perf_counter()
+                self._loop(stop, writer, metrics, bar)
+                self.save(periodic=True)
+                if self.rank == 0:
+                    plot_losses(self.losses, self.run_dir / "loss.png")
+                    health = read_health(self.run_dir / "metrics.jsonl")
+                    if health:
+                        plot_health(health, self.run_dir / "health.png", cfg)
+            finally:
+                if bar is not None:
+                    bar.close()
+                if metrics is not None:
+                    metrics.close()
+                if writer is not None:
+                    writer.close()
+                if self.lock is not None:
+                    self.lock.release()
+        final = self.losses[-1][1] if self.losses else float("nan")
+        return TrainResult(self.run_dir, self.step, final, self.losses, time.perf_counter() - t_start)
+
+    def _loop(self, stop: int, writer, metrics, bar) -> None:
+        """The training steps up to ``stop``, with their logs, health checks and checkpoints."""
+        cfg = self.cfg
+        t_log, step_log = time.perf_counter(), self.step
         pending: list[tuple[int, torch.Tensor]] = []
-        handlers = self._catch_signals()
-        try:
-            while self.step < stop:
-                epoch, start = divmod(self.step, self.steps_per_epoch)
-                self.sampler.set_epoch(epoch, start)
-                self.dataset.set_epoch(epoch)
-                for crops in self._crops():
+        while self.step < stop:
+            epoch, start = divmod(self.step, self.steps_per_epoch)
+            self.sampler.set_epoch(epoch, start)
+            self.dataset.set_epoch(epoch)
+            batches = self._crops()
+            try:
+                for crops in batches:
                     pending.append((self.step, self.train_step(crops)))
                     at_log = self.step % cfg.run.log_every == 0 or self.step == stop
                     if at_log:
@@ -348,69 +508,52 @@ class Trainer:
                         t_log += self._check_health(writer, metrics, bar)  # not counted in images/s
                     if self._signalled(at_log):
                         self.save(periodic=False)
-                        raise Preempted(self.stop_signal, self.step)
+                        raise Preempted(self.stops.signum, self.step)
                     if self.step % cfg.run.ckpt_every == 0 and self.step < stop:
                         self.save(periodic=True)
                     if self.step >= stop:
                         break
-            self.save(periodic=True)
-            if self.rank == 0:
-                plot_losses(self.losses, self.run_dir / "loss.png")
-                health = read_health(self.run_dir / "metrics.jsonl")
-                if health:
-                    plot_health(health, self.run_dir / "health.png", cfg)
-        finally:
-            for sig, old in handlers.items():
-                signal.signal(sig, old)
-            if bar is not None:
-                bar.close()
-            if metrics is not None:
-                metrics.close()
-            if writer is not None:
-                writer.close()
-            if self.lock is not None:
-                self.lock.release()
-        final = self.losses[-1][1] if self.losses else float("nan")
-        return TrainResult(self.run_dir, self.step, final, self.losses, time.perf_counter() - t_start)
+            finally:
+                batches.close()  # the loader's workers end here, before a stop goes further up
 
     def _crops(self):
         """This process's uint8 crops, one batch per step left in the epoch: from the loader's
         workers, or cut on the device (drawn lazily, so that each batch knows its step)."""
         if self.on_device is None:
-            yield from (crops for crops, _ in self.loader)
+            with self.stops.held():  # the workers start here (see ignore_stop_signals)
+                batches = iter(self.loader)
+            for crops, _ in batches:
+                yield crops
             return
         for glob in self.sampler.global_batches():
             yield self.on_device.crops(glob, self.step, self.rank, self.world)
 
     def _open_metrics(self):
-        """metrics.jsonl for appending, without the records of steps after the checkpoint we
-        resumed from (a killed run may have logged steps it will now redo)."""
+        """metrics.jsonl for appending, without the records this run will write again: those of
+        steps after the checkpoint we resumed from (a killed run may have logged steps it will now
+        redo), and a step-0 health record when the step-0 check is about to run again (a run
+        killed before its first checkpoint)."""
         path = self.run_dir / "metrics.jsonl"
+        redo_first_health = self.health is not None and self.step == 0
         if path.is_file():
-            keep = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
+            keep = []
+            for line in path.read_text().splitlines():
+                rec = json.loads(line) if line.strip() else None
+                if rec is None or rec["step"] > self.step or (redo_first_health and rec["kind"] == "health"):
+                    continue
+                keep.append(line)
             files.write_text(path, "".join(line + "\n" for line in keep))
         return open(path, "a")
 
-    def _catch_signals(self) -> dict:
-        """SIGTERM / SIGUSR1 (what SLURM sends before preempting) ask for a clean stop."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def ask_stop(signum, frame):
-            self.stop_signal = signum
-
-        return {sig: signal.signal(sig, ask_stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-
     def _signalled(self, at_log: bool) -> bool:
         if self.world == 1:
-            return self.stop_signal is not None
+            return self.stops.signum is not None
         if not at_log:  # processes agree on stopping at log steps only, to keep steps sync-free
             return False
-        flag = torch.tensor(float(self.stop_signal or 0), device=self.device)
+        flag = torch.tensor(float(self.stops.signum or 0), device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        self.stop_signal = int(flag.item()) or None
-        return self.stop_signal is not None
+        self.stops.signum = int(flag.item()) or None
+        return self.stops.signum is not None
 
     def _check_finite(self) -> None:
         worst = int(self.worst_run.item())
@@ -488,6 +631,9 @@ def plot_losses(losses: list[tuple[int, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def pretrain(cfg: Config) -> TrainResult:
-    """Train (or resume) the run ``cfg.run.out_dir`` to its last step."""
-    return Trainer(cfg).fit()
+def pretrain(cfg: Config, stops: StopSignals | None = None) -> TrainResult:
+    """Train (or resume) the run ``cfg.run.out_dir`` to its last step. A stop signal, from the
+    start on, raises :class:`Preempted` (``stops``: the caller's, entered before its own set-up)."""
+    stops = stops if stops is not None else StopSignals()
+    with stops:
+        return Trainer(cfg, stops).fit()
