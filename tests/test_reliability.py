@@ -145,7 +145,7 @@ def test_hostile_images_are_converted_or_skipped(tmp_path, caplog):
     for name in ("truncated.jpg", "empty.jpg", "notes.png"):
         assert name in caplog.text
     sixteen = ds.files.index(tmp_path / "imgs" / "sixteen.png")
-    from iwm.data.datasets import read_rgb
+    from iwm.data.folders import read_rgb
 
     img = read_rgb(ds.files[sixteen])
     assert 0 < img.float().mean() < 250  # scaled to 8 bits, not clipped white

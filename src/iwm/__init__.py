@@ -1,7 +1,6 @@
 """iwm: Image World Models (Garrido et al. 2024) in PyTorch."""
 
-__version__ = "0.1.0"
-
+from .version import __version__
 from .api import Run, from_pretrained, load, pretrained
 from .config import Config, ConfigError
 

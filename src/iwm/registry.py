@@ -64,7 +64,7 @@ def ship(run, name: str, root: str | Path | None = None) -> dict[str, Any]:
     """Write ``run`` (a :class:`iwm.Run`) as shipped model ``name``: its folder in fp16 and its
     manifest entry (sha256 of each file, commit, step, config, the scores measured in the run's
     directory). Returns the entry."""
-    from .studies.grid import code_version
+    from .version import code_version
 
     if not _NAME.match(name):
         raise ConfigError(f"model name {name!r}: use lower-case letters, digits and _ (it names a torch.hub entry)")

@@ -47,7 +47,7 @@ def write_folder(nets: dict[str, nn.Module], cfg: Config, step: int, out: str | 
     """Write the folder; ``dtype`` (float16 for shipping) casts the floating-point weights."""
     from safetensors.torch import save
 
-    from . import __version__
+    from .version import __version__
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 from .cifar10 import CIFAR10_CLASSES, find_cifar10, load_cifar10
-from .datasets import ArrayDataset, ImageFolder, ViewDataset, build_dataset, folder_split, synthetic_images
+from .datasets import ArrayDataset, ImageFolder, ViewDataset, build_dataset, synthetic_images
+from .folders import folder_split
 from .sampler import ResumableSampler
 from .views import normalize
 

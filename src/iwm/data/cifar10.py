@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..config import ConfigError
 from ..files import atomic_write, source_key
-from .datasets import HELD_OUT_SPLITS, IMAGE_EXTENSIONS
+from .folders import HELD_OUT_SPLITS, IMAGE_EXTENSIONS
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 ENV = "IWM_CIFAR10"

@@ -13,18 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
+from .folders import IMAGE_EXTENSIONS, folder_split, images_in, read_rgb
 from .views import center_view, sample_generator, target_view
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-# where a folder dataset keeps its held-out split, beside train/, in the order looked for
-# (ImageNet's labelled held-out split is val/; its test/ is unlabelled)
-HELD_OUT_SPLITS = ("val", "validation", "test")
 
 
 class ViewDataset(Dataset):
@@ -81,10 +77,10 @@ class ImageFolder(ViewDataset):
         labels: list[int] = []
         self.classes = [d.name for d in subdirs]
         for label, d in enumerate(subdirs):
-            found = _images_in(d)
+            found = images_in(d)
             files += found
             labels += [label] * len(found)
-        flat = _images_in(root, recursive=False)
+        flat = images_in(root, recursive=False)
         files += flat
         labels += [-1] * len(flat)
         if not files:
@@ -105,26 +101,6 @@ class ImageFolder(ViewDataset):
                 log.warning("skipping unreadable image %s (%s); %d skipped so far in this process",
                             path, self.skipped[path], len(self.skipped))
         raise RuntimeError(f"no readable image among the {len(self.files)} files of the data set")
-
-
-def read_rgb(path: Path, size: int = 0) -> torch.Tensor:
-    """Any PIL-readable image -> uint8 RGB (3, H, W). 16-bit images are scaled to 8 bits (a
-    plain RGB conversion would clip them white); palette, gray, RGBA and CMYK are converted."""
-    with Image.open(path) as im:
-        if size:
-            im.draft("RGB", (size * 2, size * 2))  # JPEG: decode big images at a reduced scale
-        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-            arr16 = np.asarray(im, dtype=np.float64)
-            im = Image.fromarray(np.clip(arr16 / 257.0, 0, 255).astype(np.uint8), mode="L")
-        arr = np.asarray(im.convert("RGB"))
-    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"unexpected decoded shape {arr.shape}")
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
-
-
-def _images_in(d: Path, recursive: bool = True) -> list[Path]:
-    it = d.rglob("*") if recursive else d.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,27 +147,3 @@ def build_dataset(cfg: DataConfig, seed: int, split: str = "train", augment: boo
         ds.classes = list(CIFAR10_CLASSES)
         return ds
     return ImageFolder(folder_split(cfg.path, train), cfg.image_size, **kw)
-
-
-def folder_split(path: str | Path, train: bool = True) -> Path:
-    """The folder of a folder dataset's train or held-out split. ``path`` is the dataset root
-    (``train/`` beside ``val/``, ``validation/`` or ``test/``, looked for in that order), its
-    ``train/`` folder itself (the held-out split is then a sibling), or a folder of classes
-    with no split (training only: evaluation is refused, it would score training images)."""
-    path = Path(path)
-    if (path / "train").is_dir():
-        root, train_dir = path, path / "train"
-    elif path.name == "train":
-        root, train_dir = path.parent, path
-    else:
-        root, train_dir = None, path
-    if train:
-        return train_dir
-    for name in HELD_OUT_SPLITS if root is not None else ():
-        if (root / name).is_dir():
-            return root / name
-    where = root if root is not None else path
-    raise FileNotFoundError(
-        f"data.path: {path} has no held-out split (looked for {', '.join(f'{n}/' for n in HELD_OUT_SPLITS)} "
-        f"beside train/ in {where}); evaluating on training images would be meaningless: put held-out images "
-        f"in {where / 'val'}/<class>/ beside {where / 'train'}/<class>/ and point data.path at {where}")

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
-from ..data.datasets import read_rgb
+from ..data.folders import read_rgb
 from ..data.views import crop_box, sample_generator
 from ..files import source_key
 

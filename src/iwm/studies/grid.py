@@ -111,20 +111,3 @@ def device_name(device: torch.device) -> str:
     if device.type == "cpu":
         return f"CPU, {torch.get_num_threads()} threads"
     return str(device)
-
-
-def code_version() -> str:
-    """The git commit of the code that ran (with -dirty for local changes), or the package
-    version outside a git checkout: a results page says what produced it."""
-    import subprocess
-
-    from .. import __version__
-
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return f"git {out.stdout.strip()}"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"iwm {__version__}"

@@ -49,7 +49,8 @@ from ..downstream.finetune import HEADS, PREDICTOR_LR_RATIO
 from ..downstream.probes import PIXELS  # the reference row: the probes on the images themselves
 from ..files import save_figure, write_text
 from ..train import resolve_device
-from .grid import GridRun, code_version, device_name, ensure_trained, run_config, settings_digest
+from ..version import code_version
+from .grid import GridRun, device_name, ensure_trained, run_config, settings_digest
 from .world_model import GRID, VERDICT
 
 

@@ -33,7 +33,8 @@ from ..eval.knn import knn_eval
 from ..eval.mrr import compute_mrr
 from ..eval.validation import VALIDATION_SEED, knn_validation, validation_sets
 from ..train import resolve_device
-from .grid import GridRun, code_version, device_name, ensure_trained, run_config
+from ..version import code_version
+from .grid import GridRun, device_name, ensure_trained, run_config
 from ..files import write_text
 
 # (name, overrides on cifar10_equi, what it tests)

@@ -53,7 +53,8 @@ from ..config import SHIPPED, Config, ConfigError
 from ..downstream.report import write_json
 from ..files import save_figure, write_text
 from ..train import resolve_device
-from .grid import code_version, device_name, settings_digest, steps_per_epoch, trained_steps, training_part
+from ..version import code_version
+from .grid import device_name, settings_digest, steps_per_epoch, trained_steps, training_part
 from .leverage import TABLE4, default_settings, evaluate, setting_key
 
 DEFAULT_EPOCHS = 24  # 9,360 steps: 1.5 to 2.3 hours a model on a 2-core CPU (measured, reference_models.md)

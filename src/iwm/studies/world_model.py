@@ -31,7 +31,8 @@ from ..eval.mrr import FAMILIES, compute_mrr, strength_aug
 from ..eval.pixels import RawPixels
 from ..files import save_figure, write_text
 from ..train import resolve_device
-from .grid import GridRun, code_version, device_name, ensure_trained, run_config, steps_per_epoch
+from ..version import code_version
+from .grid import GridRun, device_name, ensure_trained, run_config, steps_per_epoch
 
 VERDICT = "<!-- verdict: fill in after reading the numbers -->"
 STRENGTHS = {"weak": 0.5, "strong": 1.0}
