@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import iwm
 from conftest import train_tiny, make_seg_folder
 from iwm import config
-from iwm.downstream import cli as leverage_cli
+from iwm.commands import leverage as leverage_cli
 from iwm.downstream.data import eval_set, num_classes, train_set
 from iwm.downstream.feeding import encoder_input, predict_all
 from iwm.downstream.finetune import PREDICTOR_LR_RATIO, PROTOCOLS, build_protocol, run_protocols, train_classifier

@@ -11,10 +11,10 @@ from iwm import config
 from iwm.config import AugConfig
 from iwm.data import normalize
 from iwm.eval import mrr
-from iwm.eval.mrr import FAMILIES, add_cli, chance_mrr, compute_mrr, format_table, reciprocal_ranks
+from iwm.commands import evaluate, figures
+from iwm.eval.mrr import FAMILIES, chance_mrr, compute_mrr, format_table, reciprocal_ranks
 from iwm.train import Trainer
 from iwm.viz import retrieval
-from iwm.viz import add_cli as add_viz_cli
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -137,9 +137,8 @@ def test_retrieval_figure_size(tiny_run, tmp_path):
 def test_cli_parsers_write_results(tiny_run, tmp_path, capsys):
     ap = argparse.ArgumentParser(prog="iwm")
     sub = ap.add_subparsers(dest="command", required=True)
-    esub = sub.add_parser("eval").add_subparsers(dest="protocol", required=True)
-    add_cli(esub)
-    add_viz_cli(sub)
+    evaluate.add_cli(sub)
+    figures.add_cli(sub)
 
     args = ap.parse_args(["eval", "mrr", str(tiny_run), "--images", "2", "--bank", "4", "--no-progress"])
     assert (args.images, args.bank, args.seed, args.device) == (2, 4, 0, "cpu")

@@ -147,6 +147,11 @@ def run_dir_of(ckpt: Path) -> Path:
     return ckpt.parent
 
 
+def results_dir(run: "Run") -> Path:
+    """Where commands write their results for ``run``: its run directory (see :func:`locate`)."""
+    return Path(run.out_dir) if run.out_dir is not None else run_dir_of(Path(run.path))
+
+
 def _has_checkpoint(p: Path) -> bool:
     try:
         find_checkpoint(p)

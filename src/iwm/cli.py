@@ -7,20 +7,18 @@ SIGINT or SIGUSR1 (checkpointed if training had begun: run the same command to r
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 
 from . import config as config_mod
-from . import sharing, studies, viz
+from . import sharing
 from .api import HUB, RUN_HELP
-from .config import ConfigError, resolve_config
-from .downstream import cli as downstream_cli
 from .checkpoint import CheckpointError, intact_note
-from .eval import mrr as eval_mrr
-from .files import DISK_FULL_EXIT_CODE, DiskFullError, is_disk_full, write_text
+from .commands import evaluate, figures, leverage, studies
+from .config import ConfigError, resolve_config
+from .files import DISK_FULL_EXIT_CODE, DiskFullError, is_disk_full
 from .train import PREEMPTED_EXIT_CODE, Preempted
 
 
@@ -108,25 +106,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _knn(args: argparse.Namespace) -> int:
-    from .api import load
-    from .eval import knn_eval
-    from .eval.mrr import run_dir
-
-    run = load(args.run, device=args.device, image_size=args.image_size)
-    cfg = config_mod.from_dict(run.config.to_dict(), args.overrides)
-    run.resize(cfg.data.image_size)  # data.image_size=N among the overrides works as --image-size N
-    # the raw pixels through the same protocol beside: the score the encoder has to beat
-    res = knn_eval(run.target_encoder, cfg, args.device, progress=True, pixels=not args.no_pixels)
-    res["image_size"] = cfg.data.image_size
-    print(json.dumps(res, indent=2))
-    out = Path(args.out) if args.out else run_dir(run) / "knn.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, json.dumps(res, indent=2))
-    print(f"wrote {out}", file=sys.stderr)  # stdout holds the JSON alone
-    return 0
-
-
 def _export(args: argparse.Namespace) -> int:
     import torch
 
@@ -185,18 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted config overrides")
     p.set_defaults(fn=_demo)
 
-    p = sub.add_parser("eval", help="evaluate a run")
-    esub = p.add_subparsers(dest="protocol", required=True)
-    k = esub.add_parser("knn", help="kNN top-1 of the target encoder, and of the raw pixels beside it")
-    k.add_argument("run", help=RUN_HELP)
-    k.add_argument("--device", default="cpu")
-    k.add_argument("--image-size", type=int, default=None,
-                   help="images at this size instead of the pretraining one (the sin-cos positions are rebuilt)")
-    k.add_argument("--out", default=None, help="JSON file (default <run_dir>/knn.json)")
-    k.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel reference (pixels_top1)")
-    k.add_argument("overrides", nargs="*", help="e.g. eval.knn_k=10 data.path=...")
-    k.set_defaults(fn=_knn)
-    eval_mrr.add_cli(esub)
+    evaluate.add_cli(sub)
 
     p = sub.add_parser("export", help="write a run as shared weights: safetensors per network, config.json, "
                                       "model card (loads in iwm, timm, the Hugging Face Hub)")
@@ -219,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder attention heads (default: from I-JEPA's model sizes)")
     p.add_argument("--predictor-heads", type=int, default=None, help="default: the encoder's, as I-JEPA")
     p.set_defaults(fn=_import_ijepa)
-    viz.add_cli(sub)
-    downstream_cli.add_cli(sub)
+    figures.add_cli(sub)
+    leverage.add_cli(sub)
     studies.add_cli(sub)
     return ap
 

@@ -27,6 +27,7 @@ from ..data.views import crop_box, sample_generator
 from ..files import source_key
 
 IGNORE = 255
+DEFAULT_SEG_DATA = os.environ.get("IWM_CAMVID", "")  # an ADE20K-layout folder or tarball; none is shipped
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 

@@ -32,21 +32,15 @@ the action is ignored anyway; the gap to it is what the conditioning adds.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from ..api import RUN_HELP
 from ..config import AugConfig
 from ..data import build_dataset, normalize
 from ..data.views import center_view
-from ..files import write_text
 from ..masks import Masks, MultiBlockMasker
 from ..models import gather_tokens
 from ..photometric import PhotometricParams, PhotometricSampler, apply, blur_kernel_size
@@ -311,53 +305,6 @@ def _fmt_score(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-# ----------------------------------------------------------------------------------------------
-# command line
-
-
-def run_dir(run: Run) -> Path:
-    """Where results of ``run`` go by default: its run directory (see :func:`iwm.api.locate`)."""
-    from ..api import run_dir_of
-
-    return Path(run.out_dir) if run.out_dir is not None else run_dir_of(Path(run.path))
-
-
 def strength_aug(run: Run, strength: float | None) -> AugConfig | None:
     """The run's transformations at another strength (None: the run's own)."""
     return None if strength is None else dataclasses.replace(run.config.aug, strength=strength)
-
-
-def _main(args: argparse.Namespace) -> int:
-    from ..api import load
-
-    run = load(args.run, device=args.device)
-    try:
-        res = compute_mrr(run, num_images=args.images, bank_size=args.bank, seed=args.seed, device=args.device,
-                          progress=not args.no_progress, aug=strength_aug(run, args.strength), source=args.source)
-    except ValueError as err:  # bad counts: a message, not a traceback
-        print(f"iwm: error: {err}", file=sys.stderr)
-        return 2
-    print(format_table(res))
-    out = Path(args.out) if args.out else run_dir(run) / MRR_FILES[args.source]
-    write_text(out, json.dumps(res, indent=2))
-    print(f"wrote {out}")
-    return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``mrr`` under the ``iwm eval`` sub-commands."""
-    p = subparsers.add_parser("mrr", help="mean reciprocal rank of the world model (paper's MRR)")
-    p.add_argument("run", help=RUN_HELP)
-    p.add_argument("--images", type=int, default=64, help="test images (default 64)")
-    p.add_argument("--bank", type=int, default=256, help="augmented targets per image (default 256)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--strength", type=float, default=None,
-                   help="rank against the run's aug config at this strength (e.g. 1 for an I-JEPA run)")
-    p.add_argument("--source", choices=SOURCES, default="clean",
-                   help="clean: the untouched image is the source (the paper's MRR, default); augmented: the "
-                        "source is transformed as in training, scored per family (shows whether grayscale, blur "
-                        "and solarisation are undone)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", default=None, help="JSON file (default <run_dir>/mrr.json, or mrr_augmented.json)")
-    p.set_defaults(fn=_main)

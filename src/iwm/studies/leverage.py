@@ -33,9 +33,7 @@ states no conclusion: a placeholder per table is left for whoever reads the numb
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Sequence
@@ -44,7 +42,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..config import encoder_dims
-from ..downstream.cli import DEFAULT_SEG_DATA
+from ..downstream.segdata import DEFAULT_SEG_DATA
 from ..downstream.finetune import HEADS, PREDICTOR_LR_RATIO
 from ..downstream.probes import PIXELS  # the reference row: the probes on the images themselves
 from ..files import save_figure, write_text
@@ -419,73 +417,3 @@ def plot_spectrum(study: dict, path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------
-# command line
-
-
-def _main(args: argparse.Namespace) -> int:
-    defaults = default_settings()
-    settings = {k: (defaults[k] if getattr(args, k) is None else getattr(args, k)) for k in defaults}
-    for k in ("attentive_epochs", "finetune_epochs", "finetune_batch", "seg_epochs", "seg_batch"):
-        if settings[k] < 1:
-            raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {settings[k]}")
-    for k in ("train_size", "test_size"):
-        if settings[k] < 0:
-            raise ValueError(f"--{k.replace('_', '-')} must be >= 0, got {settings[k]}")
-    if not settings["predictor_lr_ratio"] > 0:
-        raise ValueError(f"--predictor-lr-ratio must be > 0 (the paper's is {PREDICTOR_LR_RATIO:g}), "
-                         f"got {settings['predictor_lr_ratio']:g}")
-    given = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if v != defaults[k]]
-    command = shlex.join(["iwm", "study", "leverage", "--steps", str(args.steps), *given,
-                          *(["--table4"] if args.table4 else []), *(["--multitask"] if args.multitask else []),
-                          "--runs-dir", args.runs_dir,
-                          *(["--only", args.only] if args.only else ["--out", args.out]),
-                          "--device", args.device, *args.overrides])
-    only = [n for n in args.only.split(",") if n]
-    run_study(Path(args.out), Path(args.runs_dir), args.steps, settings, args.overrides, args.device,
-              table4=args.table4, multitask=args.multitask, command=command, progress=not args.no_progress,
-              only=only)
-    print(f"wrote {Path(args.runs_dir) / 'leverage.json'}" + ("" if only else f" and {args.out}"))
-    return 0
-
-
-def _guarded(args: argparse.Namespace) -> int:
-    import sys
-
-    try:
-        return _main(args)
-    except ValueError as err:
-        print(f"iwm: error: {err}", file=sys.stderr)
-        return 2
-
-
-def add_cli(studies: argparse._SubParsersAction) -> None:
-    """Register ``iwm study leverage``."""
-    d = default_settings()
-    p = studies.add_parser("leverage", help="the paper's Table 8: invariant / equivariant IWM and I-JEPA under "
-                                            "probes, predictor finetuning and segmentation")
-    p.add_argument("--steps", type=int, default=800, help="pretraining steps per run (default 800)")
-    for key, help_ in (("train_size", "seeded CIFAR-10 train subset, 0 = all"),
-                       ("test_size", "seeded test subset, 0 = all"), ("seed", "evaluation seed"),
-                       ("attentive_epochs", "attentive probe epochs"), ("finetune_epochs", "finetuning epochs"),
-                       ("finetune_batch", "finetuning batch"), ("finetune_lr", "finetuning peak lr"),
-                       ("predictor_lr_ratio", "the pretrained predictor's lr in predictor finetuning, over "
-                                              "--finetune-lr (the paper: 0.1)"),
-                       ("seg_epochs", "segmentation epochs"), ("seg_batch", "segmentation batch"),
-                       ("seg_lr", "segmentation peak lr"), ("seg_data", "ADE20K-layout folder or tarball")):
-        p.add_argument(f"--{key.replace('_', '-')}", type=type(d[key]), default=None,
-                       help=f"{help_} (default {d[key] or '$IWM_CAMVID' if key == 'seg_data' else d[key]})")
-    p.add_argument("--table4", action="store_true",
-                   help="also encoder, end-to-end and random-predictor finetuning of IWM-equivariant")
-    p.add_argument("--multitask", action="store_true",
-                   help="also multi-task vs single-task predictor tuning of IWM-equivariant (Table 7)")
-    p.add_argument("--runs-dir", default="runs/study", help="one directory per run, shared with world-model")
-    p.add_argument("--out", default="docs/results/leverage.md", help="markdown page")
-    p.add_argument("--only", default="", help="comma-separated runs (weak_d1, strong_d4, ijepa) to re-measure into "
-                                               "<runs-dir>/leverage.json; no page")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="dotted overrides for every pretraining, e.g. data.path=...")
-    p.set_defaults(fn=_guarded)

@@ -18,10 +18,7 @@ and writes the page.
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -200,39 +197,3 @@ def render_table(study: dict) -> str:
     line = chosen_line(study)
     lines += ["", line[0].upper() + line[1:] + "."]
     return "\n".join(lines) + "\n"
-
-
-def _main(args: argparse.Namespace) -> int:
-    only = [s for s in args.only.split(",") if s] if args.only else None
-    command = shlex.join(["iwm", "study", "recipe", "--steps", str(args.steps), "--val-images", str(args.val_images),
-                          "--runs-dir", args.runs_dir, *(["--only", args.only] if args.only else []), *args.overrides])
-    try:
-        # a call without --out is a worker's share of the variants: its choice is not the study's,
-        # so it does not read the test split
-        study = run_study(Path(args.out) if args.out else None, Path(args.runs_dir), args.steps, args.mrr_images,
-                          args.mrr_bank, args.overrides, args.device, only, command, args.val_images,
-                          score_test=bool(args.out))
-    except ValueError as err:
-        print(f"iwm: error: {err}", file=sys.stderr)
-        return 2
-    print(chosen_line(study))
-    return 0
-
-
-def add_cli(studies: argparse._SubParsersAction) -> None:
-    """Register ``iwm study recipe``."""
-    r = studies.add_parser("recipe", help="short cifar10_equi runs, one change each: what learns fastest")
-    r.add_argument("--steps", type=int, default=500, help="optimizer steps per run (default 500)")
-    r.add_argument("--val-images", type=int, default=5000,
-                   help="train images held out from the kNN bank as validation queries, which choose the "
-                        "variant (default 5000)")
-    r.add_argument("--mrr-images", type=int, default=32, help="MRR images, from the validation ones (default 32)")
-    r.add_argument("--mrr-bank", type=int, default=256, help="MRR bank size (default 256)")
-    r.add_argument("--runs-dir", default="runs/recipe", help="one directory per run (default runs/recipe)")
-    r.add_argument("--only", default="", help="comma-separated variants to run (default all)")
-    r.add_argument("--out", default="", help="markdown page to write the table into, keeping its other text; "
-                                           "only this call scores the test split, for the chosen variant "
-                                           "(default: none)")
-    r.add_argument("--device", default="auto")
-    r.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. data.path=...")
-    r.set_defaults(fn=_main)

@@ -39,7 +39,6 @@ learning curves and hours are kept from the stored study.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 from datetime import datetime, timezone
@@ -590,59 +589,3 @@ def render_markdown(study: dict, figure: str) -> str:
               "images and MRR's chance.", "",
               f"![learning curves]({figure})", ""]
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# command line
-
-
-def _main(args: argparse.Namespace) -> int:
-    import sys
-
-    names = [n for n in args.models.split(",") if n] if args.models else [m.name for m in MODELS]
-    unknown = sorted(set(names) - {m.name for m in MODELS})
-    if unknown:
-        print(f"iwm: error: --models: unknown {', '.join(unknown)}; choose from "
-              f"{', '.join(m.name for m in MODELS)}", file=sys.stderr)
-        return 2
-    if args.epochs < 1:
-        print(f"iwm: error: --epochs must be at least 1, got {args.epochs}", file=sys.stderr)
-        return 2
-    settings = default_reference_settings()
-    settings["mrr_images"] = args.mrr_images
-    command = " ".join(["iwm study reference", *(["--models", args.models] if args.models else []),
-                        *(["--epochs", str(args.epochs)] if args.epochs != DEFAULT_EPOCHS else []),
-                        *(["--runs-dir", args.runs_dir] if args.runs_dir != DEFAULT_RUNS_DIR else []),
-                        *args.overrides])
-    try:
-        run_study(None if args.no_page else Path(args.out), Path(args.runs_dir), args.epochs, settings, names,
-                  train=args.train, random=not args.no_random, device=args.device, command=command,
-                  overrides=args.overrides, progress=not args.no_progress, update_shipped=args.update_shipped)
-    except (ConfigError, ValueError) as err:  # a run trained otherwise, missing data: one line
-        print(f"iwm: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {Path(args.runs_dir) / 'reference.json'}" + ("" if args.no_page else f" and {args.out}"))
-    return 0
-
-
-def add_cli(studies: argparse._SubParsersAction) -> None:
-    """Register ``iwm study reference``."""
-    p = studies.add_parser("reference", help="measure the long reference trainings of the shipped CIFAR-10 "
-                                             "configs (kNN, probes, finetuning, CamVid, MRR) against pixels and "
-                                             "random init")
-    p.add_argument("--models", default="", help="comma-separated configs to measure (default: all)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default {DEFAULT_EPOCHS})")
-    p.add_argument("--train", action="store_true", help="train the models not finished yet first, in this process")
-    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"one directory per model (default {DEFAULT_RUNS_DIR})")
-    p.add_argument("--out", default="docs/results/reference_models.md", help="markdown page")
-    p.add_argument("--no-page", action="store_true", help="measure and store, write no page")
-    p.add_argument("--mrr-images", type=int, default=default_reference_settings()["mrr_images"],
-                   help="test images ranked for MRR")
-    p.add_argument("--no-random", action="store_true", help="skip the random-initialisation references")
-    p.add_argument("--update-shipped", action="store_true",
-                   help="write the scores of models measured from their shipped weights into the package's "
-                        "manifest and model cards")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="dotted config overrides for every model, e.g. data.path=...")
-    p.set_defaults(fn=_main)

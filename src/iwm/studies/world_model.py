@@ -16,7 +16,6 @@ The page states no conclusion: a placeholder per table is left for whoever reads
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -368,53 +367,3 @@ def plot_mrr(study: dict, path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------
-# command line
-
-
-def _main(args: argparse.Namespace) -> int:
-    if args.steps is None and args.epochs is None:
-        args.steps = 800
-    length = ["--epochs", str(args.epochs)] if args.epochs is not None else ["--steps", str(args.steps)]
-    section = ["--section", args.section] if args.section else []
-    command = shlex.join(["iwm", "study", "world-model", *length, "--mrr-images", str(args.mrr_images),
-                          "--mrr-bank", str(args.mrr_bank), "--runs-dir", args.runs_dir,
-                          *(["--only", args.only] if args.only else ["--out", args.out]),
-                          "--device", args.device, *section, *args.overrides])
-    if args.only:
-        if args.steps is None:
-            print("iwm: error: --only re-measures runs by --steps", file=sys.stderr)
-            return 2
-        try:
-            run_only([n for n in args.only.split(",") if n], Path(args.runs_dir), args.steps, args.mrr_images,
-                     args.mrr_bank, args.overrides, args.device, command)
-        except ValueError as err:
-            print(f"iwm: error: {err}", file=sys.stderr)
-            return 2
-        print(f"wrote {Path(args.runs_dir) / only_file([n for n in args.only.split(',') if n])}")
-        return 0
-    run_study(Path(args.out), Path(args.runs_dir), args.steps, args.mrr_images, args.mrr_bank, args.overrides,
-              args.device, command=command, epochs=args.epochs, section=args.section)
-    print(f"wrote {args.out} and {Path(args.runs_dir) / 'study.json'}")
-    return 0
-
-
-def add_cli(studies: argparse._SubParsersAction) -> None:
-    """Register ``iwm study world-model``."""
-    w = studies.add_parser("world-model", help="the paper's Tables 1 and 2: conditioning, strength x predictor depth")
-    length = w.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 800)")
-    length.add_argument("--epochs", type=int, default=None, help="epochs of the training data per run, instead")
-    w.add_argument("--mrr-images", type=int, default=32, help="MRR test images (default 32)")
-    w.add_argument("--mrr-bank", type=int, default=64, help="MRR bank size (default 64)")
-    w.add_argument("--runs-dir", default="runs/study", help="one directory per run (default runs/study)")
-    w.add_argument("--out", default="docs/results/world_model.md", help="markdown page")
-    w.add_argument("--device", default="auto")
-    w.add_argument("--only", default="", help="comma-separated runs to train and measure into "
-                                               "<runs-dir>/study_only-<runs>.json (re-measuring a row; no page)")
-    w.add_argument("--section", default=None, help="write the page as a section of this title (e.g. 'GPU run'), "
-                                                    "to sit beside another run's page")
-    w.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. data.path=...")
-    w.set_defaults(fn=_main)

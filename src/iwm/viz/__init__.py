@@ -1,5 +1,5 @@
 """Figures of a trained run."""
 
-from .retrieval import add_cli, describe_action, retrieval_figure
+from .retrieval import describe_action, retrieval_figure
 
-__all__ = ["add_cli", "describe_action", "retrieval_figure"]
+__all__ = ["describe_action", "retrieval_figure"]

@@ -8,7 +8,6 @@ true target outlined). The bank, source transformation and mask are those of
 
 from __future__ import annotations
 
-import argparse
 import logging
 import textwrap
 from pathlib import Path
@@ -16,9 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..api import RUN_HELP
 from ..eval.mrr import (DESTRUCTIVE, FAMILIES, Probe, eval_images, family_params, image_generator,
-                        reciprocal_ranks, run_dir, squared_distances, strength_aug)
+                        reciprocal_ranks, squared_distances)
 from ..files import save_figure
 
 if TYPE_CHECKING:
@@ -92,31 +90,3 @@ def retrieval_figure(run: Run, out_path: str | Path, num_images: int = 4, num_ne
                 _show(ax[LEADING + j], trial.bank_images[k], "lime" if k == 0 else None)
             row += 1
     return save_figure(fig, out_path, dpi=DPI)
-
-
-def _main(args: argparse.Namespace) -> int:
-    from ..api import load
-
-    run = load(args.run, device=args.device)
-    out = Path(args.out) if args.out else run_dir(run) / "retrieval.png"
-    retrieval_figure(run, out, args.images, args.neighbours, args.bank, args.seed, args.device,
-                     aug=strength_aug(run, args.strength))
-    print(f"wrote {out}")
-    return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``viz`` (with its ``retrieval`` figure) under the top-level sub-commands."""
-    v = subparsers.add_parser("viz", help="figures of a run")
-    vsub = v.add_subparsers(dest="figure", required=True)
-    p = vsub.add_parser("retrieval", help="nearest neighbours of predictions in the bank (paper's Figure 1)")
-    p.add_argument("run", help=RUN_HELP)
-    p.add_argument("--out", default=None, help="PNG file (default <run_dir>/retrieval.png)")
-    p.add_argument("--images", type=int, default=4, help="test images (one row per image and family)")
-    p.add_argument("--neighbours", type=int, default=4, help="nearest bank entries shown")
-    p.add_argument("--bank", type=int, default=64, help="augmented targets per image")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--strength", type=float, default=None,
-                   help="use the run's aug config at this strength (e.g. 1 for an I-JEPA run)")
-    p.set_defaults(fn=_main)

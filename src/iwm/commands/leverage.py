@@ -7,15 +7,14 @@ holding config.yaml), as ``leverage_<command>.json`` unless ``--out`` says other
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..api import RUN_HELP
-from .report import format_table, write_json
+from ..api import RUN_HELP, results_dir
+from ..downstream.segdata import DEFAULT_SEG_DATA
+from ..downstream.report import format_table, write_json
 
-DEFAULT_SEG_DATA = os.environ.get("IWM_CAMVID", "")  # an ADE20K-layout folder or tarball; none is shipped
 
 
 def _load(args: argparse.Namespace):
@@ -27,24 +26,22 @@ def _load(args: argparse.Namespace):
 
 
 def _classification_sets(run, args: argparse.Namespace, augment: bool):
-    from .data import eval_set, train_set
+    from ..downstream.data import eval_set, train_set
 
     return (train_set(run, args.data, args.train_size, args.seed, augment=augment),
             eval_set(run, args.data, args.test_size, args.seed))
 
 
 def _finish(run, args: argparse.Namespace, result: dict[str, Any], table: str) -> int:
-    from ..eval.mrr import run_dir
-
     print(table)
-    out = Path(args.out) if args.out else run_dir(run) / f"leverage_{args.leverage}.json"
+    out = Path(args.out) if args.out else results_dir(run) / f"leverage_{args.leverage}.json"
     result["arguments"] = {k: v for k, v in vars(args).items() if k != "fn"}
     print(f"wrote {write_json(result, out)}")
     return 0
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from .probes import KINDS, run_probes
+    from ..downstream.probes import KINDS, run_probes
 
     run, device = _load(args)
     kinds = _chosen(args.kind, KINDS)
@@ -59,7 +56,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from .finetune import PREDICTOR_LR_RATIO, PROTOCOLS, run_protocols
+    from ..downstream.finetune import PREDICTOR_LR_RATIO, PROTOCOLS, run_protocols
 
     if not args.predictor_lr_ratio > 0:
         raise ValueError(f"--predictor-lr-ratio must be > 0 (the paper's is {PREDICTOR_LR_RATIO:g}), "
@@ -79,8 +76,8 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _multitask(args: argparse.Namespace) -> int:
-    from .data import num_classes
-    from .multitask import compare_multitask, default_tasks, load_tasks, parse_tasks
+    from ..downstream.data import num_classes
+    from ..downstream.multitask import compare_multitask, default_tasks, load_tasks, parse_tasks
 
     run, device = _load(args)
     train, test = _classification_sets(run, args, augment=not args.no_augment)
@@ -102,7 +99,7 @@ def _multitask(args: argparse.Namespace) -> int:
 
 def _segment(args: argparse.Namespace) -> int:
     from ..eval.features import subset
-    from .segmentation import SOURCES, run_segmentation, segmentation_sets
+    from ..downstream.segmentation import SOURCES, run_segmentation, segmentation_sets
 
     run, device = _load(args)
     sources = _chosen(args.source, SOURCES)
@@ -178,9 +175,9 @@ def _classification_data(p: argparse.ArgumentParser, augment: bool) -> None:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``leverage`` and its four sub-commands."""
-    from .finetune import PREDICTOR_LR_RATIO, PROTOCOLS
-    from .probes import KINDS
-    from .segmentation import SOURCES
+    from ..downstream.finetune import PREDICTOR_LR_RATIO, PROTOCOLS
+    from ..downstream.probes import KINDS
+    from ..downstream.segmentation import SOURCES
 
     top = subparsers.add_parser("leverage", help="use a run downstream: probes, finetuning, multi-task tuning, "
                                                  "segmentation")

@@ -1,0 +1,81 @@
+"""``iwm eval {knn,mrr} RUN``: the encoder's kNN top-1 (raw pixels beside it) and the world model's
+MRR; each prints its result and writes it as JSON into the run directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .. import config as config_mod
+from ..api import RUN_HELP, results_dir
+from ..files import write_text
+
+
+def _knn(args: argparse.Namespace) -> int:
+    from ..api import load
+    from ..eval import knn_eval
+
+    run = load(args.run, device=args.device, image_size=args.image_size)
+    cfg = config_mod.from_dict(run.config.to_dict(), args.overrides)
+    run.resize(cfg.data.image_size)  # data.image_size=N among the overrides works as --image-size N
+    # the raw pixels through the same protocol beside: the score the encoder has to beat
+    res = knn_eval(run.target_encoder, cfg, args.device, progress=True, pixels=not args.no_pixels)
+    res["image_size"] = cfg.data.image_size
+    print(json.dumps(res, indent=2))
+    out = Path(args.out) if args.out else results_dir(run) / "knn.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, json.dumps(res, indent=2))
+    print(f"wrote {out}", file=sys.stderr)  # stdout holds the JSON alone
+    return 0
+
+
+def _mrr(args: argparse.Namespace) -> int:
+    from ..api import load
+    from ..eval.mrr import MRR_FILES, compute_mrr, format_table, strength_aug
+
+    run = load(args.run, device=args.device)
+    try:
+        res = compute_mrr(run, num_images=args.images, bank_size=args.bank, seed=args.seed, device=args.device,
+                          progress=not args.no_progress, aug=strength_aug(run, args.strength), source=args.source)
+    except ValueError as err:  # bad counts: a message, not a traceback
+        print(f"iwm: error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(res))
+    out = Path(args.out) if args.out else results_dir(run) / MRR_FILES[args.source]
+    write_text(out, json.dumps(res, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``iwm eval`` and its protocols."""
+    from ..eval.mrr import SOURCES
+
+    esub = subparsers.add_parser("eval", help="evaluate a run").add_subparsers(dest="protocol", required=True)
+    k = esub.add_parser("knn", help="kNN top-1 of the target encoder, and of the raw pixels beside it")
+    k.add_argument("run", help=RUN_HELP)
+    k.add_argument("--device", default="cpu")
+    k.add_argument("--image-size", type=int, default=None,
+                   help="images at this size instead of the pretraining one (the sin-cos positions are rebuilt)")
+    k.add_argument("--out", default=None, help="JSON file (default <run_dir>/knn.json)")
+    k.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel reference (pixels_top1)")
+    k.add_argument("overrides", nargs="*", help="e.g. eval.knn_k=10 data.path=...")
+    k.set_defaults(fn=_knn)
+
+    p = esub.add_parser("mrr", help="mean reciprocal rank of the world model (paper's MRR)")
+    p.add_argument("run", help=RUN_HELP)
+    p.add_argument("--images", type=int, default=64, help="test images (default 64)")
+    p.add_argument("--bank", type=int, default=256, help="augmented targets per image (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--strength", type=float, default=None,
+                   help="rank against the run's aug config at this strength (e.g. 1 for an I-JEPA run)")
+    p.add_argument("--source", choices=SOURCES, default="clean",
+                   help="clean: the untouched image is the source (the paper's MRR, default); augmented: the "
+                        "source is transformed as in training, scored per family (shows whether grayscale, blur "
+                        "and solarisation are undone)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", default=None, help="JSON file (default <run_dir>/mrr.json, or mrr_augmented.json)")
+    p.set_defaults(fn=_mrr)

@@ -1,0 +1,38 @@
+"""``iwm viz retrieval RUN``: the paper's Figure 1 for a run, as a PNG in its run directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..api import RUN_HELP, results_dir
+
+
+def _retrieval(args: argparse.Namespace) -> int:
+    from ..api import load
+    from ..eval.mrr import strength_aug
+    from ..viz.retrieval import retrieval_figure
+
+    run = load(args.run, device=args.device)
+    out = Path(args.out) if args.out else results_dir(run) / "retrieval.png"
+    retrieval_figure(run, out, args.images, args.neighbours, args.bank, args.seed, args.device,
+                     aug=strength_aug(run, args.strength))
+    print(f"wrote {out}")
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``viz`` (with its ``retrieval`` figure) under the top-level sub-commands."""
+    v = subparsers.add_parser("viz", help="figures of a run")
+    vsub = v.add_subparsers(dest="figure", required=True)
+    p = vsub.add_parser("retrieval", help="nearest neighbours of predictions in the bank (paper's Figure 1)")
+    p.add_argument("run", help=RUN_HELP)
+    p.add_argument("--out", default=None, help="PNG file (default <run_dir>/retrieval.png)")
+    p.add_argument("--images", type=int, default=4, help="test images (one row per image and family)")
+    p.add_argument("--neighbours", type=int, default=4, help="nearest bank entries shown")
+    p.add_argument("--bank", type=int, default=64, help="augmented targets per image")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--strength", type=float, default=None,
+                   help="use the run's aug config at this strength (e.g. 1 for an I-JEPA run)")
+    p.set_defaults(fn=_retrieval)
