@@ -93,6 +93,17 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode())
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend: every figure here goes to a file, and a machine
+    without a screen must not fail to draw it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     """``fig.savefig`` through :func:`atomic_write` (format from the file name)."""
     fmt = Path(path).suffix.lstrip(".") or None

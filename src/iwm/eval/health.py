@@ -29,7 +29,7 @@ from .features import extract, subset
 from .knn import knn_accuracy
 from .mrr import FAMILIES, compute_mrr, family_params
 from .pixels import RawPixels
-from ..files import save_figure
+from ..files import pyplot, save_figure
 
 if TYPE_CHECKING:
     from ..models import IWM
@@ -215,11 +215,7 @@ def read_health(metrics: str | Path) -> list[dict]:
 def plot_health(records: list[dict], path: str | Path, cfg: Config | None = None) -> None:
     """health.png: kNN top-1 (raw pixels dashed), MRR (chance dashed), feature std and effective
     rank (collapse thresholds dotted), and the loss per transformation family, against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 5, figsize=(16, 3.2), dpi=110)
     steps = [r["step"] for r in records]
 

@@ -45,11 +45,13 @@ from ..config import encoder_dims
 from ..downstream.segdata import DEFAULT_SEG_DATA
 from ..downstream.finetune import HEADS, PREDICTOR_LR_RATIO
 from ..downstream.probes import PIXELS  # the reference row: the probes on the images themselves
-from ..files import save_figure, write_text
+from ..files import write_text
+from ..viz.study_plots import protocol_spectrum
 from ..train import resolve_device
 from ..version import code_version
 from .grid import GridRun, device_name, ensure_trained, run_config, settings_digest
-from .world_model import GRID, VERDICT
+from .page import RAW_NUMBERS, VERDICT, provenance, table
+from .world_model import GRID
 
 
 class Model(NamedTuple):
@@ -264,18 +266,14 @@ def _pct(row: dict | None, key: str = "top1") -> str:
     return "n/a" if row is None or row.get(key) is None else f"{100 * row[key]:.2f}"
 
 
-def render_markdown(study: dict) -> str:
-    s, models = study["settings"], study["models"]
+def _header(study: dict) -> list[str]:
+    s = study["settings"]
     enc = s["encoder"]
     train = "all" if not s["train_size"] else f"{s['train_size']:,}"
     test = "all 10,000" if not s["test_size"] else f"{s['test_size']:,}"
-    lines = [
-        "# Leveraging the world model: the abstraction spectrum (paper's Table 8, Figures 4-5)",
-        "",
-        f"- device: {study['device']}",
-        f"- date: {study['date']}",
-        f"- code: {study['code']}",
-        f"- command: `{study['command']}`",
+    return [
+        "# Leveraging the world model: the abstraction spectrum (paper's Table 8, Figures 4-5)", "",
+        *provenance(study),
         f"- pretraining: {s['steps']} steps, batch {s['batch_size']}, {s['dataset']} at {s['image_size']} px, "
         f"patch {s['patch_size']}; encoder ViT width {enc['embed_dim']}, depth {enc['depth']}, "
         f"{enc['num_heads']} heads; the runs of the world-model study "
@@ -287,133 +285,92 @@ def render_markdown(study: dict) -> str:
         f"finetuning with an attentive head, the pretrained predictor at {s['predictor_lr_ratio']:g} x lr",
         f"- segmentation: CamVid (`{s['seg_data']}`), resized to {s['image_size']} px, light decoder (LayerNorm "
         f"+ linear per token), {s['seg_epochs']} epochs, batch {s['seg_batch']}, lr {s['seg_lr']:g}; mIoU on the "
-        "validation split at the labels' own resolution",
-        "- raw numbers: the .json file of the same name beside this page",
-        "",
-        "## Table 8 analogue: one encoder, protocols of growing capacity",
-        "",
-        "Top-1 (%) on CIFAR-10, mIoU (%) on CamVid. MRR: the world-model study's measure of the same run, "
-        "ranked on the strong transformations.",
-        "",
-        "| model | MRR | kNN | linear | attentive | predictor FT | CamVid mIoU, encoder | CamVid mIoU, predictor |"
-        " paper (qualitative) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+        "validation split at the labels' own resolution", RAW_NUMBERS, ""]
+
+
+def _table8(study: dict) -> list[str]:
+    models = study["models"]
+
+    def cells(label: str) -> list[str]:
+        ev = models[label]["evals"]
+        return [_pct(ev.get(k)) for k in CLASSIFICATION] + [_pct(ev.get(k), "miou") for k in SEGMENTATION]
+
+    rows = []
     for m in MODELS:
-        ev = models[m.label]["evals"]
         mrr = study.get("mrr", {}).get(m.label)
-        cells = [_pct(ev.get(k)) for k in CLASSIFICATION] + [_pct(ev.get(k), "miou") for k in SEGMENTATION]
-        lines.append(f"| {m.label} | {'n/a' if mrr is None else f'{mrr:.4f}'} | " + " | ".join(cells)
-                     + f" | {m.paper} |")
+        rows.append([m.label, "n/a" if mrr is None else f"{mrr:.4f}", *cells(m.label), m.paper])
     if PIXELS in models:
-        ev = models[PIXELS]["evals"]
-        cells = [_pct(ev.get(k)) for k in CLASSIFICATION] + [_pct(ev.get(k), "miou") for k in SEGMENTATION]
-        lines.append(f"| {PIXELS} (reference) | n/a | " + " | ".join(cells) + " | the same probes on the images "
-                     "themselves: a representation has to beat this |")
-    lines += [
-        "",
-        "![top-1 by protocol, one line per model](leverage_spectrum.png)",
-        "",
-        VERDICT,
-        "",
-        "## Cost of each protocol",
-        "",
-        "Time: per training epoch, or in all (probe fits, whose features are extracted once; multi-task: "
-        "the multi-task run).",
-        "",
-        "| model | protocol | trainable params | time |",
-        "|---|---|---|---|",
-    ]
+        rows.append([f"{PIXELS} (reference)", "n/a", *cells(PIXELS),
+                     "the same probes on the images themselves: a representation has to beat this"])
+    return ["## Table 8 analogue: one encoder, protocols of growing capacity", "",
+            "Top-1 (%) on CIFAR-10, mIoU (%) on CamVid. MRR: the world-model study's measure of the same run, "
+            "ranked on the strong transformations.", "",
+            *table(["model", "MRR", "kNN", "linear", "attentive", "predictor FT", "CamVid mIoU, encoder",
+                    "CamVid mIoU, predictor", "paper (qualitative)"], rows), "",
+            "![top-1 by protocol, one line per model](leverage_spectrum.png)", "", VERDICT, ""]
+
+
+def _costs(study: dict) -> list[str]:
+    models, rows = study["models"], []
     for label in [m.label for m in MODELS] + ([PIXELS] if PIXELS in models else []):
         for k, row in models[label]["evals"].items():
             secs = row.get("seconds_per_epoch", row.get("seconds"))
             unit = "s / epoch" if "seconds_per_epoch" in row else "s in all"
-            lines.append(f"| {label} | {LABELS[k]} | {row['trainable_params']:,} | "
-                         f"{'n/a' if secs is None else f'{secs:.1f} {unit}'} |")
-    equi = models["IWM-equivariant"]["evals"]
-    if any(k in equi for k in TABLE4):
-        lines += [
-            "",
-            "## Table 4 analogue: finetuning protocols on IWM-equivariant",
-            "",
-            "| protocol | head | peak lr of the predictor | top-1 (%) | trainable params | s / epoch |",
-            "|---|---|---|---|---|---|",
-        ]
-        for k in ("predictor_ft", *TABLE4):
-            if k in equi:
-                r = equi[k]
-                pred_lr = r["settings"].get("predictor_lr")
-                lines.append(f"| {LABELS[k]} | {r['settings'].get('head', 'pooled')} | "
-                             f"{'-' if pred_lr is None else f'{pred_lr:g}'} | {_pct(r)} | "
-                             f"{r['trainable_params']:,} | {r['seconds_per_epoch']:.1f} |")
-        lines += [
-            "",
+            rows.append([label, LABELS[k], f"{row['trainable_params']:,}",
+                         "n/a" if secs is None else f"{secs:.1f} {unit}"])
+    return ["## Cost of each protocol", "",
+            "Time: per training epoch, or in all (probe fits, whose features are extracted once; multi-task: "
+            "the multi-task run).", "", *table(["model", "protocol", "trainable params", "time"], rows)]
+
+
+def _table4(equi: dict) -> list[str]:
+    if not any(k in equi for k in TABLE4):
+        return []
+    rows = []
+    for k in (k for k in ("predictor_ft", *TABLE4) if k in equi):
+        r, pred_lr = equi[k], equi[k]["settings"].get("predictor_lr")
+        rows.append([LABELS[k], r["settings"].get("head", "pooled"), "-" if pred_lr is None else f"{pred_lr:g}",
+                     _pct(r), f"{r['trainable_params']:,}", f"{r['seconds_per_epoch']:.1f}"])
+    return ["", "## Table 4 analogue: finetuning protocols on IWM-equivariant", "",
+            *table(["protocol", "head", "peak lr of the predictor", "top-1 (%)", "trainable params", "s / epoch"],
+                   rows), "",
             "Paper: with an equivariant IWM, predictor finetuning on a frozen encoder matches or beats encoder "
             "finetuning at a fraction of the trainable parameters; a random predictor of the same architecture "
-            "does not.",
-            "",
-            VERDICT,
-        ]
-    if "multitask" in equi:
-        mt = equi["multitask"]
-        lines += [
-            "",
-            "## Table 7 analogue: multi-task predictor tuning on IWM-equivariant",
-            "",
+            "does not.", "", VERDICT]
+
+
+def _table7(equi: dict) -> list[str]:
+    if "multitask" not in equi:
+        return []
+    mt = equi["multitask"]
+    m, t = mt["multi"], mt["single_total"]
+    rows = [[r["task"], r["num_classes"], _pct(r, "multi_top1"), _pct(r, "single_top1")] for r in mt["rows"]]
+    return ["", "## Table 7 analogue: multi-task predictor tuning on IWM-equivariant", "",
             "One predictor with a learned token per task, a head per task, each batch split evenly between the "
-            "tasks; against one predictor tuned per task, each for the same epochs.",
-            "",
-            "| task | classes | multi-task top-1 (%) | single-task top-1 (%) |",
-            "|---|---|---|---|",
-        ]
-        for r in mt["rows"]:
-            lines.append(f"| {r['task']} | {r['num_classes']} | {_pct(r, 'multi_top1')} | {_pct(r, 'single_top1')} |")
-        m, t = mt["multi"], mt["single_total"]
-        lines += [
-            "",
+            "tasks; against one predictor tuned per task, each for the same epochs.", "",
+            *table(["task", "classes", "multi-task top-1 (%)", "single-task top-1 (%)"], rows), "",
             f"Multi-task: one predictor, {m['trainable_params']:,} trainable parameters, {m['seconds']:.0f} s. "
             f"Single-task: {len(mt['rows'])} predictors, {t['trainable_params']:,} trainable parameters, "
-            f"{t['seconds']:.0f} s.",
-            "",
+            f"{t['seconds']:.0f} s.", "",
             "Paper: multi-task tuning of one predictor serves all tasks at a fraction of the cost of one predictor "
-            "per task, with comparable accuracy.",
-            "",
-            VERDICT,
-        ]
-    lines.append("")
-    return "\n".join(lines)
+            "per task, with comparable accuracy.", "", VERDICT]
+
+
+def render_markdown(study: dict) -> str:
+    equi = study["models"]["IWM-equivariant"]["evals"]
+    return "\n".join([*_header(study), *_table8(study), *_costs(study), *_table4(equi), *_table7(equi), ""])
 
 
 def plot_spectrum(study: dict, path: Path) -> None:
     """Left: CIFAR-10 top-1 by protocol (simplest head first), one line per model. Right:
     CamVid mIoU per token source."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
-    width = 0.8 / len(MODELS)
-    for i, m in enumerate(MODELS):
-        ev = study["models"][m.label]["evals"]
-        ax.plot(range(len(CLASSIFICATION)), [100 * ev[k]["top1"] for k in CLASSIFICATION], marker="o",
-                label=m.label)
-        bx.bar([j + (i - 1) * width for j in range(len(SEGMENTATION))],
-               [100 * (ev[k]["miou"] or 0.0) for k in SEGMENTATION], width, label=m.label)
-    if PIXELS in study["models"]:
-        ev = study["models"][PIXELS]["evals"]
+    models = study["models"]
+    top1 = {m.label: [100 * models[m.label]["evals"][k]["top1"] for k in CLASSIFICATION] for m in MODELS}
+    miou = {m.label: [100 * (models[m.label]["evals"][k]["miou"] or 0.0) for k in SEGMENTATION] for m in MODELS}
+    pixels = None
+    if PIXELS in models:
+        ev = models[PIXELS]["evals"]
         kinds = [k for k in CLASSIFICATION if k in ev]
-        ax.plot([CLASSIFICATION.index(k) for k in kinds], [100 * ev[k]["top1"] for k in kinds], marker="x", ls="--",
-                color="gray", label=f"{PIXELS} (reference)")
-    ax.set_xticks(range(len(CLASSIFICATION)), [LABELS[k] for k in CLASSIFICATION])
-    ax.set_ylabel("CIFAR-10 top-1 (%)")
-    ax.set_title("in domain: growing head capacity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    bx.set_xticks(range(len(SEGMENTATION)), ["encoder", "predictor"])
-    bx.set_ylabel("CamVid mIoU (%)")
-    bx.set_title("out of domain: segmentation")
-    bx.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+        pixels = (f"{PIXELS} (reference)", [CLASSIFICATION.index(k) for k in kinds],
+                  [100 * ev[k]["top1"] for k in kinds])
+    protocol_spectrum(path, [LABELS[k] for k in CLASSIFICATION], top1, miou, ["encoder", "predictor"], pixels)

@@ -50,7 +50,8 @@ import torch
 from .. import config as config_mod
 from ..config import SHIPPED, Config, ConfigError
 from ..downstream.report import write_json
-from ..files import save_figure, write_text
+from ..files import write_text
+from ..viz.study_plots import health_by_epoch
 from ..train import resolve_device
 from ..version import code_version
 from .grid import device_name, settings_digest, steps_per_epoch, trained_steps, training_part
@@ -307,7 +308,8 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
         out_md = Path(out_md)
         out_md.parent.mkdir(parents=True, exist_ok=True)
         write_json(study, out_md.with_suffix(".json"))
-        plot_curves(study, out_md.parent / "reference_curves.png")
+        curves = {m["label"]: m["curves"] for m in study["models"].values()}
+        health_by_epoch(out_md.parent / "reference_curves.png", curves)
         write_text(out_md, render_markdown(study, "reference_curves.png"))
     return study
 
@@ -365,36 +367,6 @@ def training_hours(records: list[dict], batch_size: int) -> float | None:
 
 # ----------------------------------------------------------------------------------------------
 # the page
-
-
-def plot_curves(study: dict, path: Path) -> None:
-    """kNN (with the raw pixels on the same health images), MRR (with chance) and effective
-    rank against epochs, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=120)
-    panels = (("knn_top1", "health kNN top-1 (%)", 100), ("mrr", "health MRR", 1), ("effective_rank",
-                                                                                     "effective rank (RankMe)", 1))
-    for ax, (key, title, scale) in zip(axes, panels):
-        for name, m in study["models"].items():
-            pts = [(r["epoch"], r[key] * scale) for r in m["curves"] if r.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), label=m["label"])
-        ref = {"knn_top1": ("knn_top1_pixels", "raw pixels"), "mrr": ("mrr_chance", "chance")}.get(key)
-        curves = [r for m in study["models"].values() for r in m["curves"]]
-        if ref and any(r.get(ref[0]) is not None for r in curves):
-            value = next(r[ref[0]] for r in curves if r.get(ref[0]) is not None)
-            ax.axhline(value * scale, color="gray", ls="--", label=ref[1])
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
 
 
 def _fmt(kind: str, v: float | None) -> str:

@@ -28,12 +28,13 @@ from ..config import Config, encoder_dims
 from ..eval.knn import knn_eval
 from ..eval.mrr import FAMILIES, compute_mrr, strength_aug
 from ..eval.pixels import RawPixels
-from ..files import save_figure, write_text
+from ..files import write_text
+from ..viz.study_plots import mrr_by_depth
 from ..train import resolve_device
 from ..version import code_version
+from .page import RAW_NUMBERS, VERDICT, as_section, provenance, table, write_page
 from .grid import GridRun, device_name, ensure_trained, run_config, steps_per_epoch
 
-VERDICT = "<!-- verdict: fill in after reading the numbers -->"
 STRENGTHS = {"weak": 0.5, "strong": 1.0}
 DEPTHS = (1, 2, 4)
 CONDITIONINGS = ("none", "sequence", "feature")
@@ -176,10 +177,9 @@ def run_study(out_md: Path, runs_dir: Path, steps: int | None, mrr_images: int, 
         "runs": results,
     }
     write_text(runs_dir / "study.json", json.dumps(study, indent=2))
-    write_text(out_md.with_suffix(".json"), json.dumps(study, indent=2))  # the raw numbers beside the page
     plot = out_md.with_name(f"{out_md.stem}_mrr.png")
     plot_mrr(study, plot)
-    write_text(out_md, render_markdown(study, plot.name, section))
+    write_page(out_md, study, render_markdown(study, plot.name, section))
     return study
 
 
@@ -214,156 +214,99 @@ def _training(s: dict) -> str:
     return f"{s['steps']} steps{epochs}"
 
 
-def render_markdown(study: dict, plot: str = "world_model_mrr.png", section: str | None = None) -> str:
-    """The results page; with ``section``, the same one heading level down under ``## section``."""
+def _header(study: dict) -> list[str]:
     s, runs = study["settings"], study["runs"]
     enc, pred = s["encoder"], s["predictor"]
-    chance = next(iter(runs.values()))["chance"]
+    first = next(iter(runs.values()))
     pixels = study.get("knn_pixels_top1")
-    lines = [
-        "# World-model study (paper's Tables 1 and 2)",
-        "",
-        f"- device: {study['device']}",
-        f"- date: {study['date']}",
-        f"- code: {study.get('code', 'not recorded')}",
-        f"- command: `{study['command']}`",
+    return [
+        "# World-model study (paper's Tables 1 and 2)", "", *provenance(study),
         f"- training: {_training(s)}, batch {s['batch_size']}, {s['dataset']} at {s['image_size']} px, "
         f"patch {s['patch_size']}",
         f"- encoder: ViT width {enc['embed_dim']}, depth {enc['depth']}, {enc['num_heads']} heads; predictor width "
         f"{pred['width']}, {pred['num_heads']} heads (depth per run below)",
         f"- MRR: {s['mrr_images']} test images x {s['mrr_bank']} bank entries, seed 0; chance (random ranks) "
-        f"{fmt_mrr(chance)}; by the paper's protocol, the clean image as the source, and in brackets or "
+        f"{fmt_mrr(first['chance'])}; by the paper's protocol, the clean image as the source, and in brackets or "
         "columns of their own with the source transformed as in training (`--source augmented`, this page's "
         "protocol before 2026-12), on the same images, banks and masks",
-        f"- kNN: k={s['knn_k']}, bank {next(iter(runs.values()))['knn']['bank']} train images, "
-        f"{next(iter(runs.values()))['knn']['test']} test images, target encoder"
-        + ("" if study.get("knn_pixels_top1") is None else
-           f"; raw pixels by the same protocol: {fmt_pct(study['knn_pixels_top1'])}"),
-        f"- extra overrides: {' '.join(s['extra_overrides']) or 'none'}",
-        "- raw numbers: the .json file of the same name beside this page",
-        "",
-        "## Table 1: conditioning of the predictor",
-        "",
-        "Strong transformations (aug.strength=1.0), predictor depth 4.",
-        "",
-        "| conditioning | run | MRR, clean source | MRR, a_x→y zeroed | MRR, augmented source (all) | kNN top-1 "
-        "| paper (qualitative) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for cond, run in table1_rows():
-        r = runs[run.name]
-        lines.append(f"| {cond} | {run.name} | {fmt_mrr(r['mrr'])} | {fmt_mrr(r['mrr_action_zeroed'])} | "
-                     f"{fmt_mrr(r.get('mrr_augmented'))} | {fmt_pct(r['knn_top1'])} | {TABLE1_PAPER[cond]} |")
+        f"- kNN: k={s['knn_k']}, bank {first['knn']['bank']} train images, {first['knn']['test']} test images, "
+        "target encoder" + ("" if pixels is None else f"; raw pixels by the same protocol: {fmt_pct(pixels)}"),
+        f"- extra overrides: {' '.join(s['extra_overrides']) or 'none'}", RAW_NUMBERS, ""]
+
+
+def _table1(study: dict) -> list[str]:
+    runs, pixels = study["runs"], study.get("knn_pixels_top1")
+    rows = [[cond, run.name, fmt_mrr(runs[run.name]["mrr"]), fmt_mrr(runs[run.name]["mrr_action_zeroed"]),
+             fmt_mrr(runs[run.name].get("mrr_augmented")), fmt_pct(runs[run.name]["knn_top1"]), TABLE1_PAPER[cond]]
+            for cond, run in table1_rows()]
     if pixels is not None:
-        lines.append(f"| raw pixels | (no encoder) | | | | {fmt_pct(pixels)} | the floor for kNN |")
-    lines += [
-        "",
-        "Paper: without conditioning there is no world model (MRR ≈ 0); sequence and feature conditioning "
-        "both learn one; feature conditioning is used in practice.",
-        "",
-        VERDICT,
-        "",
-        "## Table 2: strength of the transformations x predictor depth",
-        "",
-        "MRR, clean source (augmented source, family all, in brackets), feature conditioning, each run ranked "
-        "against its own transformations:",
-        "",
-        "| strength | " + " | ".join(f"depth {d}" for d in DEPTHS) + " |",
-        "|---|" + "---|" * len(DEPTHS),
-    ]
+        rows.append(["raw pixels", "(no encoder)", "", "", "", fmt_pct(pixels), "the floor for kNN"])
+    return ["## Table 1: conditioning of the predictor", "",
+            "Strong transformations (aug.strength=1.0), predictor depth 4.", "",
+            *table(["conditioning", "run", "MRR, clean source", "MRR, a_x→y zeroed", "MRR, augmented source (all)",
+                    "kNN top-1", "paper (qualitative)"], rows), "",
+            "Paper: without conditioning there is no world model (MRR ≈ 0); sequence and feature conditioning "
+            "both learn one; feature conditioning is used in practice.", "", VERDICT, ""]
+
+
+def _depth_table(study: dict, cell) -> list[str]:
+    """strength x predictor depth, one cell per run of Table 2."""
     cells = table2_cells()
-    for label, value in STRENGTHS.items():
-        row = [fmt_pair(runs[cells[(label, d)].name], "mrr") for d in DEPTHS]
-        lines.append(f"| {label} ({value}) | " + " | ".join(row) + " |")
-    lines += [
-        "",
-        f"The same runs ranked against the strong transformations (strength {STRENGTHS['strong']}), one bank for "
-        "all: a weak bank holds views that differ less, which makes its ranking harder whatever the world model.",
-        "",
-        "| strength | " + " | ".join(f"depth {d}" for d in DEPTHS) + " |",
-        "|---|" + "---|" * len(DEPTHS),
-    ]
-    for label, value in STRENGTHS.items():
-        row = [fmt_pair(runs[cells[(label, d)].name], "mrr_strong_bank") for d in DEPTHS]
-        lines.append(f"| {label} ({value}) | " + " | ".join(row) + " |")
-    lines += [
-        "",
-        "kNN top-1 of the same runs:",
-        "",
-        "| strength | " + " | ".join(f"depth {d}" for d in DEPTHS) + " |",
-        "|---|" + "---|" * len(DEPTHS),
-    ]
-    for label, value in STRENGTHS.items():
-        row = [fmt_pct(runs[cells[(label, d)].name]["knn_top1"]) for d in DEPTHS]
-        lines.append(f"| {label} ({value}) | " + " | ".join(row) + " |")
+    return table(["strength", *(f"depth {d}" for d in DEPTHS)],
+                 [[f"{label} ({value})", *(cell(study["runs"][cells[(label, d)].name]) for d in DEPTHS)]
+                  for label, value in STRENGTHS.items()])
+
+
+def _table2(study: dict, plot: str) -> list[str]:
+    lines = ["## Table 2: strength of the transformations x predictor depth", "",
+             "MRR, clean source (augmented source, family all, in brackets), feature conditioning, each run ranked "
+             "against its own transformations:", "", *_depth_table(study, lambda r: fmt_pair(r, "mrr")), "",
+             f"The same runs ranked against the strong transformations (strength {STRENGTHS['strong']}), one bank for "
+             "all: a weak bank holds views that differ less, which makes its ranking harder whatever the world model.",
+             "", *_depth_table(study, lambda r: fmt_pair(r, "mrr_strong_bank")), "",
+             "kNN top-1 of the same runs:", "", *_depth_table(study, lambda r: fmt_pct(r["knn_top1"]))]
     if study.get("knn_pixels_top1") is not None:
-        pixels = fmt_pct(study["knn_pixels_top1"])
-        lines += ["", f"The raw pixels, by the same kNN protocol: {pixels}. A representation below them has not "
-                  "yet learned more than its input holds."]
-    lines += [
-        "",
-        "Paper: stronger transformations make a strong (equivariant) world model easier to learn, and deeper "
-        "predictors learn strong world models over a wider range of transformations (capacity is key).",
-        "",
-        f"![MRR vs predictor depth]({plot})",
-        "",
-        VERDICT,
-        "",
-        "## Reference: I-JEPA",
-        "",
-        "Trained with the identity (aug.strength=0, no conditioning); its MRR is ranked against the strong "
-        "transformations (strength 1.0), since its own bank would be one image repeated.",
-        "",
-        "| run | MRR, clean source | MRR, a_x→y zeroed | MRR, augmented source (all) | kNN top-1 |",
-        "|---|---|---|---|---|",
-    ]
-    for name, r in runs.items():
-        if "reference" in r["tables"]:
-            lines.append(f"| {name} | {fmt_mrr(r['mrr'])} | {fmt_mrr(r['mrr_action_zeroed'])} | "
-                         f"{fmt_mrr(r.get('mrr_augmented'))} | {fmt_pct(r['knn_top1'])} |")
-    lines += [
-        "",
-        "## MRR per transformation family, augmented source",
-        "",
-        "The source carries the family's transformation, as in training (the view of the paper's Figure 1): "
-        "grayscale, blur and solarisation must be undone as well as the jitter applied.",
-        "",
-        "| run | " + " | ".join(FAMILIES) + " |",
-        "|---|" + "---|" * len(FAMILIES),
-    ]
-    for name, r in runs.items():
-        lines.append(f"| {name} | " + " | ".join(fmt_mrr(r["families"][f]["mrr"]) for f in FAMILIES) + " |")
-    lines.append("")
-    if section:  # one level down: "# World-model study" becomes "## <section>", "## Table 1" "### Table 1"
-        lines[0] = f"## {section}"
-        lines = [f"#{line}" if line.startswith("## ") and i else line for i, line in enumerate(lines)]
-    return "\n".join(lines)
+        lines += ["", f"The raw pixels, by the same kNN protocol: {fmt_pct(study['knn_pixels_top1'])}. A "
+                  "representation below them has not yet learned more than its input holds."]
+    return [*lines, "", "Paper: stronger transformations make a strong (equivariant) world model easier to learn, "
+            "and deeper predictors learn strong world models over a wider range of transformations (capacity is "
+            "key).", "", f"![MRR vs predictor depth]({plot})", "", VERDICT, ""]
+
+
+def _references_and_families(study: dict) -> list[str]:
+    runs = study["runs"]
+    ijepa = [[name, fmt_mrr(r["mrr"]), fmt_mrr(r["mrr_action_zeroed"]), fmt_mrr(r.get("mrr_augmented")),
+              fmt_pct(r["knn_top1"])] for name, r in runs.items() if "reference" in r["tables"]]
+    families = [[name, *(fmt_mrr(r["families"][f]["mrr"]) for f in FAMILIES)] for name, r in runs.items()]
+    return ["## Reference: I-JEPA", "",
+            "Trained with the identity (aug.strength=0, no conditioning); its MRR is ranked against the strong "
+            "transformations (strength 1.0), since its own bank would be one image repeated.", "",
+            *table(["run", "MRR, clean source", "MRR, a_x→y zeroed", "MRR, augmented source (all)", "kNN top-1"],
+                   ijepa), "",
+            "## MRR per transformation family, augmented source", "",
+            "The source carries the family's transformation, as in training (the view of the paper's Figure 1): "
+            "grayscale, blur and solarisation must be undone as well as the jitter applied.", "",
+            *table(["run", *FAMILIES], families), ""]
+
+
+def render_markdown(study: dict, plot: str = "world_model_mrr.png", section: str | None = None) -> str:
+    """The results page; with ``section``, the same one heading level down under ``## section``."""
+    lines = [*_header(study), *_table1(study), *_table2(study, plot), *_references_and_families(study)]
+    return "\n".join(as_section(lines, section) if section else lines)
 
 
 def plot_mrr(study: dict, path: Path) -> None:
     """MRR (clean source) vs predictor depth, one line per strength on its own transformations, the weak
     runs again (dotted) on the strong transformations; chance dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs, cells = study["runs"], table2_cells()
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for label, value in STRENGTHS.items():
-        line, = ax.plot(DEPTHS, [runs[cells[(label, d)].name]["mrr"] for d in DEPTHS], marker="o",
-                        label=f"{label} (strength {value})")
-        common = [runs[cells[(label, d)].name].get("mrr_strong_bank") for d in DEPTHS]
-        if value != STRENGTHS["strong"] and None not in common:
-            ax.plot(DEPTHS, common, marker="o", ls=":", color=line.get_color(),
-                    label=f"{label}, ranked on strength {STRENGTHS['strong']}")
-    ax.axhline(next(iter(runs.values()))["chance"], color="gray", ls="--", lw=1, label="chance")
-    ax.set_xticks(DEPTHS)
-    ax.set_xlabel("predictor depth")
-    ax.set_ylabel("MRR (clean source)")
-    ax.set_title(f"world model, {_training(study['settings'])}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+
+    def values(label: str, key: str) -> list[float | None]:
+        return [runs[cells[(label, d)].name].get(key) for d in DEPTHS]
+
+    lines = {f"{label} (strength {value})": values(label, "mrr") for label, value in STRENGTHS.items()}
+    dotted = {f"{label} (strength {value})": (f"{label}, ranked on strength {STRENGTHS['strong']}",
+                                              values(label, "mrr_strong_bank"))
+              for label, value in STRENGTHS.items()
+              if value != STRENGTHS["strong"] and None not in values(label, "mrr_strong_bank")}
+    mrr_by_depth(path, list(DEPTHS), lines, dotted, next(iter(runs.values()))["chance"],
+                 f"world model, {_training(study['settings'])}")

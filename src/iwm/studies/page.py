@@ -1,0 +1,43 @@
+"""What every study page shares: the lines saying what produced it, markdown tables, and writing
+the page with its raw numbers beside it. A study measures into a dict; its page is built from
+that dict with these, so a page is re-rendered from its JSON alone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ..files import write_text
+
+VERDICT = "<!-- verdict: fill in after reading the numbers -->"  # left for whoever reads the numbers
+RAW_NUMBERS = "- raw numbers: the .json file of the same name beside this page"
+
+
+def provenance(study: dict) -> list[str]:
+    """The bullets every page opens with: where, when, by which code and command it was measured."""
+    return [f"- device: {study['device']}", f"- date: {study['date']}",
+            f"- code: {study.get('code', 'not recorded')}", f"- command: `{study['command']}`"]
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A markdown table: the header row, the rule, one line per row (cells as given)."""
+    def line(cells: Sequence[object]) -> str:
+        return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+
+    return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows)]
+
+
+def as_section(lines: list[str], title: str) -> list[str]:
+    """The page one heading level down, under ``## title``: a page that sits beside another
+    (a GPU run beside the CPU one)."""
+    lines = [f"## {title}", *lines[1:]]
+    return [f"#{line}" if line.startswith("## ") and i else line for i, line in enumerate(lines)]
+
+
+def write_page(out_md: Path, study: dict, markdown: str) -> None:
+    """``out_md`` and, beside it, the study's raw numbers as ``out_md`` with ``.json``."""
+    out_md = Path(out_md)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out_md.with_suffix(".json"), json.dumps(study, indent=2))
+    write_text(out_md, markdown)
