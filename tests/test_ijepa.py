@@ -34,8 +34,16 @@ def their_positions(grid: int, dim: int) -> torch.Tensor:
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).float().unsqueeze(0)
 
 
+def small_weights(g: torch.Generator):
+    """A drawer of random weights from ``g``, at the scale of a trained network's."""
+    def draw(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * 0.2
+
+    return draw
+
+
 def vit_blocks(prefix: str, dim: int, depth: int, hidden: int, g: torch.Generator) -> dict:
-    r = lambda *s: torch.randn(*s, generator=g) * 0.2  # noqa: E731
+    r = small_weights(g)
     out = {}
     for i in range(depth):
         b = f"{prefix}{i}."
@@ -48,7 +56,7 @@ def vit_blocks(prefix: str, dim: int, depth: int, hidden: int, g: torch.Generato
 
 def ijepa_encoder(seed: int, dim=DIM, hidden=4 * DIM) -> dict:
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.2  # noqa: E731
+    r = small_weights(g)
     state = {"patch_embed.proj.weight": r(dim, 3, PATCH, PATCH), "patch_embed.proj.bias": r(dim),
              "pos_embed": their_positions(GRID, dim), **vit_blocks("blocks.", dim, DEPTH, hidden, g),
              "norm.weight": 1 + r(dim), "norm.bias": r(dim)}
@@ -57,7 +65,7 @@ def ijepa_encoder(seed: int, dim=DIM, hidden=4 * DIM) -> dict:
 
 def ijepa_predictor(seed: int, dim=DIM) -> dict:
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.2  # noqa: E731
+    r = small_weights(g)
     state = {"predictor_embed.weight": r(P_WIDTH, dim), "predictor_embed.bias": r(P_WIDTH),
              "mask_token": r(1, 1, P_WIDTH), "predictor_pos_embed": their_positions(GRID, P_WIDTH),
              **vit_blocks("predictor_blocks.", P_WIDTH, P_DEPTH, 4 * P_WIDTH, g),

@@ -75,7 +75,10 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     pixels = f"{100 * saved['knn_pixels_top1']:.2f} %"
     assert _row(md, "raw pixels")[5] == pixels
     assert f"raw pixels by the same protocol: {pixels}" in md and f"same kNN protocol: {pixels}" in md
-    num = lambda v: f"{v:.4f}"  # noqa: E731
+
+    def num(v: float) -> str:
+        return f"{v:.4f}"
+
     for cond, run in study.table1_rows():
         r = saved["runs"][run.name]
         assert _row(md, cond)[1:6] == [run.name, num(r["mrr"]), num(r["mrr_action_zeroed"]), num(r["mrr_augmented"]),

@@ -273,9 +273,7 @@ def _check_range(key: str, pair: tuple[float, float], lo: float, hi: float) -> N
     _check(lo <= a <= b <= hi, key, f"need {lo} <= low <= high <= {hi}, got {list(pair)}")
 
 
-def validate(cfg: Config) -> Config:
-    """Range and consistency checks across keys. Raises ConfigError naming the key."""
-    d, a, m, mo, p, o, r, e = cfg.data, cfg.aug, cfg.mask, cfg.model, cfg.predictor, cfg.optim, cfg.run, cfg.eval
+def _check_data(d: DataConfig) -> None:
     _check(d.image_size > 0, "data.image_size", "must be a positive number of pixels")
     _check(d.batch_size > 0, "data.batch_size", "must be at least 1")
     _check(d.num_workers >= 0, "data.num_workers", "must be 0 (load in the main process) or more")
@@ -284,6 +282,8 @@ def validate(cfg: Config) -> Config:
     _check_range("data.crop_scale", d.crop_scale, 1e-3, 1.0)
     _check(d.dataset != "folder" or bool(d.path), "data.path", "set it to the image folder (data.dataset=folder)")
 
+
+def _check_aug(a: AugConfig) -> None:
     _check(a.strength >= 0, "aug.strength", "must be >= 0 (0 = identity, as I-JEPA)")
     for name in ("jitter_prob", "target_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
         _check(0 <= getattr(a, name) <= 1, f"aug.{name}", "a probability must lie in [0, 1]")
@@ -295,6 +295,8 @@ def validate(cfg: Config) -> Config:
     _check(a.strength * a.hue <= 0.5, "aug.strength", "strength x hue must stay <= 0.5")
     _check_range("aug.blur_sigma", a.blur_sigma, 1e-3, 100.0)
 
+
+def _check_model(mo: ModelConfig, d: DataConfig) -> None:
     _check(mo.patch_size > 0, "model.patch_size", "must be a positive number of pixels")
     _check(d.image_size % mo.patch_size == 0, "model.patch_size",
            f"must divide data.image_size ({d.image_size}); try {_divisors(d.image_size)}")
@@ -304,6 +306,8 @@ def validate(cfg: Config) -> Config:
     _check(dim % heads == 0, "model.num_heads", f"must divide the embedding width {dim}")
     _check(mo.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
 
+
+def _check_predictor(p: PredictorConfig) -> None:
     _check(p.depth >= 1, "predictor.depth", "must be at least 1")
     _check(p.width > 0, "predictor.width", "must be positive")
     ph = p.num_heads or max(1, p.width // 64)
@@ -311,6 +315,8 @@ def validate(cfg: Config) -> Config:
     _check(p.cond_tokens >= 1, "predictor.cond_tokens", "must be at least 1")
     _check(0 < p.norm_eps < 1, "predictor.norm_eps", "must lie in (0, 1)")
 
+
+def _check_mask(m: MaskConfig, d: DataConfig, mo: ModelConfig, o: OptimConfig) -> None:
     grid = d.image_size // mo.patch_size
     n = grid * grid
     _check(m.num_targets >= 1, "mask.num_targets", "must be at least 1")
@@ -328,6 +334,8 @@ def validate(cfg: Config) -> Config:
     _check(m.context_scale[1] * n >= m.min_context, "mask.context_scale",
            "the context block is smaller than mask.min_context tokens")
 
+
+def _check_optim(o: OptimConfig, d: DataConfig) -> None:
     _check(o.epochs >= 1 or o.max_steps >= 1, "optim.epochs", "train for at least one epoch or set optim.max_steps")
     _check(o.max_steps >= 0, "optim.max_steps", "must be >= 0 (0 = run optim.epochs)")
     for name in ("lr", "start_lr", "final_lr"):
@@ -341,6 +349,8 @@ def validate(cfg: Config) -> Config:
     _check(o.accum_steps >= 1 and d.batch_size % o.accum_steps == 0, "optim.accum_steps",
            f"must be >= 1 and divide data.batch_size ({d.batch_size})")
 
+
+def _check_run(r: RunConfig) -> None:
     _check(r.log_every >= 1, "run.log_every", "must be at least 1")
     _check(r.ckpt_every >= 1, "run.ckpt_every", "must be at least 1")
     _check(r.keep >= 1, "run.keep", "keep at least one periodic checkpoint")
@@ -349,6 +359,8 @@ def validate(cfg: Config) -> Config:
            "allowed values are auto, cpu, cuda, cuda:N, mps")
     _check(bool(r.out_dir), "run.out_dir", "set a directory for the run")
 
+
+def _check_eval(e: EvalConfig) -> None:
     _check(e.knn_k >= 1, "eval.knn_k", "must be at least 1")
     _check(e.knn_temperature > 0, "eval.knn_temperature", "must be > 0")
     _check(e.knn_train >= 0 and e.knn_test >= 0, "eval.knn_train", "counts must be >= 0 (0 = all)")
@@ -362,6 +374,19 @@ def validate(cfg: Config) -> Config:
     _check(e.health_mrr_bank >= 2, "eval.health_mrr_bank", "rank among at least 2 targets")
     _check(e.collapse_std >= 0, "eval.collapse_std", "must be >= 0 (0 = never warn)")
     _check(e.collapse_rank >= 0, "eval.collapse_rank", "must be >= 0 (0 = never warn)")
+
+
+def validate(cfg: Config) -> Config:
+    """Range and consistency checks across keys, section by section. Raises ConfigError naming the key."""
+    d, a, m, mo, p, o, r, e = cfg.data, cfg.aug, cfg.mask, cfg.model, cfg.predictor, cfg.optim, cfg.run, cfg.eval
+    _check_data(d)
+    _check_aug(a)
+    _check_model(mo, d)
+    _check_predictor(p)
+    _check_mask(m, d, mo, o)
+    _check_optim(o, d)
+    _check_run(r)
+    _check_eval(e)
     return cfg
 
 

@@ -140,7 +140,11 @@ def convert(ckpt: dict[str, Any], num_heads: int | None = None,
     cfg = infer_config(enc, pred, num_heads, predictor_heads)
     e_order = channel_order(enc["pos_embed"], "encoder")
     p_order = channel_order(pred["predictor_pos_embed"], "predictor")
-    row = lambda order: (lambda v: v.index_select(0, order))  # noqa: E731
+
+    def row(order: torch.Tensor):
+        """A rule that puts a tensor's rows (its first axis) in ``order``."""
+        return lambda v: v.index_select(0, order)
+
     # the positions, checked equal to ours up to the order above, become exactly ours
     ours = build_sincos2d_pos_embed([cfg.data.image_size // cfg.model.patch_size] * 2, cfg.model.embed_dim)
     enc_rules = {"pos_embed": lambda v: ours.unsqueeze(0).to(v.dtype), "patch_embed.proj.weight": ROW,

@@ -60,15 +60,17 @@ def _fit_linear(f: torch.Tensor, y: torch.Tensor, num_classes: int, lr: float, w
     torch.manual_seed(seed)  # same initial weights for every grid point
     head = nn.Linear(f.shape[1], num_classes).to(f.device)
     n = len(f)
-    if batch_size >= n:
-        full = torch.arange(n)
-        batches = lambda epoch: [full]  # noqa: E731 - full batch: the order does not matter
-        steps = 1
-    else:
-        batches = lambda epoch: index_batches(n, batch_size, seed, epoch)  # noqa: E731
-        steps = len(index_batches(n, batch_size, seed, 0))
-    fit(head, lambda idx: F.cross_entropy(head(f[idx]), y[idx]), batches, epochs, steps, lr, wd,
-        warmup=0.0, progress=progress, desc=desc)
+    full = [torch.arange(n)]
+
+    def batches(epoch: int) -> list[torch.Tensor]:
+        if batch_size >= n:  # full batch: the order does not matter
+            return full
+        return index_batches(n, batch_size, seed, epoch)
+
+    def loss(idx: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(f[idx]), y[idx])
+
+    fit(head, loss, batches, epochs, len(batches(0)), lr, wd, warmup=0.0, progress=progress, desc=desc)
     return head
 
 
@@ -219,7 +221,10 @@ def run_probes(run: Run, kinds: Sequence[str], train_ds: Dataset, test_ds: Datas
     common = {"encoder": encoder, "checkpoint": str(run.path), "step": run.step}
     heads = encoder_dims(run.config.model)[2]
     pooled: dict[str, tuple] = {}
-    pick = lambda value, default: default if value is None else value  # noqa: E731 - 0 is a value
+
+    def pick(value, default):
+        return default if value is None else value  # 0 is a value, not "unset"
+
     results = []
     for kind in kinds:
         for name, enc in sources:

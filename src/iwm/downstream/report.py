@@ -27,7 +27,10 @@ def format_table(rows: Sequence[dict], columns: Sequence[Column]) -> str:
     cells = [[_cell(r.get(key), spec) for key, _, spec in columns] for r in rows]
     heads = [h for _, h, _ in columns]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+
+    def line(vals: list[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
+
     return "\n".join([line(heads), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(c) for c in cells])
 
 

@@ -64,7 +64,10 @@ class IWM(nn.Module):
         valid = masks.context_valid
         context = self.encoder.tokens(x, masks.context, valid)
         if self.per_block:
-            rep = lambda z: None if z is None else z.repeat_interleave(t, 0)  # noqa: E731
+
+            def rep(z: torch.Tensor | None) -> torch.Tensor | None:  # one row per target block
+                return None if z is None else z.repeat_interleave(t, 0)
+
             tidx = masks.targets.flatten(0, 1)
             pred = self.predictor(rep(context), rep(masks.context), tidx, rep(action), rep(valid))
             truth = gather_tokens(rep(target), tidx)
