@@ -204,7 +204,8 @@ def _reference(args: argparse.Namespace) -> int:
                         *args.overrides])
     reference.run_study(None if args.no_page else Path(args.out), Path(args.runs_dir), args.epochs, settings, names,
                         train=args.train, random=not args.no_random, device=args.device, command=command,
-                        overrides=args.overrides, progress=not args.no_progress, update_shipped=args.update_shipped)
+                        overrides=args.overrides, progress=not args.no_progress, update_shipped=args.update_shipped,
+                        readme=Path(args.readme) if args.readme else None)
     print(f"wrote {Path(args.runs_dir) / 'reference.json'}" + ("" if args.no_page else f" and {args.out}"))
     return 0
 
@@ -228,6 +229,9 @@ def _add_reference(studies: argparse._SubParsersAction) -> None:
     p.add_argument("--update-shipped", action="store_true",
                    help="write the scores of models measured from their shipped weights into the package's "
                         "manifest and model cards")
+    p.add_argument("--readme", default="README.md",
+                   help="a README whose quote of the page's summary is refreshed, where it has one (default "
+                        "README.md; '' for none)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="dotted config overrides for every model, e.g. data.path=...")

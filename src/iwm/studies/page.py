@@ -35,6 +35,24 @@ def as_section(lines: list[str], title: str) -> list[str]:
     return [f"#{line}" if line.startswith("## ") and i else line for i, line in enumerate(lines)]
 
 
+def replace_marked(page: str, begin: str, end: str, content: str) -> str:
+    """``page`` with what stands between the markers ``begin`` and ``end`` replaced by ``content``;
+    the text around them (a reading written by hand) is kept. A page without the markers gets
+    the marked block appended, never overwritten."""
+    block = f"{begin}\n{content}{end}\n"
+    if begin in page and end in page:
+        head, rest = page.split(begin, 1)
+        return head + block + rest.split(end, 1)[1].removeprefix("\n")
+    return f"{page.rstrip()}\n\n{block}" if page.strip() else block
+
+
+def marked(page: str, begin: str, end: str) -> str | None:
+    """What stands between the markers (None where they are not both there)."""
+    if begin not in page or end not in page:
+        return None
+    return page.split(begin, 1)[1].split(end, 1)[0].removeprefix("\n")
+
+
 def write_page(out_md: Path, study: dict, markdown: str) -> None:
     """``out_md`` and, beside it, the study's raw numbers as ``out_md`` with ``.json``."""
     out_md = Path(out_md)

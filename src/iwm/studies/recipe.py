@@ -32,6 +32,7 @@ from ..eval.validation import VALIDATION_SEED, knn_validation, validation_sets
 from ..train import resolve_device
 from ..version import code_version
 from .grid import GridRun, device_name, ensure_trained, run_config
+from .page import replace_marked
 from ..files import write_text
 
 # (name, overrides on cifar10_equi, what it tests)
@@ -166,11 +167,7 @@ TABLE_BEGIN, TABLE_END = "<!-- iwm study recipe: table -->", "<!-- end of the ta
 def place_table(page: str, table: str) -> str:
     """``page`` with its measured table replaced by ``table``. The reading around it is written by
     hand, so it is kept: a page without the markers gets the table appended, never overwritten."""
-    block = f"{TABLE_BEGIN}\n{table}{TABLE_END}\n"
-    if TABLE_BEGIN in page and TABLE_END in page:
-        head, rest = page.split(TABLE_BEGIN, 1)
-        return head + block + rest.split(TABLE_END, 1)[1].removeprefix("\n")
-    return f"{page.rstrip()}\n\n{block}" if page.strip() else block
+    return replace_marked(page, TABLE_BEGIN, TABLE_END, table)
 
 
 def render_table(study: dict) -> str:

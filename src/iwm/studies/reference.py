@@ -54,6 +54,7 @@ from ..files import write_text
 from ..viz.study_plots import health_by_epoch
 from ..train import resolve_device
 from ..version import code_version
+from .page import replace_marked, table
 from .grid import device_name, settings_digest, steps_per_epoch, trained_steps, training_part
 from .leverage import TABLE4, default_settings, evaluate, setting_key
 
@@ -226,12 +227,13 @@ def write_score_files(run_dir: Path, trained: dict[str, dict]) -> None:
 def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[str, Any], names: list[str],
               train: bool = False, random: bool = True, device: str = "auto", command: str | None = None,
               overrides: list[str] | tuple[str, ...] = (), progress: bool = True,
-              update_shipped: bool = False) -> dict:
+              update_shipped: bool = False, readme: Path | None = None) -> dict:
     """Measure the finished reference runs in ``runs_dir`` (training them first with ``train``),
     store ``runs_dir/reference.json`` as it goes, write ``out_md`` with its JSON and figure.
     ``overrides``: dotted config overrides for every model (e.g. ``data.path=...``).
     ``update_shipped``: a model measured from its shipped weights gets its scores rewritten in
-    the package (manifest, config.json, model card), as ``iwm ship`` would have written them."""
+    the package (manifest, config.json, model card), as ``iwm ship`` would have written them.
+    ``readme``: a README whose quote of the page's summary is refreshed (where it has one)."""
     from ..api import load
     from ..train import pretrain
 
@@ -311,6 +313,8 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
         curves = {m["label"]: m["curves"] for m in study["models"].values()}
         health_by_epoch(out_md.parent / "reference_curves.png", curves)
         write_text(out_md, render_markdown(study, "reference_curves.png"))
+        if readme is not None:
+            quote_in_readme(study, Path(readme))
     return study
 
 
@@ -487,6 +491,34 @@ def _n(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
+SUMMARY = ("<!-- summary -->", "<!-- end of the summary -->")
+# the README quotes the summary between these (refreshed by the study, checked by a test)
+README_QUOTE = ("<!-- quoted from docs/results/reference_models.md: summary -->", "<!-- end of the quote -->")
+SUMMARY_KINDS = ("knn", "linear", "predictor_ft", "seg_encoder", "mrr", "mrr_augmented")
+
+
+def summary_table(study: dict) -> str:
+    """One row per measured model (and the raw pixels): the headline of each protocol."""
+    header = ["model", "kNN", "linear", "predictor FT", "CamVid mIoU", "MRR (paper's protocol)",
+              "MRR (augmented source)", "hours"]
+    rows = []
+    for name, m in study["models"].items():
+        if "trained" in m:
+            hours = "—" if not m.get("train_hours") else f"{m['train_hours']:.1f}"
+            rows.append([f"`{name}`", *(_fmt(k, score(m["trained"].get(k))) for k in SUMMARY_KINDS), hours])
+    rows.append(["raw pixels", *(_fmt(k, score(study["pixels"].get(k))) if k in PIXEL_KINDS else "—"
+                                 for k in SUMMARY_KINDS), "—"])
+    return "\n".join(table(header, rows)) + "\n"
+
+
+def quote_in_readme(study: dict, readme: Path) -> bool:
+    """Refresh the README's quote of the summary, where the README has one; True if it did."""
+    if not readme.is_file() or README_QUOTE[0] not in readme.read_text():
+        return False
+    write_text(readme, replace_marked(readme.read_text(), *README_QUOTE, summary_table(study)))
+    return True
+
+
 def render_markdown(study: dict, figure: str) -> str:
     from ..eval.mrr import chance_mrr
 
@@ -519,6 +551,14 @@ def render_markdown(study: dict, figure: str) -> str:
         "2026-12, `iwm eval mrr --source augmented`); the same images, banks and masks for both. I-JEPA, "
         "trained without transformations, is ranked on the strength-1 ones",
         "- raw numbers: the .json file of the same name beside this page",
+        "",
+        "## Summary",
+        "",
+        "Each model's target encoder by the protocols below, its world model by MRR (the bank size above); "
+        "the sections after it give each protocol beside random init and the raw pixels.",
+        "",
+        SUMMARY[0],
+        summary_table(study) + SUMMARY[1],
         "",
         "## The models",
         "",
