@@ -225,7 +225,7 @@ def test_stop_signal_to_the_process_group_of_a_run_with_workers_checkpoints_and_
 # be in start-up when the signal comes. The stage prints a line, then waits on stdin.
 _HELD_START_UP = """
 import sys
-import iwm.eval.health, iwm.train
+import iwm.eval.health, iwm.train.build
 
 def held(*args, **kwargs):
     print("held in start-up", file=sys.stderr, flush=True)
@@ -233,7 +233,7 @@ def held(*args, **kwargs):
     raise AssertionError("the signal did not stop the start-up")
 
 if sys.argv[1] == "data":
-    iwm.train.build_dataset = held  # decoding the training data
+    iwm.train.build.build_dataset = held  # decoding the training data (build_data looks it up there)
 else:
     iwm.eval.health.HealthMonitor.__call__ = held  # the step-0 health check
 from iwm.cli import main

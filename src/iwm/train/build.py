@@ -1,0 +1,170 @@
+"""What a pretraining run is built from its config: the device and precision, the data, the
+model (wrapped for DDP or FSDP), the optimizer and the health checks."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from .. import config as config_mod
+from ..config import Config, EvalConfig
+from ..data import ResumableSampler, build_dataset
+from ..data.device_crops import DeviceImages, device_images
+from ..eval.features import subset
+from ..eval.health import HealthMonitor
+from ..models import IWM, build_encoder, build_predictor
+from ..parallel import shard
+from .signals import ignore_stop_signals
+
+log = logging.getLogger("iwm.train")  # the package's name, which the log lines have always shown
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full fp32. ``auto``: bf16 on a CUDA GPU that has it, fp32
+    elsewhere (CPU autocast in bf16 is many times slower than fp32 on CPUs without native bf16);
+    an explicit value is honoured on any device."""
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def describe_precision(name: str, dtype: torch.dtype | None) -> str:
+    """The precision a run computes in and why, for its start-up line."""
+    chosen = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    why = "auto: bf16 on CUDA, fp32 on the CPU" if name == "auto" else name
+    return f"{chosen} (run.precision={why})"
+
+
+def half_on_cpu_warning(name: str, device: torch.device) -> str | None:
+    """The warning for an explicit bf16/fp16 on the CPU, or None."""
+    if device.type != "cpu" or name not in ("bf16", "fp16"):
+        return None
+    return (f"run.precision={name} on the CPU: autocast in {name} is many times slower than fp32 on CPUs "
+            "without native bf16 arithmetic; run.precision=auto (or fp32) computes in fp32 on the CPU")
+
+
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class TrainData:
+    """The training images as one process reads them."""
+    dataset: Dataset
+    sampler: ResumableSampler
+    loader: DataLoader
+    on_device: DeviceImages | None  # data.on_device: the images live on the device, the loader is not used
+
+
+def build_data(cfg: Config, rank: int, world: int, device: torch.device) -> TrainData:
+    dataset = build_dataset(cfg.data, cfg.run.seed, "train")
+    source: Dataset = dataset
+    if 0 < cfg.data.subset < len(dataset):  # a seeded random subset, not the first files
+        source = subset(dataset, cfg.data.subset, cfg.run.seed)
+    sampler = ResumableSampler(len(source), cfg.data.batch_size, cfg.run.seed, rank, world)
+    loader = DataLoader(source, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+                        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=False,
+                        worker_init_fn=ignore_stop_signals)
+    on_device = device_images(source, cfg.data, cfg.run.seed, device) if cfg.data.on_device else None
+    return TrainData(dataset, sampler, loader, on_device)
+
+
+def build_model(cfg: Config) -> IWM:
+    torch.manual_seed(cfg.run.seed)  # the same seed gives the same initial weights
+    return IWM(build_encoder(cfg), build_predictor(cfg), cfg.predictor.per_block, cfg.optim.loss,
+               cfg.mask.length_groups)
+
+
+def wrap_model(model: IWM, cfg: Config, world: int, device: torch.device,
+               amp_dtype: torch.dtype | None) -> torch.nn.Module:
+    """The network the step calls: ``model`` itself (its parameters sharded in place under
+    FSDP), in DDP over several processes otherwise, compiled if ``run.compile``."""
+    net: torch.nn.Module = model
+    if world > 1 and cfg.run.parallel == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(device.type, (world,))
+        shard(model, mesh, amp_dtype if amp_dtype == torch.bfloat16 else None)
+    elif world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.run.compile:
+        net = torch.compile(net)
+    return net
+
+
+def build_optimizer(model: IWM, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over encoder and predictor; biases, norms and 1-d tensors get no weight decay.
+    Fused on CUDA and on the CPU (sharded FSDP parameters included): the fused kernel takes the
+    skip-this-step flag as a tensor, so a non-finite step costs no host sync, and the CPU tests
+    run the very path GPUs take."""
+    decay, no_decay = [], []
+    for module in (model.encoder, model.predictor):
+        for p in module.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+                             fused=fused)
+
+
+# The held-out sizes of the health checks on a CPU for images over CPU_HEALTH_MAX_SIZE px, where
+# the defaults (sized for 32 px) make a check last many minutes (ViT-B/16 at 224 px): about a
+# hundred image passes through the networks instead of a few thousand.
+CPU_HEALTH_MAX_SIZE = 64
+CPU_HEALTH_SIZES = {"health_test": 16, "health_bank": 32, "health_loss_batch": 4, "health_mrr_images": 1,
+                    "health_mrr_bank": 8}
+
+
+def health_config(cfg: Config, device: torch.device) -> tuple[Config, str | None]:
+    """The config the health checks measure with, and a line saying what was cut (None: nothing).
+    On a CPU with images over 64 px, each held-out size left at its default is cut to
+    ``CPU_HEALTH_SIZES``; sizes the config sets itself are kept, so a user can still ask for more."""
+    if device.type != "cpu" or cfg.data.image_size <= CPU_HEALTH_MAX_SIZE:
+        return cfg, None
+    default = EvalConfig()
+    cut = {k: v for k, v in CPU_HEALTH_SIZES.items()
+           if getattr(cfg.eval, k) == getattr(default, k) and v < getattr(cfg.eval, k)}
+    if not cut:
+        return cfg, None
+    small = copy.deepcopy(cfg)
+    for k, v in cut.items():
+        setattr(small.eval, k, v)
+    config_mod.validate(small)
+    sizes = ", ".join(f"eval.{k}={v}" for k, v in cut.items())
+    return small, (f"health checks on the CPU at {cfg.data.image_size} px use {sizes} (the defaults suit 32 px "
+                   "and would take many minutes a check here; set these keys to choose other sizes)")
+
+
+def build_health(cfg: Config, device: torch.device, amp_dtype: torch.dtype | None, rank: int,
+                 sharded: bool) -> HealthMonitor | None:
+    """Training health on held-out data, or None where it is off. Rank 0 measures it; under
+    FSDP every process takes part, as the sharded networks gather their weights collectively."""
+    if not cfg.eval.every or not (rank == 0 or sharded):
+        return None
+    health_cfg, cut = health_config(cfg, device)
+    if cut and rank == 0:
+        log.info(cut)
+    try:
+        return HealthMonitor(health_cfg, device, amp_dtype, verbose=rank == 0)
+    except FileNotFoundError as err:  # no held-out split (a folder of training images only)
+        log.warning("training health is off: %s", err)
+        return None
