@@ -43,3 +43,33 @@ def test_the_timm_example_names_the_demo_runs_sizes():
 def test_the_readme_names_nothing_a_user_does_not_have():
     # ../shared exists beside the project's own checkouts only
     assert "../shared" not in README.read_text() and "/work/" not in README.read_text()
+
+
+def test_the_readme_quotes_the_reference_summary_as_the_page_has_it():
+    """Figures in the README come from the results page that measured them, never restated."""
+    import json
+
+    from iwm.studies.page import marked
+    from iwm.studies.reference import README_QUOTE, SUMMARY, summary_table
+
+    results = README.parent / "docs" / "results"
+    page = (results / "reference_models.md").read_text()
+    quote, summary = marked(README.read_text(), *README_QUOTE), marked(page, *SUMMARY)
+    assert summary and quote == summary
+    assert summary == summary_table(json.loads((results / "reference_models.json").read_text()))
+
+
+def test_the_reference_study_refreshes_the_readme_quote_and_nothing_around_it(tmp_path):
+    from iwm.studies.reference import README_QUOTE, quote_in_readme
+
+    study = {"models": {"cifar10_equi": {"trained": {"knn": {"top1": 0.5}, "mrr": {"mrr": 0.1}}, "train_hours": 2.0}},
+             "pixels": {"knn": {"top1": 0.39}}}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_QUOTE[0]}\nold table\n{README_QUOTE[1]}\noutro\n")
+    assert quote_in_readme(study, readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    assert "| `cifar10_equi` | 50.00 % |" in text and "| 0.1000 |" in text and "| raw pixels | 39.00 % |" in text
+    plain = tmp_path / "OTHER.md"
+    plain.write_text("no quote here\n")
+    assert not quote_in_readme(study, plain) and plain.read_text() == "no quote here\n"

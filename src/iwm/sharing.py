@@ -175,8 +175,11 @@ def model_card(meta: dict[str, Any], name: str) -> str:
                  "conditioning)")
     scores = meta.get("scores") or {}
     score_lines = ("\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(scores.items())) if scores else "")
+    mrr_note = (" `mrr` is the world model's mean reciprocal rank by the paper's protocol (the clean image as "
+                "the source); `mrr_augmented_source` the same with the source transformed as in training."
+                if "mrr_augmented_source" in scores else "")
     score_part = (f"| score | value |\n|---|---|\n{score_lines}\n\nRead from the run's evaluation files "
-                  "(`iwm eval knn`, `iwm eval mrr`, `iwm leverage ...`) when the weights were written."
+                  f"(`iwm eval knn`, `iwm eval mrr`, `iwm leverage ...`).{mrr_note}"
                   if scores else "No evaluation was recorded with these weights.")
     if meta.get("source") and not meta.get("step"):
         training = (f"Not trained with `iwm`: {meta['source']}. `config.json` describes the architecture; its "

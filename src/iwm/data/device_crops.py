@@ -33,7 +33,7 @@ TRIES = 10  # torchvision's attempts before the centred fallback
 
 
 def crop_generator(seed: int, step: int) -> torch.Generator:
-    """The crops' stream for a step: apart from the step generator of train.py, so that the
+    """The crops' stream for a step: apart from the step generator of iwm.train.step, so that the
     photometric parameters and masks are the same whichever data path cut the crops."""
     return torch.Generator().manual_seed((1 << 62) + seed * 1_000_003 + step)
 

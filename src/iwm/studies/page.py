@@ -4,10 +4,10 @@ that dict with these, so a page is re-rendered from its JSON alone."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..downstream.report import write_json
 from ..files import write_text
 
 VERDICT = "<!-- verdict: fill in after reading the numbers -->"  # left for whoever reads the numbers
@@ -54,8 +54,8 @@ def marked(page: str, begin: str, end: str) -> str | None:
 
 
 def write_page(out_md: Path, study: dict, markdown: str) -> None:
-    """``out_md`` and, beside it, the study's raw numbers as ``out_md`` with ``.json``."""
+    """``out_md`` and, beside it, the study's raw numbers as ``out_md`` with ``.json`` (NaN as null)."""
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out_md.with_suffix(".json"), json.dumps(study, indent=2))
+    write_json(study, out_md.with_suffix(".json"))
     write_text(out_md, markdown)

@@ -54,7 +54,7 @@ from ..files import write_text
 from ..viz.study_plots import health_by_epoch
 from ..train import resolve_device
 from ..version import code_version
-from .page import replace_marked, table
+from .page import replace_marked, table, write_page
 from .grid import device_name, settings_digest, steps_per_epoch, trained_steps, training_part
 from .leverage import TABLE4, default_settings, evaluate, setting_key
 
@@ -234,7 +234,6 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
     ``update_shipped``: a model measured from its shipped weights gets its scores rewritten in
     the package (manifest, config.json, model card), as ``iwm ship`` would have written them.
     ``readme``: a README whose quote of the page's summary is refreshed (where it has one)."""
-    from ..api import load
     from ..train import pretrain
 
     runs_dir = Path(runs_dir)
@@ -248,36 +247,17 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
     made_by = {"code": study["code"], "device": study["device"]}  # stamped on each new measurement
     for model in MODELS:
         cfg = model_config(model.name, runs_dir, epochs, device, overrides)
-        total, done = total_steps(cfg), trained_steps(cfg)
-        if train and done < total:
+        if train and trained_steps(cfg) < total_steps(cfg):
             pretrain(cfg)
-            done = trained_steps(cfg)
-        records = read_metrics(Path(cfg.run.out_dir))
         old = previous.get("models", {}).get(model.name, {})
         old = {**old, **{part: migrate(old[part]) for part in ("trained", "random") if part in old}}
-        source = "run"
-        if done == 0 and not records and shipped_step(model.name) == total:
-            done, source = total, SHIPPED_SOURCE.format(name=model.name)
-        entry: dict[str, Any] = {"label": model.label, "config": model.name, "steps": done, "total_steps": total,
-                                 "train_command": train_command(model.name, runs_dir, epochs),
-                                 "curves": health_curves(records, steps_per_epoch(cfg)),
-                                 "train_hours": training_hours(records, cfg.data.batch_size)}
-        if not records:  # the run directory is gone: what the study stored of its training stays
-            entry.update({k: old[k] for k in ("curves", "train_hours") if k in old})
-        if source != "run":
-            entry["weights"] = source
-        study["models"][model.name] = entry
-        if done < total:
+        entry = study["models"][model.name] = model_entry(model, cfg, old, runs_dir, epochs)
+        if entry["steps"] < entry["total_steps"]:
             continue  # not (yet) finished: listed, not measured
         if model.name not in names:  # not asked for now: what was measured of this very run stays
-            entry.update({k: old[k] for k in ("trained", "random") if k in old and old.get("steps") == done})
+            entry.update({k: old[k] for k in ("trained", "random") if k in old and old.get("steps") == entry["steps"]})
             continue
-        run = load(cfg.run.out_dir if source == "run" else f"pretrained:{model.name}", device=dev)
-        if source != "run":  # measured as the run it was shipped from: its config, its directory
-            if training_part(run.config.to_dict()) != training_part(cfg.to_dict()):
-                raise ConfigError(f"pretrained:{model.name} was trained with other settings than the config "
-                                  f"{model.name} at {epochs} epochs; train the run (--train) instead")
-            run.config, run.out_dir = cfg, Path(cfg.run.out_dir)
+        run = load_measured(model, cfg, entry.get("weights"), dev)
 
         def save() -> None:
             write_json(study, store)
@@ -288,7 +268,7 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
         _measure_all(run, entry["trained"], settings, dev, progress, save, made_by, kinds=(*KINDS, *table4))
         Path(cfg.run.out_dir).mkdir(parents=True, exist_ok=True)
         write_score_files(Path(cfg.run.out_dir), entry["trained"])
-        if update_shipped and source != "run":
+        if update_shipped and entry.get("weights"):
             from ..registry import update_scores
             from ..sharing import collect_scores
 
@@ -307,15 +287,49 @@ def run_study(out_md: Path | None, runs_dir: Path, epochs: int, settings: dict[s
     study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     write_json(study, store)
     if out_md is not None:
-        out_md = Path(out_md)
-        out_md.parent.mkdir(parents=True, exist_ok=True)
-        write_json(study, out_md.with_suffix(".json"))
-        curves = {m["label"]: m["curves"] for m in study["models"].values()}
-        health_by_epoch(out_md.parent / "reference_curves.png", curves)
-        write_text(out_md, render_markdown(study, "reference_curves.png"))
-        if readme is not None:
-            quote_in_readme(study, Path(readme))
+        write_outputs(study, Path(out_md), readme)
     return study
+
+
+def model_entry(model: Model, cfg: Config, old: dict, runs_dir: Path, epochs: int) -> dict[str, Any]:
+    """A model's place in the study: how far its run is, its curves and hours, and where its
+    weights come from (``weights``: the shipped ones, where the run directory is gone)."""
+    done, total = trained_steps(cfg), total_steps(cfg)
+    records = read_metrics(Path(cfg.run.out_dir))
+    entry: dict[str, Any] = {"label": model.label, "config": model.name, "steps": done, "total_steps": total,
+                             "train_command": train_command(model.name, runs_dir, epochs),
+                             "curves": health_curves(records, steps_per_epoch(cfg)),
+                             "train_hours": training_hours(records, cfg.data.batch_size)}
+    if not records:  # the run directory is gone: what the study stored of its training stays
+        entry.update({k: old[k] for k in ("curves", "train_hours") if k in old})
+        if done == 0 and shipped_step(model.name) == total:
+            entry.update(steps=total, weights=SHIPPED_SOURCE.format(name=model.name))
+    return entry
+
+
+def load_measured(model: Model, cfg: Config, shipped: str | None, device: torch.device):
+    """The run to measure: its run directory, or the shipped weights (``shipped``) standing in for
+    it, with its config and directory, after checking they were trained with the same settings."""
+    from ..api import load
+
+    if not shipped:
+        return load(cfg.run.out_dir, device=device)
+    run = load(f"pretrained:{model.name}", device=device)
+    if training_part(run.config.to_dict()) != training_part(cfg.to_dict()):
+        raise ConfigError(f"pretrained:{model.name} was trained with other settings than the config "
+                          f"{model.name} at {cfg.optim.epochs} epochs; train the run (--train) instead")
+    run.config, run.out_dir = cfg, Path(cfg.run.out_dir)
+    return run
+
+
+def write_outputs(study: dict, out_md: Path, readme: Path | None = None) -> None:
+    """The page with its JSON and figure beside it, and the README's quote of its summary."""
+    curves = {m["label"]: m["curves"] for m in study["models"].values()}
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    health_by_epoch(out_md.parent / "reference_curves.png", curves)
+    write_page(out_md, study, render_markdown(study, "reference_curves.png"))
+    if readme is not None:
+        quote_in_readme(study, Path(readme))
 
 
 def _measure_all(run, out: dict[str, dict], s: dict[str, Any], device: torch.device, progress: bool, save,

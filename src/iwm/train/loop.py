@@ -137,7 +137,6 @@ class Trainer(RunParts):
         return time.perf_counter() - t0
 
 
-
 def pretrain(cfg: Config, stops: StopSignals | None = None) -> TrainResult:
     """Train (or resume) the run ``cfg.run.out_dir`` to its last step. A stop signal, from the
     start on, raises :class:`Preempted` (``stops``: the caller's, entered before its own set-up)."""
