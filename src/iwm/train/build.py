@@ -55,7 +55,8 @@ def half_on_cpu_warning(name: str, device: torch.device) -> str | None:
     if device.type != "cpu" or name not in ("bf16", "fp16"):
         return None
     return (f"run.precision={name} on the CPU: autocast in {name} is many times slower than fp32 on CPUs "
-            "without native bf16 arithmetic; run.precision=auto (or fp32) computes in fp32 on the CPU")
+            "without native bf16 arithmetic (faster on some with AMX); run.precision=auto (or fp32) computes in "
+            "fp32 on the CPU; benchmarks/cpu_precision.py measures both here")
 
 
 def dist_info() -> tuple[int, int]:
