@@ -242,9 +242,13 @@ def table(rows: list[dict]) -> str:
     cols = ["case", "batch", "images_per_s", "step_ms", "step_ms_no_aug", "aug_overhead_pct", "data_pct",
             "augment_pct", "model_pct", "health_ms", "health_pct", "aug_batched_ms", "aug_per_image_ms",
             "aug_speedup", "masks_2048_ms", "peak_mem_gib", "peak_rss_gib", "mfu_pct", "recompiles",
-            "loader_workers", "loader_images_per_s", "on_device_images_per_s", "speedup", "note"]
+            "loader_workers", "loader_images_per_s", "on_device_images_per_s", "speedup", "gflop_per_step",
+            "gflop_per_s", "note"]
     cols = [c for c in cols if any(c in r for r in rows)]
-    fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
+
+    def fmt(v: object) -> str:
+        return f"{v:.1f}" if isinstance(v, float) else str(v)
+
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(out)
