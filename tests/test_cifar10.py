@@ -261,3 +261,18 @@ def test_demo_reports_pixels_random_init_and_the_shipped_reference_model(tmp_pat
     out = capsys.readouterr().out
     assert f"shipped reference model          {100 * expected:.2f} %   (pretrained:cifar10_equi: " in out
     assert f"raw pixels (the bar to beat)     {100 * report['knn_top1_raw_pixels']:.2f} %" in out
+
+    # --page: the report as a results page, and the README's quote of its table refreshed
+    from iwm.demo import PAGE_TABLE, README_QUOTE, demo_table
+    from iwm.studies.page import marked
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{README_QUOTE[0]}\nstale\n{README_QUOTE[1]}\nafter\n")
+    report = run_demo(str(tarball), str(tmp_path / "paged"), steps=2, overrides=[*overrides, "run.seed=2"],
+                      page=tmp_path / "docs" / "demo.md", readme=readme, command="iwm demo --page docs/demo.md")
+    page = (tmp_path / "docs" / "demo.md").read_text()
+    assert json.loads((tmp_path / "docs" / "demo.json").read_text()) == json.loads(json.dumps(report))
+    assert marked(page, *PAGE_TABLE) == demo_table(report) == marked(readme.read_text(), *README_QUOTE)
+    assert f"| pretrained, EMA target encoder | {100 * report['knn_top1_pretrained']:.2f} % |" in page
+    assert "- command: `iwm demo --page docs/demo.md`" in page
+    assert readme.read_text().startswith("before\n") and readme.read_text().endswith("after\n")

@@ -102,7 +102,11 @@ def _leave_distributed(finished: bool) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(data=args.data, out_dir=args.out, steps=args.steps, overrides=args.overrides)
+    command = " ".join(["iwm demo", *(["--steps", str(args.steps)] if args.steps else []),
+                        *(["--page", args.page] if args.page else [])])
+    run_demo(data=args.data, out_dir=args.out, steps=args.steps, overrides=args.overrides,
+             page=Path(args.page) if args.page else None, readme=Path(args.readme) if args.readme else None,
+             command=command)
     return 0
 
 
@@ -161,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tree (default: $IWM_CIFAR10, else ~/.cache/iwm, else downloaded there, about 170 MB)")
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's CPU budget)")
+    p.add_argument("--page", default=None, help="also write the report as a results page (e.g. docs/results/demo.md)")
+    p.add_argument("--readme", default="README.md",
+                   help="with --page: a README whose quote of the page's table is refreshed, where it has one")
     p.add_argument("overrides", nargs="*", help="dotted config overrides")
     p.set_defaults(fn=_demo)
 

@@ -14,14 +14,17 @@ from . import config as config_mod
 from .data import find_cifar10
 from .eval import knn_eval
 from .files import write_text
+from .studies.page import RAW_NUMBERS, provenance, refresh_quote, table, write_page
 from .train import build_model, pretrain, resolve_device
 
 DEMO_STEPS = 800  # about 2 epochs: sized so the whole demo stays inside 15 minutes on 2 CPU cores
 
 
 def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | None = None,
-             overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """``data``: CIFAR-10 in any form :mod:`iwm.data.cifar10` reads; None finds (or downloads) it."""
+             overrides: list[str] | tuple[str, ...] = (), page: Path | None = None,
+             readme: Path | None = None, command: str = "iwm demo") -> dict:
+    """``data``: CIFAR-10 in any form :mod:`iwm.data.cifar10` reads; None finds (or downloads) it.
+    ``page``: also write the report as a results page (``readme``: whose quote of it to refresh)."""
     t0 = time.perf_counter()
     cfg = config_mod.load(config_mod.resolve_config("cifar10_equi"), [
         *([f"data.path={data}"] if data else []), f"run.out_dir={out_dir}",
@@ -51,11 +54,13 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
         "knn_top1_pretrained": knn_trained["top1"], "knn_top1_pretrained_context_encoder": knn_context["top1"],
         "knn_top1_random_init": knn_random["top1"], "knn_top1_raw_pixels": knn_trained["pixels_top1"],
         "knn": {k: v for k, v in knn_trained.items() if k not in ("top1", "pixels_top1")},
-        "train_seconds": t_train, "total_seconds": total, "device": str(device),
+        "train_seconds": t_train, "total_seconds": total, "device": str(device), "batch_size": cfg.data.batch_size,
         "threads": torch.get_num_threads(), "reference_model": reference,
     }
     run_dir = Path(result.run_dir)
     write_text(run_dir / "demo_report.json", json.dumps(report, indent=2))
+    if page is not None:
+        write_demo_page(report, Path(page), command, readme)
     best = max(report["knn_top1_pretrained"], report["knn_top1_pretrained_context_encoder"])
     if best > report["knn_top1_raw_pixels"]:
         verdict = "beats the raw pixels: its features hold more than the images they came from"
@@ -83,6 +88,48 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
   report                   {run_dir / 'demo_report.json'}
 =========================================================""")
     return report
+
+
+PAGE_TABLE = ("<!-- demo: table -->", "<!-- end of the demo table -->")
+# the README quotes the page's table between these (refreshed by the demo, checked by a test)
+README_QUOTE = ("<!-- quoted from docs/results/demo.md: table -->", "<!-- end of the quote -->")
+
+
+def demo_table(report: dict) -> str:
+    """What one demo run measured, as markdown: kNN beside its bars, then the run itself."""
+    ref = report.get("reference_model") or {}
+    rows = [["pretrained, EMA target encoder", report["knn_top1_pretrained"]],
+            ["pretrained, context encoder", report["knn_top1_pretrained_context_encoder"]],
+            ["raw pixels, the same protocol (the bar)", report["knn_top1_raw_pixels"]],
+            ["the same encoder at its random initialisation", report["knn_top1_random_init"]]]
+    if ref.get("knn_top1") is not None:
+        rows.append([f"the shipped reference model `pretrained:{ref['name']}` (the same config, {ref['step']:,} "
+                     "steps)", ref["knn_top1"]])
+    k = report["knn"]
+    header = ["", f"kNN top-1, CIFAR-10 test (k = {k['k']}, bank of {k['bank']:,} train images, {k['test']:,} "
+                  "test images)"]
+    run = [[f"{report['steps']} steps of {report.get('batch_size', 128)} images",
+            f"{report['first_loss']:.3f} -> {report['final_loss']:.3f}", f"{report['total_seconds'] / 60:.1f}",
+            f"{report['train_seconds'] / 60:.1f}", f"{report['device']}, {report['threads']} threads"]]
+    return "\n".join([*table(header, ([name, f"{100 * v:.2f} %"] for name, v in rows)), "",
+                      *table(["run", "loss", "minutes in all", "minutes training (health checks included)",
+                              "device"], run)]) + "\n"
+
+
+def write_demo_page(report: dict, page: Path, command: str, readme: Path | None = None) -> None:
+    """The demo's results page (its JSON beside it) and the README's quote of its table."""
+    from .version import code_version
+
+    study = {**report, "device": f"{report['device']}, {report['threads']} threads", "command": command,
+             "code": code_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    lines = ["# The demo, measured", "",
+             "What `iwm demo` (`bash scripts/demo.sh`) printed on one run: the demo's config pretrained for "
+             "a CPU's ten minutes, scored by kNN beside the raw pixels, its random initialisation and the "
+             "shipped model of the same config trained long; all measured live by the same protocol.", "",
+             *provenance(study), RAW_NUMBERS, "", PAGE_TABLE[0], demo_table(report) + PAGE_TABLE[1], ""]
+    write_page(page, report, "\n".join(lines))
+    if readme is not None:
+        refresh_quote(readme, *README_QUOTE, demo_table(report))
 
 
 REFERENCE_MODEL = "cifar10_equi"  # the shipped model trained long with the demo's config

@@ -53,6 +53,15 @@ def marked(page: str, begin: str, end: str) -> str | None:
     return page.split(begin, 1)[1].split(end, 1)[0].removeprefix("\n")
 
 
+def refresh_quote(readme: Path, begin: str, end: str, content: str) -> bool:
+    """Replace what ``readme`` quotes between the markers with ``content``, where it has them
+    (True); a file without them is left alone (False)."""
+    if not readme.is_file() or begin not in readme.read_text():
+        return False
+    write_text(readme, replace_marked(readme.read_text(), begin, end, content))
+    return True
+
+
 def write_page(out_md: Path, study: dict, markdown: str) -> None:
     """``out_md`` and, beside it, the study's raw numbers as ``out_md`` with ``.json`` (NaN as null)."""
     out_md = Path(out_md)

@@ -50,11 +50,10 @@ import torch
 from .. import config as config_mod
 from ..config import SHIPPED, Config, ConfigError
 from ..downstream.report import write_json
-from ..files import write_text
 from ..viz.study_plots import health_by_epoch
 from ..train import resolve_device
 from ..version import code_version
-from .page import replace_marked, table, write_page
+from .page import refresh_quote, table, write_page
 from .grid import device_name, settings_digest, steps_per_epoch, trained_steps, training_part
 from .leverage import TABLE4, default_settings, evaluate, setting_key
 
@@ -527,10 +526,7 @@ def summary_table(study: dict) -> str:
 
 def quote_in_readme(study: dict, readme: Path) -> bool:
     """Refresh the README's quote of the summary, where the README has one; True if it did."""
-    if not readme.is_file() or README_QUOTE[0] not in readme.read_text():
-        return False
-    write_text(readme, replace_marked(readme.read_text(), *README_QUOTE, summary_table(study)))
-    return True
+    return refresh_quote(readme, *README_QUOTE, summary_table(study))
 
 
 def render_markdown(study: dict, figure: str) -> str:
