@@ -73,3 +73,15 @@ def test_the_reference_study_refreshes_the_readme_quote_and_nothing_around_it(tm
     plain = tmp_path / "OTHER.md"
     plain.write_text("no quote here\n")
     assert not quote_in_readme(study, plain) and plain.read_text() == "no quote here\n"
+
+
+def test_the_readme_quotes_the_demo_table_as_the_demo_wrote_it():
+    import json
+
+    from iwm.demo import PAGE_TABLE, README_QUOTE, demo_table
+    from iwm.studies.page import marked
+
+    results = README.parent / "docs" / "results"
+    page = (results / "demo.md").read_text()
+    quote, written = marked(README.read_text(), *README_QUOTE), marked(page, *PAGE_TABLE)
+    assert written and quote == written == demo_table(json.loads((results / "demo.json").read_text()))
