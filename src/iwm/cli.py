@@ -1,4 +1,5 @@
-"""``iwm`` command line: pretrain, demo, knn evaluation, weights out (export, ship) and in (import-ijepa).
+"""``iwm`` command line: the parser and its entry point, with pretrain, demo, weights out (export, ship) and
+in (import-ijepa); the eval, viz, leverage and study groups are in :mod:`iwm.commands`.
 
 Exit status: 0 done, 2 a usage error (bad config, missing or damaged checkpoint, run directory
 busy or not writable), 3 non-finite training, 4 no space left on device, 75 stopped by SIGTERM,
