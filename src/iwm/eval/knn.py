@@ -37,6 +37,18 @@ def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Ten
     return (pred == test_y).float().mean().item()
 
 
+def knn_top1(encoder: "Encoder", bank: Dataset, queries: Dataset, cfg: "Config", device: torch.device | str = "cpu",
+             progress: bool = False, name: str = "encoder") -> float:
+    """kNN top-1 of ``encoder``'s pooled features of ``queries`` against those of a labelled
+    ``bank``, with the config's k and temperature."""
+    from .features import extract
+
+    e = cfg.eval
+    bank_f, bank_y = extract(encoder, bank, device, progress=progress, desc=f"kNN bank, {name}")
+    query_f, query_y = extract(encoder, queries, device, progress=progress, desc=f"kNN test, {name}")
+    return knn_accuracy(bank_f, bank_y, query_f, query_y, e.knn_k, e.knn_temperature)
+
+
 def knn_sets(cfg: "Config") -> tuple[Dataset, Dataset]:
     """The kNN protocol's images: a bank of ``eval.knn_train`` centred train images (seeded
     subset) and ``eval.knn_test`` test images (the whole test split by default)."""
@@ -54,18 +66,11 @@ def knn_eval(encoder: "Encoder", cfg: "Config", device: torch.device | str = "cp
     """kNN top-1 of ``encoder`` on the config's data (:func:`knn_sets`). With ``pixels``, also
     ``pixels_top1``: the same protocol (bank, test images, k, temperature) on the raw pixels,
     the score a representation has to beat to be worth more than its input."""
-    from .features import extract
     from .pixels import RawPixels
 
     e = cfg.eval
     train, test = knn_sets(cfg)
-
-    def top1(enc, name: str) -> float:
-        train_f, train_y = extract(enc, train, device, progress=progress, desc=f"kNN bank, {name}")
-        test_f, test_y = extract(enc, test, device, progress=progress, desc=f"kNN test, {name}")
-        return knn_accuracy(train_f, train_y, test_f, test_y, e.knn_k, e.knn_temperature)
-
-    res = {"top1": top1(encoder, "encoder")}
+    res = {"top1": knn_top1(encoder, train, test, cfg, device, progress)}
     if pixels:
-        res["pixels_top1"] = top1(RawPixels.of(cfg).to(device), "raw pixels")
+        res["pixels_top1"] = knn_top1(RawPixels.of(cfg).to(device), train, test, cfg, device, progress, "raw pixels")
     return {**res, "k": e.knn_k, "temperature": e.knn_temperature, "bank": len(train), "test": len(test)}

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .features import extract
-from .knn import knn_accuracy
+from .knn import knn_top1
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -40,7 +39,5 @@ def knn_validation(encoder: "Encoder", bank: Dataset, queries: Dataset, cfg: "Co
     """kNN top-1 of ``encoder`` on validation ``queries`` against ``bank`` (:func:`validation_sets`),
     with the config's k and temperature, as the test split is scored (:func:`.knn.knn_eval`)."""
     e = cfg.eval
-    bank_f, bank_y = extract(encoder, bank, device, progress=progress, desc="kNN bank, validation")
-    query_f, query_y = extract(encoder, queries, device, progress=progress, desc="kNN validation queries")
-    return {"top1": knn_accuracy(bank_f, bank_y, query_f, query_y, e.knn_k, e.knn_temperature),
+    return {"top1": knn_top1(encoder, bank, queries, cfg, device, progress, "validation"),
             "k": e.knn_k, "temperature": e.knn_temperature, "bank": len(bank), "queries": len(queries)}
