@@ -78,8 +78,12 @@ def ship(run, name: str, root: str | Path | None = None) -> dict[str, Any]:
     data = manifest(root)
     data["models"][name] = entry
     data["models"] = dict(sorted(data["models"].items()))
-    write_text(root / MANIFEST, json.dumps(data, indent=2) + "\n")
+    _write_manifest(data, root)
     return entry
+
+
+def _write_manifest(data: dict[str, Any], root: str | Path | None = None) -> None:
+    write_text(registry_root(root) / MANIFEST, json.dumps(data, indent=2) + "\n")
 
 
 def update_scores(name: str, scores: dict[str, float], root: str | Path | None = None) -> dict[str, Any]:
@@ -89,11 +93,10 @@ def update_scores(name: str, scores: dict[str, float], root: str | Path | None =
     folder = shipped_folder(name, root)  # checks the files first: never re-hash a damaged folder
     meta = sharing.read_meta(folder)
     meta["scores"] = dict(sorted({**meta.get("scores", {}), **scores}.items()))
-    write_text(folder / sharing.CONFIG, json.dumps(meta, indent=2) + "\n")
-    write_text(folder / sharing.CARD, sharing.model_card(meta, name))
+    sharing.write_meta(folder, meta, name)
     data = manifest(root)
     entry = data["models"][name]
     entry["scores"] = meta["scores"]
     entry["files"][sharing.CONFIG] = sha256(folder / sharing.CONFIG)
-    write_text(registry_root(root) / MANIFEST, json.dumps(data, indent=2) + "\n")
+    _write_manifest(data, root)
     return entry

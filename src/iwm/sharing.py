@@ -57,9 +57,14 @@ def write_folder(nets: dict[str, nn.Module], cfg: Config, step: int, out: str | 
         write_bytes(out / weight_file(name), save(state, metadata={"format": FORMAT, "network": name}))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "iwm_version": __version__, "step": int(step),
             "license": license, "source": source, "scores": dict(scores or {}), "config": cfg.to_dict()}
-    write_text(out / CONFIG, json.dumps(meta, indent=2) + "\n")
-    write_text(out / CARD, model_card(meta, out.name))
+    write_meta(out, meta, out.name)
     return out
+
+
+def write_meta(folder: Path, meta: dict[str, Any], name: str) -> None:
+    """The folder's ``config.json`` and the model card made from it."""
+    write_text(folder / CONFIG, json.dumps(meta, indent=2) + "\n")
+    write_text(folder / CARD, model_card(meta, name))
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
