@@ -110,7 +110,7 @@ def demo_table(report: dict) -> str:
     k = report["knn"]
     header = ["", f"kNN top-1, CIFAR-10 test (k = {k['k']}, bank of {k['bank']:,} train images, {k['test']:,} "
                   "test images)"]
-    run = [[f"{report['steps']} steps of {report.get('batch_size', 128)} images",
+    run = [[f"{report['steps']} steps of {report['batch_size']} images",
             f"{report['first_loss']:.3f} -> {report['final_loss']:.3f}", f"{report['total_seconds'] / 60:.1f}",
             f"{report['train_seconds'] / 60:.1f}", f"{report['device']}, {report['threads']} threads"]]
     return "\n".join([*table(header, ([name, f"{100 * v:.2f} %"] for name, v in rows)), "",

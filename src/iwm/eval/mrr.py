@@ -285,15 +285,10 @@ def format_table(result: dict) -> str:
     augmented one."""
     s = result["settings"]
     rows = ["| source    | MRR    | MRR, a_x->y zeroed |", "|-----------|--------|--------------------|"]
-    num = _fmt_score
-    if result.get("source", "augmented") == "clean":
-        table = {"clean": result}
-    else:
-        table = result["families"]
-    for f, r in table.items():
-        rows.append(f"| {f:<9} | {num(r['mrr']):<6} | {num(r['mrr_action_zeroed']):<18} |")
-    protocol = ("clean source (the paper's protocol)" if result.get("source") == "clean" else
-                "augmented source, per family (as in training)")
+    clean = result.get("source") == "clean"  # a result from before the protocols were named: augmented
+    for f, r in ({"clean": result} if clean else result["families"]).items():
+        rows.append(f"| {f:<9} | {_fmt_score(r['mrr']):<6} | {_fmt_score(r['mrr_action_zeroed']):<18} |")
+    protocol = "clean source (the paper's protocol)" if clean else "augmented source, per family (as in training)"
     rows.append(f"{s['num_images']} images x {s['bank_size']} bank entries, seed {s['seed']}, {protocol}; "
                 f"chance (random ranks) {result['chance']:.4f}")
     if result["note"]:

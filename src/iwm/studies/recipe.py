@@ -78,13 +78,12 @@ def measure(cfg: Config, val_images: int, mrr_images: int, mrr_bank: int, device
     # MRR's images are validation queries too: any number the variants are compared by stays off test
     images = torch.stack([queries[i][0] for i in range(min(mrr_images, len(queries)))])
     mrr = compute_mrr(run, images=images, bank_size=mrr_bank, seed=0, device=device, source="clean")
-    scores = mrr  # the paper's protocol: the clean image is the source
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r.get("kind", "train") == "train"]  # not the health rows
     rates = [r["images_per_s"] for r in train[1:] if r.get("images_per_s")]  # the first interval holds the start-up
     losses = [r["loss"] for r in train]
     res = {"key": key, "val_knn_top1": knn["top1"], "val_bank": knn["bank"], "val_queries": knn["queries"],
-           "mrr": scores["mrr"], "mrr_action_zeroed": scores["mrr_action_zeroed"],
+           "mrr": mrr["mrr"], "mrr_action_zeroed": mrr["mrr_action_zeroed"],
            "chance": mrr["chance"], "images_per_s": sum(rates) / len(rates) if rates else None,
            "final_loss": sum(losses[-5:]) / max(1, len(losses[-5:])), "measured": time.time()}
     write_text(cache, json.dumps(res, indent=2))

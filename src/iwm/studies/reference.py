@@ -188,7 +188,7 @@ def migrate(measured: dict[str, dict]) -> dict[str, dict]:
     old = measured.get("mrr")
     if old is not None and "source" not in old.get("key", {}):
         measured = {k: v for k, v in measured.items() if k != "mrr"}
-        measured.setdefault("mrr_augmented", {**old, "mrr": old.get("mrr"), "source": "augmented"})
+        measured.setdefault("mrr_augmented", {**old, "source": "augmented"})
     return measured
 
 
