@@ -109,17 +109,36 @@ def test_default_mrr_feeds_the_clean_image_with_the_action_from_it(tiny_run, mon
     assert torch.allclose(acts[0][:6 * step:step, 0], trial.bank_params.brightness - 1.0)
 
 
-def test_clean_and_augmented_sources_share_banks_and_masks(tiny_run):
-    """Image for image, the two protocols rank against the same bank with the same mask, so the
-    zeroed-action baselines agree wherever the context does not matter to them: here, chance."""
+def test_clean_and_augmented_sources_share_banks_and_masks(tiny_run, monkeypatch):
+    """Image for image, compute_mrr ranks both protocols against the same bank with the same mask;
+    only the source differs: the untouched image, or the sampled transformation."""
     run = iwm.load(tiny_run)
-    probe = mrr.Probe(run)
-    image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
-    t1 = probe.trial(image, 5, mrr.image_generator(0, 0))
-    t2 = probe.trial(image, 5, mrr.image_generator(0, 0))
-    assert torch.equal(t1.bank_tokens, t2.bank_tokens) and torch.equal(t1.masks.targets, t2.masks.targets)
-    assert torch.equal(probe.source_view(t1, None), t1.image)
-    assert not torch.equal(probe.source_view(t1, t1.source), t1.image) or not t1.source.brightness.ne(1).any()
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    trial, predict = mrr.Probe.trial, mrr.Probe.predict
+    seen: dict[str, list] = {}
+
+    def record(source):
+        def recording_trial(self, *a, **k):
+            t = trial(self, *a, **k)
+            seen[source].append((t.bank_tokens, t.masks.targets, t.masks.context))
+            return t
+
+        def recording_predict(self, t, s, actions):
+            seen[source + " sources"].append(s)
+            return predict(self, t, s, actions)
+
+        monkeypatch.setattr(mrr.Probe, "trial", recording_trial)
+        monkeypatch.setattr(mrr.Probe, "predict", recording_predict)
+
+    for source in ("clean", "augmented"):
+        seen[source], seen[source + " sources"] = [], []
+        record(source)
+        compute_mrr(run, images=images, bank_size=5, families=["all"], source=source)
+    assert len(seen["clean"]) == len(seen["augmented"]) == 3
+    for (bank_a, tgt_a, ctx_a), (bank_b, tgt_b, ctx_b) in zip(seen["clean"], seen["augmented"]):
+        assert torch.equal(bank_a, bank_b) and torch.equal(tgt_a, tgt_b) and torch.equal(ctx_a, ctx_b)
+    assert all(s is None for s in seen["clean sources"])
+    assert all(s is not None for s in seen["augmented sources"])
 
 
 def test_retrieval_figure_size(tiny_run, tmp_path):
