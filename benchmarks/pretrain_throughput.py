@@ -17,6 +17,7 @@ uint8 images (decoding JPEGs from disk is the data workers' business and scales 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -32,7 +33,8 @@ from torch.utils.data import DataLoader
 from iwm import config
 from iwm.data import ArrayDataset, ResumableSampler
 from iwm.data.device_crops import DeviceImages
-from iwm.photometric import apply, apply_reference
+from iwm.actions import ActionSet, move
+from iwm.photometric import apply_reference, blur_kernel_size
 from iwm.train import Trainer
 
 CPU_CASES = {  # the shipped cifar10_equi model, and timm's ViT-Ti width at 32 px
@@ -102,11 +104,13 @@ def bench_case(name: str, overrides: list[str], device: str, steps: int, out_dir
     t = Trainer(cfg)
     dev = t.device
     it = iter(t.loader)
-    strength = t.photometric.cfg.strength
+    # the run's families, and the same at strength 0 (the transformations off), swapped in per step
+    actions = t.batches.actions
+    off = ActionSet.from_config(dataclasses.replace(cfg.aug, strength=0.0), cfg.data.image_size)
     for k in range(warmup):  # warm-up: allocator, kernels, autotuning, compilation (both kinds of step)
-        t.photometric.cfg.strength = strength if k % 2 == 0 else 0.0
+        t.batches.actions = actions if k % 2 == 0 else off
         t.train_step(next(it)[0])
-    t.photometric.cfg.strength = strength
+    t.batches.actions = actions
     graphs = _compiled_graphs()
     # data: the loader alone (its workers decode and crop), batches kept for the steps below
     t0 = time.perf_counter()
@@ -136,11 +140,11 @@ def bench_case(name: str, overrides: list[str], device: str, steps: int, out_dir
         t.train_step(crops)
         sync(dev)
         t2 = time.perf_counter()
-        t.photometric.cfg.strength = 0.0
+        t.batches.actions = off
         t.train_step(crops)
         sync(dev)
         t3 = time.perf_counter()
-        t.photometric.cfg.strength = strength
+        t.batches.actions = actions
         aug_s, full_s, off_s = aug_s + t1 - t0, full_s + t2 - t1, off_s + t3 - t2
     aug_s, full_s, off_s = aug_s / steps, full_s / steps, off_s / steps
     b = cfg.data.batch_size
@@ -165,15 +169,16 @@ def bench_case(name: str, overrides: list[str], device: str, steps: int, out_dir
 
     # the augmentation alone: batched on the device vs one image at a time with torchvision
     c = crops.to(dev).float().div(255)
-    src, _ = t.photometric.sample_pair(b, torch.Generator().manual_seed(0))
-    src = src.to(dev)
+    src, _ = actions.sample_pair(b, torch.Generator().manual_seed(0))
+    src = move(src, dev)
+    kernel = blur_kernel_size(cfg.aug, cfg.data.image_size)
     timings = {}
-    for label, fn in (("batched", apply), ("per_image", apply_reference)):
-        fn(c, src, t.kernel_size)
+    for label, fn in (("batched", actions.apply), ("per_image", lambda z, p: apply_reference(z, p, kernel))):
+        fn(c, src)
         sync(dev)
         t0 = time.perf_counter()
         for _ in range(3):
-            fn(c, src, t.kernel_size)
+            fn(c, src)
         sync(dev)
         timings[label] = (time.perf_counter() - t0) / 3
     res["aug_batched_ms"] = 1000 * timings["batched"]

@@ -72,9 +72,11 @@ def test_load_api_and_export(tmp_path, tiny_overrides):
     tokens = run.encode(imgs)
     assert tokens.shape == (2, 16, 32)
     x, params = run.corrupt(imgs, seed=1)
+    assert torch.equal(run.actions.apply(imgs, params), x)  # the source view is replayable from its parameters
+    action = run.actions.encode(params, run.actions.identity(2))  # a_x->y to the untouched image
+    assert action.shape == (2, run.actions.dim) == (2, run.predictor.action_dim)
     ctx_idx = torch.arange(8).repeat(2, 1)
-    pred = run.predict(run.encode(x, target=False, keep=ctx_idx), ctx_idx, torch.tensor([[9, 10]] * 2),
-                       params.action())
+    pred = run.predict(run.encode(x, target=False, keep=ctx_idx), ctx_idx, torch.tensor([[9, 10]] * 2), action)
     assert pred.shape == (2, 2, 32)
     folder = run.save_pretrained(tmp_path / "w")
     weights = load_file(str(folder / "encoder.safetensors"))

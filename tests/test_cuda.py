@@ -18,8 +18,9 @@ from conftest import TINY
 from iwm import config
 from iwm.config import AugConfig
 from iwm.data.device_crops import DeviceImages
-from iwm.photometric import PhotometricSampler, apply, blur_kernel_size
+from iwm.actions import ActionSet, move
 from iwm.train import Trainer, resolve_precision
+from test_photometric import _apply
 from test_reliability import _cli, _losses, _wait_for
 
 pytestmark = pytest.mark.cuda
@@ -121,16 +122,20 @@ def test_kill_and_resume_on_the_device_follow_the_same_curve(tmp_path):
 def test_sync_free_photometric_path_matches_the_cpu_path():
     cfg = AugConfig(strength=1.0, jitter_prob=1.0, grayscale_prob=0.5, blur_prob=0.5, solarize_prob=0.5,
                     blur_sigma=(0.1, 1.0))
+    actions = ActionSet.from_config(cfg, 24)
     y = torch.rand(32, 3, 24, 24, generator=torch.Generator().manual_seed(0))
-    k = blur_kernel_size(cfg, 24)
     yd = y.to(DEVICE)
-    for params in PhotometricSampler(cfg).sample_pair(32, torch.Generator().manual_seed(1)):
-        on_cpu = apply(y, params, k, sync_free=False)  # the indexed path
-        pd = params.to(DEVICE)
+    for params in actions.sample_pair(32, torch.Generator().manual_seed(1)):
+        on_cpu = _apply(actions, y, params, sync_free=False)  # the indexed path
+        assert torch.equal(on_cpu, actions.apply(y, params))  # which the CPU takes by default
+        pd = move(params, DEVICE)
         with no_host_sync():
-            out = apply(yd, pd, k, sync_free=True)
+            out = _apply(actions, yd, pd, sync_free=True)
+            # and the path a device takes by default (the CPU's indexed one in a dry run)
+            default = actions.apply(yd, pd)
         # one grey level: the GPU's convolutions may run in TF32, as they do in training
         assert (out.cpu() - on_cpu).abs().max() < 1 / 255
+        assert (default.cpu() - on_cpu).abs().max() < 1 / 255
 
 
 def test_device_crops_on_the_gpu_match_the_cpu():

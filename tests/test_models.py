@@ -4,7 +4,10 @@ import torch
 from iwm import config
 from iwm.masks import MultiBlockMasker
 from iwm.models import IWM, Predictor, build_encoder, build_predictor
-from iwm.photometric import ACTION_DIM
+from iwm.actions import ActionSet
+from iwm.config import AugConfig
+
+ACTION_DIM = ActionSet.from_config(AugConfig(), 16).dim  # the paper's families: 7 numbers
 
 
 def _predictor(conditioning):
@@ -15,6 +18,7 @@ def _predictor(conditioning):
 @pytest.mark.parametrize("conditioning,changes", [("none", False), ("sequence", True), ("feature", True)])
 def test_predictor_depends_on_action_only_when_conditioned(conditioning, changes):
     p = _predictor(conditioning)
+    assert p.action_dim == ACTION_DIM  # the default: the paper's a_x->y
     g = torch.Generator().manual_seed(0)
     ctx = torch.randn(3, 5, 32, generator=g)
     ctx_idx = torch.tensor([[0, 1, 2, 3, 4]] * 3)
@@ -31,6 +35,7 @@ def test_target_encoder_gets_no_gradient_and_follows_ema(tiny_overrides):
     cfg = config.from_dict(None, tiny_overrides)
     torch.manual_seed(0)
     model = IWM(build_encoder(cfg), build_predictor(cfg))
+    assert model.predictor.action_dim == ActionSet.from_config(cfg.aug, cfg.data.image_size).dim == ACTION_DIM
     assert all(not p.requires_grad for p in model.target_encoder.parameters())
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(4, 3, 16, 16, generator=g), torch.randn(4, 3, 16, 16, generator=g)
@@ -72,7 +77,7 @@ def test_context_padding_does_not_change_the_prediction(tiny_overrides, conditio
     img = torch.randn(1, 3, 16, 16)
     ctx = torch.tensor([[0, 1, 4, 5, 6]])
     tgt = torch.tensor([[10, 11, 14, 15]])
-    action = torch.randn(1, 7)
+    action = torch.randn(1, ACTION_DIM)
     with torch.no_grad():
         alone = pred(enc.tokens(img, ctx), ctx, tgt, action)
         padded_idx = torch.cat([ctx, torch.zeros(1, 3, dtype=torch.long)], 1)  # three padding entries
@@ -95,7 +100,7 @@ def test_feature_conditioning_residual_keeps_the_mask_token(tiny_overrides):
     ctx, tgt = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[8, 9]])
     z = torch.randn(1, 4, 32)
     with torch.no_grad():  # a zero last layer: the action changes nothing, the position gets through
-        assert torch.allclose(pred(z, ctx, tgt, torch.randn(1, 7)), ref(z, ctx, tgt), atol=1e-6)
+        assert torch.allclose(pred(z, ctx, tgt, torch.randn(1, ACTION_DIM)), ref(z, ctx, tgt), atol=1e-6)
 
 
 def test_length_groups_give_the_same_loss_and_gradients(tiny_overrides):
@@ -104,7 +109,7 @@ def test_length_groups_give_the_same_loss_and_gradients(tiny_overrides):
     assert masks.context_valid is not None  # the batch really is padded
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g)
-    a = torch.randn(8, 7, generator=g)
+    a = torch.randn(8, ACTION_DIM, generator=g)
     results = []
     for groups in (1, 3):
         torch.manual_seed(0)

@@ -77,6 +77,10 @@ def test_compute_mrr_end_to_end(tiny_run):
     imgs = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     c = compute_mrr(run, images=imgs, bank_size=4, families=["blur"], source="augmented")
     assert list(c["families"]) == ["blur"] and c["families"]["blur"]["count"] == 8
+    # the clean source scores the families that transform the target (the paper's: the jitter), not the others
+    for wrong in (["all"], ["blur"]):
+        with pytest.raises(ValueError, match="clean source scores the families jitter"):
+            compute_mrr(run, images=imgs, bank_size=4, families=wrong)
     # identity transformations (I-JEPA): reported, not a crash; an explicit bank config still works
     d = compute_mrr(run, num_images=2, bank_size=4, aug=AugConfig(strength=0.0))
     assert not d["meaningful"] and d["mrr"] is None and "not meaningful" in format_table(d)
@@ -96,7 +100,9 @@ def test_default_mrr_feeds_the_clean_image_with_the_action_from_it(tiny_run, mon
     monkeypatch.setattr(run.predictor, "forward",
                         lambda *a, **k: acts.append(a[3].clone()) or predictor(*a, **k))
     res = compute_mrr(run, images=images, bank_size=6)
-    assert res["source"] == "clean" and res["families"] == {} and res["count"] == 2 * 6
+    assert res["source"] == "clean" and res["count"] == 2 * 6
+    # one family transforms the target: its bank is the headline's, and so are its scores
+    assert res["families"] == {"jitter": {k: res[k] for k in ("mrr", "mrr_action_zeroed", "count")}}
     assert len(seen) == 2
     for x, image in zip(seen, images):
         assert torch.equal(x, normalize(image.float().div(255.0).unsqueeze(0)))
@@ -106,7 +112,7 @@ def test_default_mrr_feeds_the_clean_image_with_the_action_from_it(tiny_run, mon
     probe = mrr.Probe(run)
     trial = probe.trial(images[0], 6, mrr.image_generator(0, 0))
     step = trial.masks.targets.shape[1] if probe.per_block else 1  # per block: one row per target block
-    assert torch.allclose(acts[0][:6 * step:step, 0], trial.bank_params.brightness - 1.0)
+    assert torch.allclose(acts[0][:6 * step:step, 0], trial.bank_params["jitter"]["brightness"] - 1.0)
 
 
 def test_clean_and_augmented_sources_share_banks_and_masks(tiny_run, monkeypatch):
@@ -130,10 +136,10 @@ def test_clean_and_augmented_sources_share_banks_and_masks(tiny_run, monkeypatch
         monkeypatch.setattr(mrr.Probe, "trial", recording_trial)
         monkeypatch.setattr(mrr.Probe, "predict", recording_predict)
 
-    for source in ("clean", "augmented"):
+    for source, families in (("clean", None), ("augmented", ["all"])):  # the clean source: its one bank
         seen[source], seen[source + " sources"] = [], []
         record(source)
-        compute_mrr(run, images=images, bank_size=5, families=["all"], source=source)
+        compute_mrr(run, images=images, bank_size=5, families=families, source=source)
     assert len(seen["clean"]) == len(seen["augmented"]) == 3
     for (bank_a, tgt_a, ctx_a), (bank_b, tgt_b, ctx_b) in zip(seen["clean"], seen["augmented"]):
         assert torch.equal(bank_a, bank_b) and torch.equal(tgt_a, tgt_b) and torch.equal(ctx_a, ctx_b)
@@ -163,7 +169,8 @@ def test_cli_parsers_write_results(tiny_run, tmp_path, capsys):
     assert (args.images, args.bank, args.seed, args.device) == (2, 4, 0, "cpu")
     assert args.fn(args) == 0
     res = json.loads((tiny_run / "mrr.json").read_text())
-    assert res["settings"]["bank_size"] == 4 and res["source"] == "clean" and res["families"] == {}
+    assert res["settings"]["bank_size"] == 4 and res["source"] == "clean" and list(res["families"]) == ["jitter"]
+    assert res["families"]["jitter"]["mrr"] == res["mrr"]
     assert "| clean" in capsys.readouterr().out
     args = ap.parse_args(["eval", "mrr", str(tiny_run), "--images", "2", "--bank", "4", "--no-progress",
                           "--source", "augmented"])
@@ -190,8 +197,8 @@ def test_weak_bank_has_no_untouched_entries(tiny_run):
     probe = mrr.Probe(run, dataclasses.replace(run.config.aug, strength=0.5))
     image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     trial = probe.trial(image, 256, torch.Generator().manual_seed(1))
-    t = trial.bank_params
-    untouched = (t.brightness == 1) & (t.contrast == 1) & (t.saturation == 1) & (t.hue == 0)
+    t = trial.bank_params["jitter"]
+    untouched = (t["brightness"] == 1) & (t["contrast"] == 1) & (t["saturation"] == 1) & (t["hue"] == 0)
     assert not untouched.any()
     flat = trial.bank_images.flatten(1)
     assert not (flat == trial.image.flatten(1)).all(1).any()  # no entry is the image itself

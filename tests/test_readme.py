@@ -85,3 +85,24 @@ def test_the_readme_quotes_the_demo_table_as_the_demo_wrote_it():
     page = (results / "demo.md").read_text()
     quote, written = marked(README.read_text(), *README_QUOTE), marked(page, *PAGE_TABLE)
     assert written and quote == written == demo_table(json.loads((results / "demo.json").read_text()))
+
+
+def test_the_user_family_example_trains_and_its_family_is_reported(tmp_path):
+    import json
+
+    import iwm
+    from conftest import TINY
+    from iwm.eval.mrr import compute_mrr
+
+    code = _block("**Your own family**")
+    out = tmp_path / "posterize"
+    tiny = ", ".join(repr(o) for o in [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "optim.max_steps=2"])
+    assert '"run.out_dir=runs/posterize"]' in code
+    code = code.replace('"run.out_dir=runs/posterize"]', f'"run.out_dir={out}", {tiny}]')
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    health = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "loss_posterize" in [r for r in health if r.get("kind") == "health"][-1]
+    res = compute_mrr(iwm.load(out), num_images=2, bank_size=4, source="augmented")
+    assert "posterize" in res["families"]
+    p = iwm.load(out).actions
+    assert p.names[-1] == "posterize" and p.dim == 8

@@ -98,6 +98,7 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
     assert ij["mrr"] is not None and ij["mrr_settings"]["aug"]["strength"] == 1.0
     assert _row(md, "ijepa")[1] == num(ij["mrr"]) and _row(md, "ijepa")[3] == num(ij["mrr_augmented"])
     for name, r in saved["runs"].items():  # per-family table: the last row starting with the run name
+        assert list(r["families"]) == list(study.FAMILIES)  # the augmented source's, scored one at a time
         fam = [line for line in md.splitlines() if line.startswith(f"| {name} |")][-1]
         assert re.findall(r"\d\.\d{4}", fam) == [num(r["families"][f]["mrr"]) for f in study.FAMILIES]
 

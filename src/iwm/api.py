@@ -3,8 +3,8 @@
 >>> import iwm
 >>> run = iwm.load("runs/cifar10_equi")          # run dir, checkpoint, exported folder, pretrained:NAME, hf:REPO
 >>> tokens = run.encode(images)                    # (B, N, D) patch tokens, target encoder
->>> x, params = run.corrupt(images, seed=0)        # sample a photometric transformation
->>> pred = run.predict(context, ctx_idx, tgt_idx, params.action())
+>>> x, params = run.corrupt(images, seed=0)        # a source view, as in training
+>>> pred = run.predict(context, ctx_idx, tgt_idx, run.actions.encode(params, run.actions.identity(len(x))))
 >>> run.save_pretrained("shared/cifar10_equi")     # weights, config and model card, as the Hub shares them
 """
 
@@ -23,7 +23,7 @@ from .config import Config, ConfigError
 from .data.views import normalize
 from .models import Encoder, Predictor, build_encoder, build_predictor
 from .models.resolution import check_image_size, resize_encoder, resize_predictor
-from .photometric import PhotometricParams, PhotometricSampler, apply, blur_kernel_size
+from .actions import ActionSet, Transform, move
 
 PRETRAINED = "pretrained:"  # a model shipped with the package, by name
 HUB = "hf:"  # a Hugging Face Hub repository id
@@ -36,11 +36,15 @@ class Run:
     encoder: Encoder
     target_encoder: Encoder
     predictor: Predictor
-    sampler: PhotometricSampler  # the transformation sampler the run was trained with
     step: int
     path: Path  # where the weights came from: a checkpoint file or a folder of shared weights
     out_dir: Path | None = None  # where commands write their results for this run
     meta: dict[str, Any] = field(default_factory=dict)  # licence, source, scores of shared weights
+
+    @property
+    def actions(self) -> ActionSet:
+        """The action families the run learns (``config.aug``)."""
+        return ActionSet.from_config(self.config.aug, self.config.data.image_size)
 
     @property
     def device(self) -> torch.device:
@@ -88,17 +92,18 @@ class Run:
     def predict(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor,
                 action: torch.Tensor | None) -> torch.Tensor:
         """The world model: context tokens (B, Nc, D) at patches ``context_idx`` (B, Nc), the
-        action a_x->y (B, 7), target patches ``target_idx`` (B, Nt) -> predicted tokens (B, Nt, D)."""
+        action a_x->y (B, A: ``run.actions.dim``), target patches ``target_idx`` (B, Nt) -> predicted tokens (B, Nt, D)."""
         return self.predictor(context.to(self.device), context_idx.to(self.device), target_idx.to(self.device),
                               None if action is None else action.to(self.device))
 
-    def corrupt(self, images: torch.Tensor, seed: int = 0,
-                params: PhotometricParams | None = None) -> tuple[torch.Tensor, PhotometricParams]:
-        """Source views x from float images y in [0, 1] with sampled (or given) parameters."""
+    def corrupt(self, images: torch.Tensor, seed: int = 0, params: Transform | None = None,
+                view: str = "source") -> tuple[torch.Tensor, Transform]:
+        """``view`` (source or target) of float images in [0, 1] (B, 3, H, W), transformed as in
+        training with sampled (or given) parameters; a_x->y is ``run.actions.encode(source, target)``."""
+        actions = self.actions
         if params is None:
-            params = self.sampler.sample(images.shape[0], torch.Generator().manual_seed(seed))
-        k = blur_kernel_size(self.config.aug, self.config.data.image_size)
-        return apply(images, params.to(images.device), k), params
+            params = actions.sample(images.shape[0], torch.Generator().manual_seed(seed), view)
+        return actions.apply(images, move(params, images.device)), params
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None,
                         scores: dict[str, float] | None = None, license: str | None = None) -> Path:
@@ -231,7 +236,7 @@ def load(ref: str | Path, device: str | torch.device = "cpu", image_size: int | 
     load_weights(predictor, w.states["predictor"], "predictor")
     for m in (encoder, target, predictor):
         m.to(device).eval().requires_grad_(False)
-    run = Run(cfg, encoder, target, predictor, PhotometricSampler(cfg.aug), w.step, w.path, w.out_dir, w.meta)
+    run = Run(cfg, encoder, target, predictor, w.step, w.path, w.out_dir, w.meta)
     return run.resize(image_size) if image_size else run
 
 

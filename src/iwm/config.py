@@ -41,14 +41,17 @@ class DataConfig:
 
 @dataclass
 class AugConfig:
-    """The photometric transformation between the views (what the world model learns).
+    """The transformation between the views: what the world model learns (``iwm.actions``).
 
-    Both views are colour-jittered, independently (the action carries the difference); only the
-    source x gets the destructive ones (grayscale, blur, solarisation). ``strength`` scales
-    every range and probability at once: 0 is the identity transform (I-JEPA), 1 the values
-    below, >1 stronger (probabilities saturate at 1).
+    ``families`` lists the action families, in the order they apply; a_x->y is their encodings
+    side by side. The paper's: both views colour-jittered, independently (the action carries
+    the difference); only the source x gets the destructive ones (grayscale, blur,
+    solarisation). The geometric ones (crop, hflip, rot90, rotate) move the target view.
+    ``strength`` scales every range and probability at once: 0 is the identity transform
+    (I-JEPA), 1 the values below, >1 stronger (probabilities saturate at 1).
     """
 
+    families: tuple[str, ...] = ("jitter", "grayscale", "blur", "solarize")
     # Defaults: the recipe the paper reports (Garrido et al. 2024, arXiv 2403.00504).
     strength: float = 1.0
     jitter_prob: float = 0.8  # source x; paper: p = 0.8 on both views
@@ -61,6 +64,13 @@ class AugConfig:
     blur_prob: float = 0.2  # paper, source only
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # paper silent: BYOL's range, for 224 px
     solarize_prob: float = 0.1  # the paper's hyper-parameter table (its prose says 0.2)
+    # the geometric families, where listed (the target view moved; probabilities scale with strength)
+    crop_prob: float = 0.5
+    crop_scale: tuple[float, float] = (0.4, 1.0)  # area of the target's square crop, fraction of the source's
+    hflip_prob: float = 0.5
+    rot90_prob: float = 0.75  # then 1, 2 or 3 quarter turns alike: k uniform over 0..3 at the default
+    rotate_prob: float = 0.5
+    rotate_degrees: float = 15.0  # the angle is drawn in [-this, this]
 
 
 @dataclass
@@ -216,6 +226,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"{key}: got {value!r}; allowed values are {', '.join(map(str, choices))}")
         return value
+    if origin is tuple and typing.get_args(hint)[-1] is Ellipsis:  # a list of any length
+        item = typing.get_args(hint)[0]
+        if isinstance(value, str):  # key=a,b on the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list like [a, b], got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -294,6 +311,11 @@ def _check_aug(a: AugConfig) -> None:
            "strength x brightness/contrast/saturation must stay below 1 (factors must be > 0)")
     _check(a.strength * a.hue <= 0.5, "aug.strength", "strength x hue must stay <= 0.5")
     _check_range("aug.blur_sigma", a.blur_sigma, 1e-3, 100.0)
+    _check(len(set(a.families)) == len(a.families), "aug.families", "lists a family twice; list each once")
+    for name in ("crop_prob", "hflip_prob", "rot90_prob", "rotate_prob"):
+        _check(0 <= getattr(a, name) <= 1, f"aug.{name}", "a probability must lie in [0, 1]")
+    _check_range("aug.crop_scale", a.crop_scale, 1e-3, 1.0)
+    _check(0 <= a.rotate_degrees <= 180, "aug.rotate_degrees", "must lie in [0, 180]")
 
 
 def _check_model(mo: ModelConfig, d: DataConfig) -> None:

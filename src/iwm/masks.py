@@ -8,6 +8,11 @@ keeps its whole context, padded to the longest in the batch, and ``Masks.context
 which entries are real (the attention ignores the padding). I-JEPA instead cuts every context to
 the shortest in the batch (``mask.cut_context``), which on an 8x8 grid at batch 128 throws away
 a third of the context on average; ``benchmarks/context_padding.py`` measures both.
+
+When the target view is the source moved (a geometric action family), the target blocks are
+drawn on the target's patch grid, as their positions are the target's, and the context loses
+every source patch that a target block takes pixels from (``overlap``, from
+:meth:`iwm.actions.ActionSet.overlap`), so the context still never shows what is predicted.
 """
 
 from __future__ import annotations
@@ -83,7 +88,9 @@ class MultiBlockMasker:
         self.cfg = cfg
         self.grid = grid
 
-    def __call__(self, batch: int, generator: torch.Generator) -> Masks:
+    def __call__(self, batch: int, generator: torch.Generator, overlap: torch.Tensor | None = None) -> Masks:
+        """The masks of a batch. ``overlap`` (B, N, N) bool: [b, n, m] where target patch n takes
+        pixels from source patch m (None: the views share their frame, n from n)."""
         c, g, grid = self.cfg, generator, self.grid
         n = grid * grid
         th, tw = _block_size(c.target_scale, c.target_aspect, grid, g)
@@ -96,19 +103,26 @@ class MultiBlockMasker:
             k = len(redo)
             blocks, idx = _blocks(th, tw, k * c.num_targets, grid, g)
             blocks = blocks.view(k, c.num_targets, n)
-            ctx = _blocks(ch, cw, k, grid, g)[0] & ~blocks.any(1)
+            ctx = _blocks(ch, cw, k, grid, g)[0] & ~_covered(blocks.any(1), overlap, redo)
             targets[redo], target_idx[redo], context[redo] = blocks, idx.view(k, c.num_targets, -1), ctx
             redo = redo[ctx.sum(1) < c.min_context]
             if not len(redo):
                 break
         else:  # targets cover too much of these samples: fall back to every uncovered patch
-            context[redo] = ~targets[redo].any(1)
+            context[redo] = ~_covered(targets[redo].any(1), overlap, redo)
             if (context[redo].sum(1) < 1).any():
                 raise RuntimeError("mask: target blocks cover the whole image; lower mask.target_scale")
         if c.cut_context:
             return Masks(cut_context(context, g), target_idx)
         idx, valid = pad_context(context)  # every sample keeps its whole context
         return Masks(idx, target_idx, valid)
+
+
+def _covered(target: torch.Tensor, overlap: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """(k, N) target patches -> (k, N) source patches they take pixels from."""
+    if overlap is None:
+        return target
+    return (target.unsqueeze(-1) & overlap[rows]).any(1)
 
 
 def cut_context(context: torch.Tensor, g: torch.Generator) -> torch.Tensor:

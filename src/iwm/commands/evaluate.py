@@ -38,7 +38,8 @@ def _mrr(args: argparse.Namespace) -> int:
     run = load(args.run, device=args.device)
     try:
         res = compute_mrr(run, num_images=args.images, bank_size=args.bank, seed=args.seed, device=args.device,
-                          progress=not args.no_progress, aug=strength_aug(run, args.strength), source=args.source)
+                          progress=not args.no_progress, aug=strength_aug(run, args.strength), source=args.source,
+                          families=args.family)
     except ValueError as err:  # bad counts: a message, not a traceback
         print(f"iwm: error: {err}", file=sys.stderr)
         return 2
@@ -72,6 +73,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--strength", type=float, default=None,
                    help="rank against the run's aug config at this strength (e.g. 1 for an I-JEPA run)")
+    p.add_argument("--family", action="append", default=None,
+                   help="score this family alone (repeatable; default every family the protocol applies to)")
     p.add_argument("--source", choices=SOURCES, default="clean",
                    help="clean: the untouched image is the source (the paper's MRR, default); augmented: the "
                         "source is transformed as in training, scored per family (shows whether grayscale, blur "

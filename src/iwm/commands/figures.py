@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..api import RUN_HELP, results_dir
@@ -15,8 +16,12 @@ def _retrieval(args: argparse.Namespace) -> int:
 
     run = load(args.run, device=args.device)
     out = Path(args.out) if args.out else results_dir(run) / "retrieval.png"
-    retrieval_figure(run, out, args.images, args.neighbours, args.bank, args.seed, args.device,
-                     aug=strength_aug(run, args.strength))
+    try:
+        retrieval_figure(run, out, args.images, args.neighbours, args.bank, args.seed, args.device,
+                         families=tuple(args.family) if args.family else None, aug=strength_aug(run, args.strength))
+    except ValueError as err:  # a family the run does not learn: a message, not a traceback
+        print(f"iwm: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 
@@ -33,6 +38,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bank", type=int, default=64, help="augmented targets per image")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--family", action="append", default=None,
+                   help="a row per image for this family (repeatable; default all and every family the run learns)")
     p.add_argument("--strength", type=float, default=None,
                    help="use the run's aug config at this strength (e.g. 1 for an I-JEPA run)")
     p.set_defaults(fn=_retrieval)

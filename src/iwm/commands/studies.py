@@ -1,4 +1,4 @@
-"""``iwm study {world-model,leverage,recipe,reference}``: each parses its options, runs its study
+"""``iwm study {world-model,leverage,recipe,reference,action-families}``: each parses its options, runs its study
 (:mod:`iwm.studies`), which measures and writes the page, and says where the results went."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import ConfigError
-from ..studies import leverage, recipe, reference, world_model
+from ..studies import action_families, leverage, recipe, reference, world_model
 
 
 def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -38,6 +38,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     _add_leverage(studies)
     _add_recipe(studies)
     _add_reference(studies)
+    _add_action_families(studies)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,3 +237,44 @@ def _add_reference(studies: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="dotted config overrides for every model, e.g. data.path=...")
     p.set_defaults(fn=_reference)
+
+
+# ----------------------------------------------------------------------------------------------
+# iwm study action-families
+
+
+@one_line_errors
+def _action_families(args: argparse.Namespace) -> int:
+    settings = leverage.default_settings()
+    if args.train_size is not None:
+        settings["train_size"] = args.train_size
+    command = shlex.join(["iwm", "study", "action-families", "--steps", str(args.steps), "--mrr-images",
+                          str(args.mrr_images), "--mrr-bank", str(args.mrr_bank),
+                          *([f"--train-size={args.train_size}"] if args.train_size is not None else []),
+                          *(["--pixels-from", args.pixels_from] if args.pixels_from else []),
+                          "--runs-dir", args.runs_dir, "--out", args.out, "--device", args.device, *args.overrides])
+    action_families.run_study(Path(args.out), Path(args.runs_dir), args.steps, args.mrr_images, args.mrr_bank,
+                              args.overrides, args.device, command=command, settings=settings,
+                              progress=not args.no_progress,
+                              pixels_from=Path(args.pixels_from) if args.pixels_from else None)
+    print(f"wrote {args.out} and {Path(args.runs_dir) / action_families.STORE}")
+    return 0
+
+
+def _add_action_families(studies: argparse._SubParsersAction) -> None:
+    """Register ``iwm study action-families``."""
+    p = studies.add_parser("action-families", help="photometric vs photometric + geometric world models: MRR per "
+                                                   "family, probes and predictor finetuning")
+    p.add_argument("--steps", type=int, default=800, help="pretraining steps per run (default 800)")
+    p.add_argument("--mrr-images", type=int, default=128, help="MRR test images (default 128)")
+    p.add_argument("--mrr-bank", type=int, default=64, help="MRR bank size (default 64)")
+    p.add_argument("--train-size", type=int, default=None,
+                   help=f"seeded CIFAR-10 train subset of the probes (default {leverage.default_settings()['train_size']})")
+    p.add_argument("--pixels-from", default="", help="a leverage study's JSON (docs/results/leverage.json): its "
+                                                     "raw-pixel rows are reused where measured with the same settings")
+    p.add_argument("--runs-dir", default="runs/study", help="one directory per run, shared with world-model")
+    p.add_argument("--out", default="docs/results/action_families.md", help="markdown page")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for both pretrainings, e.g. data.path=...")
+    p.set_defaults(fn=_action_families)

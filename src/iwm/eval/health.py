@@ -24,10 +24,10 @@ from torch.utils.data import Dataset, TensorDataset
 from ..config import Config
 from ..data import build_dataset, normalize
 from ..masks import MultiBlockMasker
-from ..photometric import PhotometricSampler, apply, blur_kernel_size
+from ..actions import ActionSet, length, move
 from .features import extract, subset
 from .knn import knn_accuracy
-from .mrr import FAMILIES, compute_mrr, family_params
+from .mrr import compute_mrr
 from .pixels import RawPixels
 from ..files import pyplot, save_figure
 
@@ -114,11 +114,12 @@ class HealthMonitor:
         # the per-family loss: one fixed batch, transformations and masks
         n = min(e.health_loss_batch, len(self.test))
         g = torch.Generator().manual_seed(seed + 2)
-        self.source, self.target = PhotometricSampler(cfg.aug).sample_pair(n, g)
-        self.masks = MultiBlockMasker(cfg.mask, cfg.data.image_size // cfg.model.patch_size)(n, g)
-        self.kernel_size = blur_kernel_size(cfg.aug, cfg.data.image_size)
+        self.actions = ActionSet.from_config(cfg.aug, cfg.data.image_size)
+        self.source, self.target = self.actions.sample_pair(n, g)
+        grid = cfg.data.image_size // cfg.model.patch_size
+        self.masks = MultiBlockMasker(cfg.mask, grid)(n, g, self.actions.overlap(self.target, grid))
         # identity transformations (I-JEPA) have no families to tell apart
-        self.families = FAMILIES if cfg.aug.strength > 0 else ("all",)
+        self.families = ("all", *self.actions.names) if cfg.aug.strength > 0 else ("all",)
         self.mrr_seed = seed + 3
         if verbose:
             log.info("health checks every %d steps on %d held-out images%s; loss per family on %d, MRR on %d x %d",
@@ -161,12 +162,14 @@ class HealthMonitor:
             rec["feature_std"] = feature_std(test_f)
             rec["effective_rank"] = effective_rank(test_f)
             if e.health_mrr_images > 0:  # in fp32: ranks compare close distances
-                run = Run(self.cfg, model.encoder, model.target_encoder, model.predictor,
-                          PhotometricSampler(self.cfg.aug), step, Path(self.cfg.run.out_dir))
+                run = Run(self.cfg, model.encoder, model.target_encoder, model.predictor, step,
+                          Path(self.cfg.run.out_dir))
                 # the paper's protocol: the clean image is the source
                 res = compute_mrr(run, images=self.test[:e.health_mrr_images], bank_size=e.health_mrr_bank,
                                   seed=self.mrr_seed, device=self.device, source="clean")
                 rec["mrr"] = res["mrr"]  # None where the bank is all identities
+                if len(res["families"]) > 1:  # each family the target's bank draws from, alone
+                    rec.update({f"mrr_{f}": v["mrr"] for f, v in res["families"].items()})
                 rec["mrr_chance"] = res["chance"]
         finally:
             for m, training in modes:
@@ -181,20 +184,19 @@ class HealthMonitor:
         return rec
 
     def _family_losses(self, model: IWM) -> dict[str, float]:
-        """The training loss on the fixed batch, with the source transformation cut down to one
-        family at a time (``all``: as sampled; the target view and the masks stay the same)."""
+        """The training loss on the fixed batch, with the transformation cut down to one family
+        at a time (``all``: as sampled; :meth:`iwm.actions.ActionSet.for_family`); the masks
+        stay the same."""
         model.eval()
-        n = len(self.source)
+        n = length(self.source)
         c = self.test[:n].to(self.device).float().div_(255.0)
-        target = self.target.to(self.device)
-        y = normalize(apply(c, target, self.kernel_size))
         masks = self.masks.to(self.device)
         losses = []
         for f in self.families:
-            source = family_params(self.source, f).to(self.device)
-            x = normalize(apply(c, source, self.kernel_size))
+            source, target = (move(t, self.device) for t in self.actions.for_family(self.source, self.target, f))
+            x, y = normalize(self.actions.apply(c, source)), normalize(self.actions.apply(c, target))
             with self._autocast():
-                losses.append(model(x, y, source.action(target), masks).float())
+                losses.append(model(x, y, self.actions.encode(source, target), masks).float())
         # one device-to-host copy for all families, not a sync per family
         return {f"loss_{f}": v for f, v in zip(self.families, torch.stack(losses).tolist())}
 
@@ -239,7 +241,8 @@ def plot_health(records: list[dict], path: str | Path, cfg: Config | None = None
             ax.axhline(getattr(cfg.eval, limit), ls=":", color="red", lw=1, label="collapse threshold")
         ax.set_title(title)
     ax = axes[4]
-    for f in FAMILIES:
+    families = [k[len("loss_"):] for k in dict.fromkeys(k for r in records for k in r) if k.startswith("loss_")]
+    for f in families:
         line(ax, f"loss_{f}", f)
     ax.set_title("loss per family")
     for ax in axes:

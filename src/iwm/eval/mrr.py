@@ -2,19 +2,26 @@
 
 Per evaluation image c (centred, unaugmented):
 
-- a bank of K target views y_k = J(c, t_k), jitter only, with jitter forced on so the entries
+- a bank of K target views y_k = t_k(c), t_k drawn from the run's families that transform the
+  target (the paper's: the colour jitter; the geometric ones), each forced on so the entries
   differ; encoded by the target encoder and layer-normed as :meth:`IWM.targets` does;
 - the source x, by one of two protocols (``source``):
 
   - ``clean`` (the default, the paper's protocol): x = c, the untouched image, and
-    a_x->y_k = identity.action(t_k);
-  - ``augmented``: one source transformation s, x = apply(c, s), as in training, edited per
-    *family* (``all``: as sampled; ``jitter``: no destructive op; ``grayscale``/``blur``/
-    ``solarize``: that op forced on, the others off), so the families share the same jitter.
-    This is the view of the paper's Figure 1: it shows whether the predictor undoes
-    grayscale, blur and solarisation;
+    a_x->y_k = encode(identity, t_k). Scored for the bank of every such family together, and,
+    where a run learns several, for each one alone (``families``: a bank of that family's
+    transformations only, drawn from its own stream);
+  - ``augmented``: one source transformation s, x = s(c), as in training, edited per *family*
+    of those that transform the source (``all``: as sampled; ``jitter``: the destructive ops
+    off; ``grayscale``/``blur``/``solarize``: that op forced on, the others off), so the
+    families share the same jitter (:meth:`iwm.actions.ActionSet.edit`). This is the view of
+    the paper's Figure 1: it shows whether the predictor undoes grayscale, blur and
+    solarisation;
 - one I-JEPA multi-block mask: the context encoder sees x at the context patches and the
-  predictor predicts the target blocks with a_x->y_k, for every k;
+  predictor predicts the target blocks with a_x->y_k, for every k. One mask serves the whole
+  bank, so under a geometric family the context is kept off the target blocks' positions in
+  x's frame, not off the pixels each entry moved there (training masks those: a bank of moved
+  targets would need a mask per entry, and a context per entry);
 - the true entry k is ranked among the bank by squared L2 distance to the prediction at the
   target positions, summed over tokens; RR = 1/rank and MRR is its mean over images and k.
 
@@ -38,20 +45,21 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+import zlib
+
+from ..actions import ActionSet, Transform, length, move, take
 from ..config import AugConfig
 from ..data import build_dataset, normalize
 from ..data.views import center_view
 from ..masks import Masks, MultiBlockMasker
 from ..models import gather_tokens
-from ..photometric import PhotometricParams, PhotometricSampler, apply, blur_kernel_size
 from .features import subset
 
 if TYPE_CHECKING:
     from ..api import Run
 
 SOURCES = ("clean", "augmented")  # the paper's protocol first: the default
-FAMILIES = ("all", "jitter", "grayscale", "blur", "solarize")  # of the augmented source
-DESTRUCTIVE = ("grayscale", "blur", "solarize")
+FAMILIES = ("all", "jitter", "grayscale", "blur", "solarize")  # the paper's runs' families of the augmented source
 TIE_RTOL = 1e-9
 MRR_FILES = {"clean": "mrr.json", "augmented": "mrr_augmented.json"}  # in a run directory
 
@@ -88,19 +96,21 @@ def chance_mrr(k: int) -> float:
 # the probe: bank, sources, masks and predictions for one image (shared with the figure)
 
 
-def family_params(source: PhotometricParams, family: str) -> PhotometricParams:
-    """A sampled source transformation edited to belong to ``family`` (jitter kept as sampled)."""
-    if family == "all":
-        return source
-    if family != "jitter" and family not in DESTRUCTIVE:
-        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
-    flags = {op: torch.full_like(getattr(source, op), op == family) for op in DESTRUCTIVE}
-    return dataclasses.replace(source, **flags)
+def image_generator(seed: int, index: int, family: str | None = None) -> torch.Generator:
+    # one stream per image (and per family's own bank): its numbers do not depend on how many
+    # images or families run
+    offset = 0 if family is None else zlib.crc32(family.encode()) << 20
+    return torch.Generator().manual_seed(seed * 1_000_003 + index + offset)
 
 
-def image_generator(seed: int, index: int) -> torch.Generator:
-    # one stream per image: its numbers do not depend on how many images or families run
-    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+def source_families(actions: ActionSet) -> tuple[str, ...]:
+    """What the augmented protocol scores: ``all`` and each family that transforms the source."""
+    return ("all", *actions.transforming("source"))
+
+
+def target_families(actions: ActionSet) -> tuple[str, ...]:
+    """The families the clean protocol's bank draws from: those that transform the target."""
+    return actions.transforming("target")
 
 
 @dataclasses.dataclass
@@ -108,10 +118,10 @@ class Trial:
     """What one evaluation image is scored with."""
 
     image: torch.Tensor  # (1, 3, S, S) float in [0, 1]
-    bank_params: PhotometricParams  # (K,)
+    bank_params: Transform  # (K,)
     bank_images: torch.Tensor  # (K, 3, S, S) float
     bank_tokens: torch.Tensor  # (K, Nt, D) layer-normed target tokens at the target positions
-    source: PhotometricParams  # (1,) as sampled; edit with family_params
+    source: Transform  # (1,) as sampled; edit with Probe.edit
     masks: Masks  # context (1, Nc), targets (1, T, Nt_block)
 
 
@@ -128,43 +138,50 @@ class Probe:
         self.target_encoder = run.target_encoder.to(self.device).eval()
         self.predictor = run.predictor.to(self.device).eval()
         self.per_block = cfg.predictor.per_block
-        self.source_sampler = PhotometricSampler(self.aug)
-        self.bank_sampler = PhotometricSampler(self.aug, jitter_every_target=True)  # entries all differ
+        self.actions = ActionSet.from_config(self.aug, cfg.data.image_size)
         self.masker = MultiBlockMasker(cfg.mask, cfg.data.image_size // cfg.model.patch_size)
-        self.kernel_size = blur_kernel_size(self.aug, cfg.data.image_size)
         self.chunk = chunk
 
-    def bank_is_degenerate(self, bank_size: int, seed: int) -> bool:
-        """True when the bank's transformations are all the identity (strength 0 or empty
-        jitter ranges): every entry is the same image and ranks mean nothing."""
-        t = self.bank_sampler.sample(max(bank_size, 2), torch.Generator().manual_seed(seed), target=True)
-        return all(bool((v == v[0]).all()) for v in (t.brightness, t.contrast, t.saturation, t.hue))
+    def bank_is_degenerate(self, bank_size: int, seed: int, family: str | None = None) -> bool:
+        """True when the bank's transformations are all the identity (strength 0, empty ranges,
+        no family that transforms the target): every entry is the same image and ranks mean
+        nothing. ``family``: that family's own bank."""
+        k = max(bank_size, 2)
+        t = self.actions.sample(k, torch.Generator().manual_seed(seed), "target", always=True, only=family)
+        a = self.actions.encode(self.actions.identity(k), t)
+        return bool((a == a[0]).all())
+
+    def edit(self, source: Transform, family: str) -> Transform:
+        """A sampled source transformation edited to show ``family`` (``all``: as sampled)."""
+        return self.actions.edit(source, family, "source")
 
     @torch.no_grad()
-    def trial(self, image: torch.Tensor, bank_size: int, g: torch.Generator) -> Trial:
-        """uint8 (3, S, S) image -> its bank, source transformation and mask, drawn from ``g``."""
-        t = self.bank_sampler.sample(bank_size, g, target=True)
-        source = self.source_sampler.sample(1, g)
+    def trial(self, image: torch.Tensor, bank_size: int, g: torch.Generator, family: str | None = None) -> Trial:
+        """uint8 (3, S, S) image -> its bank, source transformation and mask, drawn from ``g``.
+        ``family``: a bank of that family's transformations alone."""
+        t = self.actions.sample(bank_size, g, "target", always=True, only=family)
+        source = self.actions.sample(1, g, "source")
+        # one mask for the whole bank: the context is kept off the target blocks' positions
         masks = self.masker(1, g).to(self.device)
         c = image.to(self.device).float().div(255.0).unsqueeze(0)
         tidx = masks.targets.flatten(1)
         views, tokens = [], []
         for sl in _chunks(bank_size, self.chunk):
-            y = apply(c.expand(sl.stop - sl.start, -1, -1, -1), t[sl].to(self.device), self.kernel_size)
+            y = self.actions.apply(c.expand(sl.stop - sl.start, -1, -1, -1), move(take(t, sl), self.device))
             z = self.target_encoder.tokens(normalize(y))
             z = F.layer_norm(z, z.shape[-1:])  # what the predictor was trained to regress
             views.append(y)
             tokens.append(gather_tokens(z, tidx.expand(z.shape[0], -1)))
         return Trial(c, t, torch.cat(views), torch.cat(tokens), source, masks)
 
-    def source_view(self, trial: Trial, source: PhotometricParams | None) -> torch.Tensor:
+    def source_view(self, trial: Trial, source: Transform | None) -> torch.Tensor:
         """The source image: ``trial.image`` transformed by ``source``, or untouched (None)."""
         if source is None:  # the clean image itself, not the identity run through the ops
             return trial.image
-        return apply(trial.image, source.to(self.device), self.kernel_size)
+        return self.actions.apply(trial.image, move(source, self.device))
 
     @torch.no_grad()
-    def predict(self, trial: Trial, source: PhotometricParams | None, actions: torch.Tensor) -> torch.Tensor:
+    def predict(self, trial: Trial, source: Transform | None, actions: torch.Tensor) -> torch.Tensor:
         """Predicted target tokens (B, Nt, D) of the source view under ``source`` (None: the
         clean image) for each of the actions (B, A); each target block in its own pass when the
         run was trained so."""
@@ -184,12 +201,12 @@ class Probe:
             out.append(p.reshape(sl.stop - sl.start, -1, p.shape[-1]))
         return torch.cat(out)
 
-    def actions(self, trial: Trial, source: PhotometricParams | None) -> torch.Tensor:
+    def action(self, trial: Trial, source: Transform | None) -> torch.Tensor:
         """a_x->y_k for every bank entry k, (K, A); from the clean image where ``source`` is None."""
-        k = len(trial.bank_params)
+        k = length(trial.bank_params)
         if source is None:
-            return PhotometricParams.identity(k).action(trial.bank_params)
-        return source[torch.zeros(k, dtype=torch.long)].action(trial.bank_params)
+            return self.actions.encode(self.actions.identity(k), trial.bank_params)
+        return self.actions.encode(take(source, torch.zeros(k, dtype=torch.long)), trial.bank_params)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -214,30 +231,43 @@ def _prepare_images(run: Run, images: torch.Tensor | None, num_images: int, seed
     return torch.stack([center_view(im, run.config.data.image_size) for im in images])
 
 
+def _score(probe: Probe, trial: Trial, s: Transform | None, acc: list) -> None:
+    """Add one trial's reciprocal ranks, with the true actions and with a_x->y = 0, to ``acc``."""
+    a = probe.action(trial, s)
+    pred = probe.predict(trial, s, torch.cat([a, torch.zeros_like(a[:1])]))  # last row: a = 0
+    acc[0] += reciprocal_ranks(pred[:-1], trial.bank_tokens).sum().item()
+    acc[1] += reciprocal_ranks(pred[-1:].expand_as(pred[:-1]), trial.bank_tokens).sum().item()
+    acc[2] += a.shape[0]
+
+
 def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 64, bank_size: int = 256,
-                families: tuple[str, ...] | list[str] = FAMILIES, seed: int = 0, device: str | torch.device = "cpu",
-                progress: bool = False, aug: AugConfig | None = None, chunk: int = 256,
-                source: str = "clean") -> dict:
+                families: tuple[str, ...] | list[str] | None = None, seed: int = 0,
+                device: str | torch.device = "cpu", progress: bool = False, aug: AugConfig | None = None,
+                chunk: int = 256, source: str = "clean") -> dict:
     """MRR of a run's world model (see the module docstring).
 
-    ``source``: ``clean`` (the paper's protocol) or ``augmented`` (scored per family of
-    ``families``, which ``clean`` does not use). ``images``: uint8 (N, 3, H, W) to use instead
-    of ``num_images`` from the test split. ``aug``: the transformations (source and bank);
-    default the run's own. Returns ``{"source", "mrr", "mrr_action_zeroed", "count",
-    "families": {name: {"mrr", "mrr_action_zeroed", "count"}}, "chance", "meaningful", "note",
-    "settings"}``, where ``mrr`` is the clean source's figure or the augmented source's family
-    ``all`` (None if not scored) and ``families`` is empty for the clean source; the networks
-    are moved to ``device``.
+    ``source``: ``clean`` (the paper's protocol) or ``augmented``. ``families``: scored one at a
+    time (default: every family the protocol applies to: those that transform the target for
+    ``clean``, ``all`` and those that transform the source for ``augmented``). ``images``: uint8
+    (N, 3, H, W) to use instead of ``num_images`` from the test split. ``aug``: the
+    transformations (source and bank); default the run's own. Returns ``{"source", "mrr",
+    "mrr_action_zeroed", "count", "families": {name: {"mrr", "mrr_action_zeroed", "count"}},
+    "chance", "meaningful", "note", "settings"}``, where ``mrr`` is the clean source's figure
+    (every target family's bank together) or the augmented source's family ``all`` (None if not
+    scored); the networks are moved to ``device``.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown MRR source {source!r}; choose from {', '.join(SOURCES)}")
     if bank_size < 2 or (images is None and num_images < 1):
         raise ValueError(f"need bank_size >= 2 and num_images >= 1, got {bank_size} and {num_images}")
     clean = source == "clean"
-    families = () if clean else tuple(families)
-    for f in families:
-        family_params(PhotometricParams.identity(1), f)  # refuse an unknown family up front
     probe = Probe(run, aug, device, chunk)
+    applicable = target_families(probe.actions) if clean else source_families(probe.actions)
+    families = applicable if families is None else tuple(families)
+    unknown = [f for f in families if f not in applicable]
+    if unknown:  # refused up front, before any image is scored
+        raise ValueError(f"MRR with the {source} source scores the families {', '.join(applicable) or '(none)'} of this "
+                         f"run, not {', '.join(unknown)}")
     imgs = _prepare_images(run, images, num_images, seed)
     settings = {"source": source, "num_images": len(imgs), "bank_size": bank_size, "seed": seed,
                 "families": list(families), "step": run.step, "checkpoint": str(run.path),
@@ -254,7 +284,9 @@ def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 
         result["families"] = {f: {"mrr": None, "mrr_action_zeroed": None, "count": 0} for f in families}
         return result
 
-    names = ("clean",) if clean else families
+    # the clean source's families each get a bank of their own, unless the run has only one
+    own_banks = [f for f in families if clean and len(applicable) > 1]
+    names = ("headline", *own_banks) if clean else families
     sums = {f: [0.0, 0.0, 0] for f in names}
     it = range(len(imgs))
     if progress:
@@ -263,30 +295,31 @@ def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 
         it = tqdm(it, desc=f"MRR, {source} source", unit="image", leave=False, dynamic_ncols=True)
     for i in it:
         trial = probe.trial(imgs[i], bank_size, image_generator(seed, i))
-        for f in names:
-            s = None if clean else family_params(trial.source, f)
-            a = probe.actions(trial, s)
-            pred = probe.predict(trial, s, torch.cat([a, torch.zeros_like(a[:1])]))  # last row: a = 0
-            acc = sums[f]
-            acc[0] += reciprocal_ranks(pred[:-1], trial.bank_tokens).sum().item()
-            acc[1] += reciprocal_ranks(pred[-1:].expand_as(pred[:-1]), trial.bank_tokens).sum().item()
-            acc[2] += bank_size
+        if clean:
+            _score(probe, trial, None, sums["headline"])
+            for f in own_banks:
+                _score(probe, probe.trial(imgs[i], bank_size, image_generator(seed, i, f), family=f), None, sums[f])
+        else:
+            for f in families:
+                _score(probe, trial, probe.edit(trial.source, f), sums[f])
     scores = {f: {"mrr": a / n, "mrr_action_zeroed": z / n, "count": n} for f, (a, z, n) in sums.items()}
-    headline = scores.get("clean" if clean else "all")
+    headline = scores.pop("headline", None) if clean else scores.get("all")
     if headline is not None:
         result.update(headline)
-    if not clean:
-        result["families"] = scores
+    if clean and not own_banks:  # one family: its bank is the headline's
+        scores = {f: dict(headline) for f in families}
+    result["families"] = scores
     return result
 
 
 def format_table(result: dict) -> str:
-    """MRR and MRR with a_x->y zeroed: one row for the clean source, one per family for the
-    augmented one."""
+    """MRR and MRR with a_x->y zeroed: one row for the clean source (then one per family with a
+    bank of its own), one per family for the augmented one."""
     s = result["settings"]
     rows = ["| source    | MRR    | MRR, a_x->y zeroed |", "|-----------|--------|--------------------|"]
     clean = result.get("source") == "clean"  # a result from before the protocols were named: augmented
-    for f, r in ({"clean": result} if clean else result["families"]).items():
+    per_family = result["families"] if not clean or len(result["families"]) > 1 else {}
+    for f, r in [*(("clean", result),) * clean, *per_family.items()]:
         rows.append(f"| {f:<9} | {_fmt_score(r['mrr']):<6} | {_fmt_score(r['mrr_action_zeroed']):<18} |")
     protocol = "clean source (the paper's protocol)" if clean else "augmented source, per family (as in training)"
     rows.append(f"{s['num_images']} images x {s['bank_size']} bank entries, seed {s['seed']}, {protocol}; "

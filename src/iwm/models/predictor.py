@@ -25,13 +25,13 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..config import Config, encoder_dims
-from ..photometric import ACTION_DIM
+from ..actions import ActionSet
 from .encoder import gather_tokens, run_blocks
 
 
 class Predictor(nn.Module):
     def __init__(self, grid: int, enc_dim: int, width: int, depth: int, num_heads: int,
-                 conditioning: str = "feature", action_dim: int = ACTION_DIM, cond_tokens: int = 1,
+                 conditioning: str = "feature", action_dim: int = 7, cond_tokens: int = 1,
                  cond_residual: bool = False, norm_eps: float = 1e-5):
         super().__init__()
         self.conditioning = conditioning
@@ -61,7 +61,7 @@ class Predictor(nn.Module):
                 action: torch.Tensor | None = None, context_valid: torch.Tensor | None = None,
                 prefix: torch.Tensor | None = None) -> torch.Tensor:
         """context (B, Nc, D) encoder tokens at patches context_idx (B, Nc); target_idx (B, Nt);
-        action a_x->y (B, ACTION_DIM); context_valid (B, Nc) False where the context is padding
+        action a_x->y (B, action_dim); context_valid (B, Nc) False where the context is padding
         (None: no padding); prefix (B, K, width) tokens placed first in the sequence, with no
         position (the multi-task token of predictor tuning). Returns predicted target tokens
         (B, Nt, D)."""
@@ -104,5 +104,6 @@ def build_predictor(cfg: Config) -> Predictor:
     p = cfg.predictor
     enc_dim = encoder_dims(cfg.model)[0]
     return Predictor(cfg.data.image_size // cfg.model.patch_size, enc_dim, p.width, p.depth,
-                     p.num_heads or max(1, p.width // 64), p.conditioning, ACTION_DIM, p.cond_tokens,
+                     p.num_heads or max(1, p.width // 64), p.conditioning,
+                     ActionSet.from_config(cfg.aug, cfg.data.image_size).dim, p.cond_tokens,
                      p.cond_residual, p.norm_eps)

@@ -142,14 +142,13 @@ def default_reference_settings() -> dict[str, Any]:
 def random_init(cfg: Config, device: torch.device):
     """The run's networks as they were before the first step (the same seed rebuilds them)."""
     from ..api import Run
-    from ..photometric import PhotometricSampler
     from ..train import build_model
 
     model = build_model(cfg)
     nets = (model.encoder, model.target_encoder, model.predictor)
     for m in nets:
         m.to(device).eval().requires_grad_(False)
-    return Run(cfg, *nets, PhotometricSampler(cfg.aug), 0, Path(cfg.run.out_dir), Path(cfg.run.out_dir))
+    return Run(cfg, *nets, 0, Path(cfg.run.out_dir), Path(cfg.run.out_dir))
 
 
 def measure(run, kind: str, s: dict[str, Any], device: torch.device, progress: bool, pixels: bool = False) -> dict:

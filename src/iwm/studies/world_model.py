@@ -91,8 +91,8 @@ def measure(run: GridRun, cfg: Config, mrr_images: int, mrr_bank: int, device: t
     aug = strength_aug(loaded, STRENGTHS["strong"]) if "reference" in run.tables else None
 
     def mrr(source: str, bank_aug=aug) -> dict:
-        return compute_mrr(loaded, num_images=mrr_images, bank_size=mrr_bank, families=FAMILIES, seed=0,
-                           device=device, aug=bank_aug, source=source)
+        return compute_mrr(loaded, num_images=mrr_images, bank_size=mrr_bank, seed=0, device=device,
+                           aug=bank_aug, source=source, families=FAMILIES if source == "augmented" else None)
 
     clean, augmented = mrr("clean"), mrr("augmented")
     # a bank of weak transformations is harder to tell apart than a bank of strong ones, so MRR on

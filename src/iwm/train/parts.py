@@ -56,8 +56,7 @@ class RunParts:
         self.checkpoints = Checkpoints(self.ckpt_dir, self.model, self.optimizer, self.scaler, cfg, self.rank,
                                        self.world, self.sharded)
         # the step's parts, under the names benchmarks and tests reach them by
-        self.masker, self.photometric, self.kernel_size = (self.batches.masker, self.batches.photometric,
-                                                           self.batches.kernel_size)
+        self.masker = self.batches.masker
         self.params, self.fused = self.update.params, self.update.fused
         self.step = 0
         self.losses: list[tuple[int, float]] = []

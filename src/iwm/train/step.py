@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
+from ..actions import ActionSet, move, take
 from ..config import Config
 from ..data import normalize
 from ..masks import MultiBlockMasker
 from ..models import IWM
 from ..parallel import full_tensor
-from ..photometric import PhotometricSampler, apply, blur_kernel_size
 from ..schedules import ema_momentum, learning_rate, weight_decay
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x, y, a_x->y, masks
@@ -34,26 +34,26 @@ class BatchMaker:
 
     def __init__(self, cfg: Config, rank: int, world: int, device: torch.device):
         self.seed, self.rank, self.world, self.device = cfg.run.seed, rank, world, device
-        self.masker = MultiBlockMasker(cfg.mask, cfg.data.image_size // cfg.model.patch_size)
-        self.photometric = PhotometricSampler(cfg.aug)
-        self.kernel_size = blur_kernel_size(cfg.aug, cfg.data.image_size)
+        self.grid = cfg.data.image_size // cfg.model.patch_size
+        self.masker = MultiBlockMasker(cfg.mask, self.grid)
+        self.actions = ActionSet.from_config(cfg.aug, cfg.data.image_size)
 
     def __call__(self, crops: torch.Tensor, step: int) -> Batch:
         b = crops.shape[0]
         g = step_generator(self.seed, step)
         glob = b * self.world
-        source, target = self.photometric.sample_pair(glob, g)
-        masks = self.masker(glob, g)
+        source, target = self.actions.sample_pair(glob, g)
+        masks = self.masker(glob, g, self.actions.overlap(target, self.grid))
         sl = slice(self.rank * b, (self.rank + 1) * b)
         # non-blocking: a blocking copy from the host waits for the GPU's queue to drain
-        source = source[sl].to(self.device, non_blocking=True)
-        target = target[sl].to(self.device, non_blocking=True)
+        source = move(take(source, sl), self.device, non_blocking=True)
+        target = move(take(target, sl), self.device, non_blocking=True)
         masks = masks[sl].to(self.device)
         c = crops.to(self.device, non_blocking=True).float().div_(255.0)
         # the transformations run where the model lives, batched
-        x = apply(c, source, self.kernel_size)
-        y = apply(c, target, self.kernel_size)
-        return normalize(x), normalize(y), source.action(target), masks
+        x = self.actions.apply(c, source)
+        y = self.actions.apply(c, target)
+        return normalize(x), normalize(y), self.actions.encode(source, target), masks
 
 
 class WeightUpdate:

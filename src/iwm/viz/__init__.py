@@ -1,5 +1,5 @@
 """Figures of a trained run."""
 
-from .retrieval import describe_action, retrieval_figure
+from .retrieval import retrieval_figure
 
-__all__ = ["describe_action", "retrieval_figure"]
+__all__ = ["retrieval_figure"]

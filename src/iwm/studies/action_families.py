@@ -1,0 +1,225 @@
+"""The action-families study: does a world model of geometric transformations, learnt beside
+the paper's photometric one, change what the world model and the representation learn?
+
+Two pretrainings on CIFAR-10, the same but for ``aug.families``:
+
+- ``photometric``: the paper's families (jitter, grayscale, blur, solarize): the world-model
+  study's ``strong_d4`` run (feature conditioning, strength 1, a 4-block predictor), so a runs
+  directory shared with that study trains it once;
+- ``photometric + geometric``: the same plus crop, hflip, rot90 and rotate (the target view
+  moved; ``iwm.actions.geometric``).
+
+Each is measured by MRR per family (the clean source, the paper's protocol, for every family
+that transforms the target, each with its own bank; the augmented source for those that
+transform the source), and on its frozen target encoder by kNN, a linear probe, an attentive
+probe and predictor finetuning (:func:`iwm.studies.leverage.evaluate`), beside random init
+(the same architecture before its first step) and the raw pixels. The gap between predictor
+finetuning and the linear probe places a model on the paper's abstraction spectrum: a rich,
+equivariant representation gains from the predictor, an abstract one is served by a linear
+probe already.
+
+Every finished measurement is stored in ``runs_dir/action_families.json`` with what decided
+it, and reused by the next call, so the study resumes where it stopped. The page states no
+conclusion: a placeholder is left for whoever reads the numbers.
+
+    iwm study action-families --steps 800 --out docs/results/action_families.md
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..actions import DEFAULT_FAMILIES, GEOMETRIC
+from ..config import encoder_dims
+from ..downstream.probes import PIXELS
+from ..eval.mrr import chance_mrr, compute_mrr
+from ..files import write_text
+from ..train import resolve_device
+from ..version import code_version
+from .grid import GridRun, device_name, ensure_trained, run_config, settings_digest
+from .leverage import CLASSIFICATION, LABELS, PIXEL_KINDS, default_settings, evaluate, setting_key
+from .page import RAW_NUMBERS, VERDICT, provenance, table
+from .reference import random_init
+from .world_model import GRID
+
+PHOTOMETRIC_RUN = next(r for r in GRID if r.name == "strong_d4")
+GEOMETRIC_RUN = GridRun("strong_d4_geometric", PHOTOMETRIC_RUN.config,
+                        (*PHOTOMETRIC_RUN.overrides, f"aug.families=[{','.join((*DEFAULT_FAMILIES, *GEOMETRIC))}]"),
+                        ("action_families",))
+MODELS = {"photometric": PHOTOMETRIC_RUN, "photometric + geometric": GEOMETRIC_RUN}
+RANDOM = "random init"
+RANDOM_KINDS = ("knn", "linear", "attentive")  # predictor finetuning of a random predictor: not measured (time)
+STORE = "action_families.json"
+
+
+def _mrr(run, mrr_images: int, mrr_bank: int, device: torch.device) -> dict:
+    """MRR per family by both protocols (``clean``: every target family's bank, then each
+    family's own; ``augmented``: ``all`` and each family that transforms the source)."""
+    out = {}
+    for source in ("clean", "augmented"):
+        r = compute_mrr(run, num_images=mrr_images, bank_size=mrr_bank, seed=0, device=device, source=source)
+        out[source] = {"mrr": r["mrr"], "mrr_action_zeroed": r["mrr_action_zeroed"],
+                       "families": {f: {k: v[k] for k in ("mrr", "mrr_action_zeroed")} for f, v in r["families"].items()}}
+    out["chance"] = chance_mrr(mrr_bank)
+    return out
+
+
+def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_bank: int, extra_overrides: list[str],
+              device: str = "auto", command: str | None = None, settings: dict[str, Any] | None = None,
+              progress: bool = True, pixels_from: Path | None = None) -> dict:
+    """Train (or reuse) both runs, measure them, random init and the raw pixels; write
+    ``runs_dir/action_families.json``, ``out_md`` and its .json beside it. Returns the study.
+    ``pixels_from``: a leverage study's JSON whose raw-pixel rows are taken where they were
+    measured with the same settings (the pixels' linear probe takes an hour on a CPU)."""
+    from ..api import load
+
+    settings = settings or default_settings()
+    out_md, runs_dir = Path(out_md), Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    code = code_version()
+    store = runs_dir / STORE
+    previous = json.loads(store.read_text())["models"] if store.is_file() else {}
+    if pixels_from is not None and PIXELS not in previous:
+        stored = json.loads(Path(pixels_from).read_text())["models"].get(PIXELS)
+        if stored:
+            previous[PIXELS] = {"evals": {k: {**v, "from": str(pixels_from)} for k, v in stored["evals"].items()}}
+    study: dict[str, Any] = {"device": device_name(dev), "command": command, "code": code, "models": {},
+                             "settings": {**settings, "steps": steps, "mrr_images": mrr_images, "mrr_bank": mrr_bank,
+                                          "extra_overrides": list(extra_overrides)}}
+
+    def measured(label: str, kind: str, key: dict, measure: Callable[[], dict]) -> dict:
+        done = previous.get(label, {}).get("evals", {}).get(kind)
+        if done is not None and done["key"] == key:
+            result = done
+        else:
+            result = {"key": key, "device": device_name(dev), **measure()}
+        study["models"].setdefault(label, {"evals": {}})["evals"][kind] = result
+        _write(store, study, previous)  # a finished measurement survives a stop
+        return result
+
+    cfg = None
+    for label, grid_run in MODELS.items():
+        cfg = run_config(grid_run, runs_dir, steps, extra_overrides, device)
+        ensure_trained(cfg, steps)
+        run = load(cfg.run.out_dir, device=dev)
+        study["models"].setdefault(label, {"evals": {}}).update(run=grid_run.name, step=run.step,
+                                                                families=list(run.actions.names))
+        digest = settings_digest(run, "mrr")
+        measured(label, "mrr", {"mrr_images": mrr_images, "mrr_bank": mrr_bank, "step": run.step, "settings": digest},
+                 lambda: _mrr(run, mrr_images, mrr_bank, dev))
+        for kind in CLASSIFICATION:
+            key = {**setting_key(kind, settings, run.step), "settings": settings_digest(run, kind)}
+            measured(label, kind, key, lambda: evaluate(run, kind, settings, dev, progress))
+    # random init: the photometric run's architecture before its first step
+    base = run_config(PHOTOMETRIC_RUN, runs_dir, steps, extra_overrides, device)
+    rand = random_init(base, dev)
+    for kind in RANDOM_KINDS:
+        key = {**setting_key(kind, settings, 0), "settings": settings_digest(rand, kind)}
+        measured(RANDOM, kind, key, lambda: evaluate(rand, kind, settings, dev, progress))
+    for kind in PIXEL_KINDS:
+        measured(PIXELS, kind, setting_key(kind, settings, 0), lambda: evaluate(rand, kind, settings, dev, progress, True))
+    dim, depth, heads = encoder_dims(base.model)
+    study["settings"].update(dataset=base.data.dataset, image_size=base.data.image_size,
+                             patch_size=base.model.patch_size, batch_size=base.data.batch_size,
+                             encoder={"embed_dim": dim, "depth": depth, "num_heads": heads})
+    study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    _write(store, study, {})
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    _write(out_md.with_suffix(".json"), study, {})
+    write_text(out_md, render_markdown(study))
+    return study
+
+
+def _write(path: Path, study: dict, previous: dict) -> None:
+    """The study so far, with the stored models it has not reached yet kept."""
+    write_text(path, json.dumps({**study, "models": {**previous, **study["models"]}}, indent=2))
+
+
+# ----------------------------------------------------------------------------------------------
+# the page
+
+
+def _fmt(v: float | None, pct: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.2f}" if pct else f"{v:.4f}"
+
+
+def _mrr_tables(study: dict) -> list[str]:
+    models = {k: v for k, v in study["models"].items() if k in MODELS}
+    clean_families = list(dict.fromkeys(f for m in models.values() for f in m["evals"]["mrr"]["clean"]["families"]))
+    aug_families = list(dict.fromkeys(f for m in models.values() for f in m["evals"]["mrr"]["augmented"]["families"]))
+
+    def clean_row(label: str, m: dict) -> list[str]:
+        r = m["evals"]["mrr"]["clean"]
+        cells = [_fmt(r["families"][f]["mrr"]) if f in r["families"] else "not learnt" for f in clean_families]
+        return [label, _fmt(r["mrr"]), _fmt(r["mrr_action_zeroed"]), *cells]
+
+    def aug_row(label: str, m: dict) -> list[str]:
+        r = m["evals"]["mrr"]["augmented"]
+        return [label, *(_fmt(r["families"][f]["mrr"]) if f in r["families"] else "n/a" for f in aug_families)]
+
+    chance = next(iter(models.values()))["evals"]["mrr"]["chance"]
+    return [
+        "## MRR per family", "",
+        f"The paper's protocol: the clean image is the source, ranked among a bank of targets. `all target "
+        f"families` draws the bank from every family that transforms the target together; each family's "
+        f"column is a bank of that family's transformations alone (its own stream). Chance (random ranks) "
+        f"{_fmt(chance)}; `a = 0` is the same predictor with the action zeroed (chance unless it is ignored).",
+        "", *table(["model", "all target families", "a = 0", *clean_families],
+                   [clean_row(k, m) for k, m in models.items()]), "",
+        "The source transformed as in training, per family that transforms it (the view of the paper's "
+        "Figure 1), against the bank above:", "",
+        *table(["model", *aug_families], [aug_row(k, m) for k, m in models.items()]), ""]
+
+
+def _protocol_table(study: dict) -> list[str]:
+    models = study["models"]
+    order = [*MODELS, RANDOM, PIXELS]
+
+    def cell(label: str, kind: str) -> str:
+        ev = models.get(label, {}).get("evals", {}).get(kind)
+        return "not measured" if ev is None else _fmt(ev.get("top1"), pct=True)
+
+    rows = [[label, *(cell(label, k) for k in CLASSIFICATION)] for label in order if label in models]
+    gap = []
+    for label in MODELS:
+        ev = models[label]["evals"]
+        if "predictor_ft" in ev and "linear" in ev:
+            gap.append([label, f"{100 * (ev['predictor_ft']['top1'] - ev['linear']['top1']):+.2f}"])
+    return ["## What the representation learnt", "",
+            "CIFAR-10 top-1 (%) of the frozen target encoder by each protocol:", "",
+            *table(["model", *(LABELS[k] for k in CLASSIFICATION)], rows), "",
+            "The abstraction spectrum (the paper's Table 8 reading): predictor finetuning minus the linear probe, "
+            "in points. The larger it is, the more the representation is of the rich, equivariant kind that needs "
+            "the predictor to be used; near or below zero, of the abstract kind a linear probe reads.", "",
+            *table(["model", "predictor FT - linear probe"], gap), ""]
+
+
+def render_markdown(study: dict) -> str:
+    s = study["settings"]
+    enc = s["encoder"]
+    header = [
+        "# World models of geometric actions: what they teach (CIFAR-10)", "",
+        *provenance(study),
+        f"- pretraining: {s['steps']} steps, batch {s['batch_size']}, {s['dataset']} at {s['image_size']} px, "
+        f"patch {s['patch_size']}; encoder ViT width {enc['embed_dim']}, depth {enc['depth']}, {enc['num_heads']} "
+        f"heads; `cifar10_equi` with feature conditioning, strength 1, a 4-block predictor "
+        f"(`{PHOTOMETRIC_RUN.name}`), and the same with `aug.families` extended by "
+        f"{', '.join(GEOMETRIC)} (`{GEOMETRIC_RUN.name}`; default probabilities and ranges of `AugConfig`)",
+        f"- MRR: {s['mrr_images']} test images x {s['mrr_bank']} bank entries, seed 0",
+        f"- classification: {s['train_size']:,} train images (seeded subset), the whole test split; kNN k=20, "
+        f"linear probe, attentive probe {s['attentive_epochs']} epochs, predictor finetuning "
+        f"{s['finetune_epochs']} epochs (as `iwm study leverage`); random init is the photometric run's "
+        f"architecture before its first step (its predictor finetuning not measured, for time)"
+        + "".join(f"; the raw pixels' rows are those of `{src}`, measured with the same settings"
+                  for src in sorted({e["from"] for e in study["models"].get(PIXELS, {}).get("evals", {}).values()
+                                     if "from" in e})),
+        RAW_NUMBERS, ""]
+    return "\n".join([*header, *_mrr_tables(study), *_protocol_table(study), VERDICT, ""])

@@ -1,0 +1,70 @@
+"""iwm study action-families: both runs trained and measured, the page written, and a second call
+reuses what was measured."""
+
+import json
+
+import pytest
+
+from conftest import TINY
+from iwm.actions import GEOMETRIC
+from iwm.studies import action_families, leverage
+from iwm.studies.action_families import MODELS, RANDOM, run_study
+
+EXTRA = TINY + ["data.dataset=synthetic", "eval.knn_train=32", "eval.knn_test=16"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tmp_path, monkeypatch):
+    settings = {**leverage.default_settings(), "train_size": 32, "test_size": 16, "attentive_epochs": 1,
+                "finetune_epochs": 1, "finetune_batch": 8}
+    out, runs = tmp_path / "docs" / "action_families.md", tmp_path / "runs"
+    extra = [*EXTRA, f"data.cache_dir={tmp_path / 'cache'}"]
+    study = run_study(out, runs, steps=2, mrr_images=2, mrr_bank=4, extra_overrides=extra, device="cpu",
+                      settings=settings, progress=False)
+    geo = study["models"]["photometric + geometric"]
+    assert geo["families"] == ["jitter", "grayscale", "blur", "solarize", *GEOMETRIC]
+    assert list(geo["evals"]["mrr"]["clean"]["families"]) == ["jitter", *GEOMETRIC]
+    assert list(study["models"]["photometric"]["evals"]["mrr"]["clean"]["families"]) == ["jitter"]
+    for label in MODELS:
+        assert {"mrr", "knn", "linear", "attentive", "predictor_ft"} <= set(study["models"][label]["evals"])
+    assert set(study["models"][RANDOM]["evals"]) == {"knn", "linear", "attentive"}
+    md = out.read_text()
+    for f in GEOMETRIC:
+        assert f"| {f} " in md.split("## MRR per family")[1].split("\n\n")[2].splitlines()[0] + " "
+    assert "not learnt" in md and "predictor FT - linear probe" in md and "random init" in md
+    assert json.loads(out.with_suffix(".json").read_text())["models"].keys() == study["models"].keys()
+
+    def no_work(*a, **k):
+        raise AssertionError("a stored measurement was measured again")
+
+    monkeypatch.setattr(action_families, "evaluate", no_work)
+    monkeypatch.setattr(action_families, "_mrr", no_work)
+    again = run_study(out, runs, steps=2, mrr_images=2, mrr_bank=4, extra_overrides=extra, device="cpu",
+                      settings=settings, progress=False)
+    assert again["models"]["photometric"]["evals"] == study["models"]["photometric"]["evals"]
+
+
+def test_raw_pixel_rows_are_reused_from_a_leverage_study_only_with_the_same_settings(tmp_path, monkeypatch):
+    settings = {**leverage.default_settings(), "train_size": 32, "test_size": 16, "attentive_epochs": 1,
+                "finetune_epochs": 1, "finetune_batch": 8}
+    extra = [*EXTRA, f"data.cache_dir={tmp_path / 'cache'}"]
+    stored = {"models": {"raw pixels": {"evals": {
+        "knn": {"key": leverage.setting_key("knn", settings, 0), "top1": 0.123},
+        "linear": {"key": leverage.setting_key("linear", {**settings, "train_size": 99}, 0), "top1": 0.456}}}}}
+    (tmp_path / "leverage.json").write_text(json.dumps(stored))
+    measured = []
+
+    def fake(run, kind, s, device, progress, pixels=False):
+        measured.append((kind, pixels))
+        return {"top1": 0.5}
+
+    monkeypatch.setattr(action_families, "evaluate", fake)
+    monkeypatch.setattr(action_families, "_mrr", lambda *a: {"clean": {"mrr": 0.1, "mrr_action_zeroed": 0.1,
+                        "families": {}}, "augmented": {"mrr": 0.1, "mrr_action_zeroed": 0.1, "families": {}},
+                        "chance": 0.1})
+    study = run_study(tmp_path / "p.md", tmp_path / "runs", steps=1, mrr_images=1, mrr_bank=2, extra_overrides=extra,
+                      device="cpu", settings=settings, progress=False, pixels_from=tmp_path / "leverage.json")
+    pixels = study["models"]["raw pixels"]["evals"]
+    assert pixels["knn"]["top1"] == 0.123 and pixels["linear"]["top1"] == 0.5  # other settings: measured again
+    assert ("knn", True) not in measured and ("linear", True) in measured
+    assert "leverage.json`, measured with the same settings" in (tmp_path / "p.md").read_text()
