@@ -102,7 +102,7 @@ def test_default_mrr_feeds_the_clean_image_with_the_action_from_it(tiny_run, mon
     res = compute_mrr(run, images=images, bank_size=6)
     assert res["source"] == "clean" and res["count"] == 2 * 6
     # one family transforms the target: its bank is the headline's, and so are its scores
-    assert res["families"] == {"jitter": {k: res[k] for k in ("mrr", "mrr_action_zeroed", "count")}}
+    assert res["families"] == {"jitter": {k: res[k] for k in ("mrr", "mrr_action_zeroed", "count", "chance")}}
     assert len(seen) == 2
     for x, image in zip(seen, images):
         assert torch.equal(x, normalize(image.float().div(255.0).unsqueeze(0)))

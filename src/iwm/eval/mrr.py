@@ -10,7 +10,9 @@ Per evaluation image c (centred, unaugmented):
   - ``clean`` (the default, the paper's protocol): x = c, the untouched image, and
     a_x->y_k = encode(identity, t_k). Scored for the bank of every such family together, and,
     where a run learns several, for each one alone (``families``: a bank of that family's
-    transformations only, drawn from its own stream);
+    transformations only, drawn as in training from its own stream, each transformation once,
+    so a discrete family's bank is its few transformations: hflip 2, rot90 4, and its chance,
+    stored with its score, is that of the smaller bank);
   - ``augmented``: one source transformation s, x = s(c), as in training, edited per *family*
     of those that transform the source (``all``: as sampled; ``jitter``: the destructive ops
     off; ``grayscale``/``blur``/``solarize``: that op forced on, the others off), so the
@@ -159,20 +161,32 @@ class Probe:
     def trial(self, image: torch.Tensor, bank_size: int, g: torch.Generator, family: str | None = None) -> Trial:
         """uint8 (3, S, S) image -> its bank, source transformation and mask, drawn from ``g``.
         ``family``: a bank of that family's transformations alone."""
-        t = self.actions.sample(bank_size, g, "target", always=True, only=family)
+        if family is None:
+            t = self.actions.sample(bank_size, g, "target", always=True)
+        else:  # drawn as in training, each transformation once: a discrete family's bank is its few
+            t = self._distinct(self.actions.sample(bank_size, g, "target", only=family))
         source = self.actions.sample(1, g, "source")
         # one mask for the whole bank: the context is kept off the target blocks' positions
         masks = self.masker(1, g).to(self.device)
         c = image.to(self.device).float().div(255.0).unsqueeze(0)
         tidx = masks.targets.flatten(1)
         views, tokens = [], []
-        for sl in _chunks(bank_size, self.chunk):
+        for sl in _chunks(length(t), self.chunk):
             y = self.actions.apply(c.expand(sl.stop - sl.start, -1, -1, -1), move(take(t, sl), self.device))
             z = self.target_encoder.tokens(normalize(y))
             z = F.layer_norm(z, z.shape[-1:])  # what the predictor was trained to regress
             views.append(y)
             tokens.append(gather_tokens(z, tidx.expand(z.shape[0], -1)))
         return Trial(c, t, torch.cat(views), torch.cat(tokens), source, masks)
+
+    def _distinct(self, t: Transform) -> Transform:
+        """The bank without repeats (told apart by a_x->y from the clean image), in draw order:
+        identical entries would tie, and ties count against the prediction."""
+        a = self.actions.encode(self.actions.identity(length(t)), t)
+        _, inverse = torch.unique(a, dim=0, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), a.shape[0]).scatter_reduce(
+            0, inverse, torch.arange(a.shape[0]), "amin")
+        return take(t, first.sort().values)
 
     def source_view(self, trial: Trial, source: Transform | None) -> torch.Tensor:
         """The source image: ``trial.image`` transformed by ``source``, or untouched (None)."""
@@ -232,12 +246,17 @@ def _prepare_images(run: Run, images: torch.Tensor | None, num_images: int, seed
 
 
 def _score(probe: Probe, trial: Trial, s: Transform | None, acc: list) -> None:
-    """Add one trial's reciprocal ranks, with the true actions and with a_x->y = 0, to ``acc``."""
+    """Add one trial's reciprocal ranks, with the true actions and with a_x->y = 0, its number of
+    ranks and their chance sum to ``acc``; a bank of one entry has nothing to rank."""
     a = probe.action(trial, s)
+    k = a.shape[0]
+    if k < 2:
+        return
     pred = probe.predict(trial, s, torch.cat([a, torch.zeros_like(a[:1])]))  # last row: a = 0
     acc[0] += reciprocal_ranks(pred[:-1], trial.bank_tokens).sum().item()
     acc[1] += reciprocal_ranks(pred[-1:].expand_as(pred[:-1]), trial.bank_tokens).sum().item()
-    acc[2] += a.shape[0]
+    acc[2] += k
+    acc[3] += k * chance_mrr(k)
 
 
 def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 64, bank_size: int = 256,
@@ -287,7 +306,7 @@ def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 
     # the clean source's families each get a bank of their own, unless the run has only one
     own_banks = [f for f in families if clean and len(applicable) > 1]
     names = ("headline", *own_banks) if clean else families
-    sums = {f: [0.0, 0.0, 0] for f in names}
+    sums = {f: [0.0, 0.0, 0, 0.0] for f in names}
     it = range(len(imgs))
     if progress:
         from tqdm.auto import tqdm
@@ -302,7 +321,8 @@ def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 
         else:
             for f in families:
                 _score(probe, trial, probe.edit(trial.source, f), sums[f])
-    scores = {f: {"mrr": a / n, "mrr_action_zeroed": z / n, "count": n} for f, (a, z, n) in sums.items()}
+    scores = {f: {"mrr": a / n, "mrr_action_zeroed": z / n, "count": n, "chance": c / n} if n else
+              {"mrr": None, "mrr_action_zeroed": None, "count": 0, "chance": None} for f, (a, z, n, c) in sums.items()}
     headline = scores.pop("headline", None) if clean else scores.get("all")
     if headline is not None:
         result.update(headline)

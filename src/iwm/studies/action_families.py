@@ -55,6 +55,7 @@ MODELS = {"photometric": PHOTOMETRIC_RUN, "photometric + geometric": GEOMETRIC_R
 RANDOM = "random init"
 RANDOM_KINDS = ("knn", "linear", "attentive")  # predictor finetuning of a random predictor: not measured (time)
 STORE = "action_families.json"
+MRR_PROTOCOL = 2  # 2: a family's own bank holds each transformation once (stored figures of 1 are measured again)
 
 
 def _mrr(run, mrr_images: int, mrr_bank: int, device: torch.device) -> dict:
@@ -64,7 +65,8 @@ def _mrr(run, mrr_images: int, mrr_bank: int, device: torch.device) -> dict:
     for source in ("clean", "augmented"):
         r = compute_mrr(run, num_images=mrr_images, bank_size=mrr_bank, seed=0, device=device, source=source)
         out[source] = {"mrr": r["mrr"], "mrr_action_zeroed": r["mrr_action_zeroed"],
-                       "families": {f: {k: v[k] for k in ("mrr", "mrr_action_zeroed")} for f, v in r["families"].items()}}
+                       "families": {f: {k: v[k] for k in ("mrr", "mrr_action_zeroed", "chance")}
+                                    for f, v in r["families"].items()}}
     out["chance"] = chance_mrr(mrr_bank)
     return out
 
@@ -111,7 +113,8 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
         study["models"].setdefault(label, {"evals": {}}).update(run=grid_run.name, step=run.step,
                                                                 families=list(run.actions.names))
         digest = settings_digest(run, "mrr")
-        measured(label, "mrr", {"mrr_images": mrr_images, "mrr_bank": mrr_bank, "step": run.step, "settings": digest},
+        measured(label, "mrr", {"mrr_images": mrr_images, "mrr_bank": mrr_bank, "step": run.step, "settings": digest,
+                                "protocol": MRR_PROTOCOL},
                  lambda: _mrr(run, mrr_images, mrr_bank, dev))
         for kind in CLASSIFICATION:
             key = {**setting_key(kind, settings, run.step), "settings": settings_digest(run, kind)}
@@ -166,14 +169,21 @@ def _mrr_tables(study: dict) -> list[str]:
         return [label, *(_fmt(r["families"][f]["mrr"]) if f in r["families"] else "n/a" for f in aug_families)]
 
     chance = next(iter(models.values()))["evals"]["mrr"]["chance"]
+    family_chance = {}
+    for m in models.values():
+        for f, v in m["evals"]["mrr"]["clean"]["families"].items():
+            family_chance.setdefault(f, v.get("chance"))
     return [
         "## MRR per family", "",
-        f"The paper's protocol: the clean image is the source, ranked among a bank of targets. `all target "
-        f"families` draws the bank from every family that transforms the target together; each family's "
-        f"column is a bank of that family's transformations alone (its own stream). Chance (random ranks) "
-        f"{_fmt(chance)}; `a = 0` is the same predictor with the action zeroed (chance unless it is ignored).",
+        "The paper's protocol: the clean image is the source, ranked among a bank of targets. `all target "
+        "families` draws the bank from every family that transforms the target together, each forced on; a "
+        "family's column is a bank of that family's transformations alone, drawn as in training from its own "
+        "stream, each transformation once (so hflip's bank is the image and its mirror, rot90's its four "
+        "turns). `a = 0` is the same predictor with the action zeroed (chance unless the action is ignored). "
+        "Chance, random ranks, is in the last row: it depends on the bank's size.",
         "", *table(["model", "all target families", "a = 0", *clean_families],
-                   [clean_row(k, m) for k, m in models.items()]), "",
+                   [*(clean_row(k, m) for k, m in models.items()),
+                    ["chance", _fmt(chance), "", *(_fmt(family_chance.get(f)) for f in clean_families)]]), "",
         "The source transformed as in training, per family that transforms it (the view of the paper's "
         "Figure 1), against the bank above:", "",
         *table(["model", *aug_families], [aug_row(k, m) for k, m in models.items()]), ""]

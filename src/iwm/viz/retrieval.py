@@ -89,10 +89,13 @@ def retrieval_figure(run: Run, out_path: str | Path, num_images: int = 4, num_ne
             ax = axes[row]
             _show(ax[0], probe.source_view(trial, s)[0])
             ax[1].axis("off")
-            text = f"[{family}]\n" + textwrap.fill(probe.actions.describe(actions[0]), 24) + f"\ntrue rank {rank}/{bank_size}"
+            text = (f"[{family}]\n" + textwrap.fill(probe.actions.describe(actions[0]), 24)
+                    + f"\ntrue rank {rank}/{len(order)}")
             ax[1].text(0.5, 0.5, text, ha="center", va="center", fontsize=7, transform=ax[1].transAxes)
             _show(ax[2], trial.bank_images[0])
             for j, k in enumerate(order[:num_neighbours].tolist()):
                 _show(ax[LEADING + j], trial.bank_images[k], "lime" if k == 0 else None)
+            for j in range(len(order), num_neighbours):  # a family with fewer transformations
+                ax[LEADING + j].axis("off")
             row += 1
     return save_figure(fig, out_path, dpi=DPI)
