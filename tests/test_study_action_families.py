@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+import iwm
+
 from conftest import TINY
 from iwm.actions import GEOMETRIC
 from iwm.studies import action_families, leverage
@@ -20,7 +22,9 @@ def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tm
     out, runs = tmp_path / "docs" / "action_families.md", tmp_path / "runs"
     extra = [*EXTRA, f"data.cache_dir={tmp_path / 'cache'}"]
     study = run_study(out, runs, steps=2, mrr_images=2, mrr_bank=4, extra_overrides=extra, device="cpu",
-                      settings=settings, progress=False)
+                      settings=settings, progress=False, long_steps=4)
+    assert study["order"] == [*MODELS, "photometric + geometric, 4 steps"]
+    assert iwm.load(runs / "strong_d4_geometric_x2").step == 4
     geo = study["models"]["photometric + geometric"]
     assert geo["families"] == ["jitter", "grayscale", "blur", "solarize", *GEOMETRIC]
     assert list(geo["evals"]["mrr"]["clean"]["families"]) == ["jitter", *GEOMETRIC]
@@ -32,6 +36,7 @@ def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tm
     for f in GEOMETRIC:
         assert f"| {f} " in md.split("## MRR per family")[1].split("\n\n")[2].splitlines()[0] + " "
     assert "not learnt" in md and "predictor FT - linear probe" in md and "random init" in md
+    assert "| photometric + geometric, 4 steps |" in md
     assert json.loads(out.with_suffix(".json").read_text())["models"].keys() == study["models"].keys()
 
     def no_work(*a, **k):
@@ -40,7 +45,7 @@ def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tm
     monkeypatch.setattr(action_families, "evaluate", no_work)
     monkeypatch.setattr(action_families, "_mrr", no_work)
     again = run_study(out, runs, steps=2, mrr_images=2, mrr_bank=4, extra_overrides=extra, device="cpu",
-                      settings=settings, progress=False)
+                      settings=settings, progress=False, long_steps=4)
     assert again["models"]["photometric"]["evals"] == study["models"]["photometric"]["evals"]
 
 

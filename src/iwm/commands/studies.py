@@ -252,11 +252,13 @@ def _action_families(args: argparse.Namespace) -> int:
                           str(args.mrr_images), "--mrr-bank", str(args.mrr_bank),
                           *([f"--train-size={args.train_size}"] if args.train_size is not None else []),
                           *(["--pixels-from", args.pixels_from] if args.pixels_from else []),
+                          *(["--long-steps", str(args.long_steps)] if args.long_steps else []),
                           "--runs-dir", args.runs_dir, "--out", args.out, "--device", args.device, *args.overrides])
     action_families.run_study(Path(args.out), Path(args.runs_dir), args.steps, args.mrr_images, args.mrr_bank,
                               args.overrides, args.device, command=command, settings=settings,
                               progress=not args.no_progress,
-                              pixels_from=Path(args.pixels_from) if args.pixels_from else None)
+                              pixels_from=Path(args.pixels_from) if args.pixels_from else None,
+                              long_steps=args.long_steps)
     print(f"wrote {args.out} and {Path(args.runs_dir) / action_families.STORE}")
     return 0
 
@@ -270,6 +272,8 @@ def _add_action_families(studies: argparse._SubParsersAction) -> None:
     p.add_argument("--mrr-bank", type=int, default=64, help="MRR bank size (default 64)")
     p.add_argument("--train-size", type=int, default=None,
                    help=f"seeded CIFAR-10 train subset of the probes (default {leverage.default_settings()['train_size']})")
+    p.add_argument("--long-steps", type=int, default=None,
+                   help="also train the photometric + geometric run for this many steps, and measure it alike")
     p.add_argument("--pixels-from", default="", help="a leverage study's JSON (docs/results/leverage.json): its "
                                                      "raw-pixel rows are reused where measured with the same settings")
     p.add_argument("--runs-dir", default="runs/study", help="one directory per run, shared with world-model")

@@ -73,11 +73,13 @@ def _mrr(run, mrr_images: int, mrr_bank: int, device: torch.device) -> dict:
 
 def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_bank: int, extra_overrides: list[str],
               device: str = "auto", command: str | None = None, settings: dict[str, Any] | None = None,
-              progress: bool = True, pixels_from: Path | None = None) -> dict:
+              progress: bool = True, pixels_from: Path | None = None, long_steps: int | None = None) -> dict:
     """Train (or reuse) both runs, measure them, random init and the raw pixels; write
     ``runs_dir/action_families.json``, ``out_md`` and its .json beside it. Returns the study.
     ``pixels_from``: a leverage study's JSON whose raw-pixel rows are taken where they were
-    measured with the same settings (the pixels' linear probe takes an hour on a CPU)."""
+    measured with the same settings (the pixels' linear probe takes an hour on a CPU).
+    ``long_steps``: the photometric + geometric run also trained for that many steps, and
+    measured alike (does the geometric world model come with more training?)."""
     from ..api import load
 
     settings = settings or default_settings()
@@ -105,10 +107,13 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
         _write(store, study, previous)  # a finished measurement survives a stop
         return result
 
-    cfg = None
-    for label, grid_run in MODELS.items():
-        cfg = run_config(grid_run, runs_dir, steps, extra_overrides, device)
-        ensure_trained(cfg, steps)
+    models = [(label, grid_run, steps) for label, grid_run in MODELS.items()]
+    if long_steps:
+        models.append(longer(long_steps, steps))
+    study["order"] = [label for label, _, _ in models]
+    for label, grid_run, n in models:
+        cfg = run_config(grid_run, runs_dir, n, extra_overrides, device)
+        ensure_trained(cfg, n)
         run = load(cfg.run.out_dir, device=dev)
         study["models"].setdefault(label, {"evals": {}}).update(run=grid_run.name, step=run.step,
                                                                 families=list(run.actions.names))
@@ -139,6 +144,13 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
     return study
 
 
+def longer(long_steps: int, steps: int) -> tuple[str, GridRun, int]:
+    """(label, run, steps) of the photometric + geometric run trained for ``long_steps``."""
+    times = f"x{long_steps // steps}" if long_steps % steps == 0 else f"{long_steps}steps"
+    run = GridRun(f"{GEOMETRIC_RUN.name}_{times}", GEOMETRIC_RUN.config, GEOMETRIC_RUN.overrides, GEOMETRIC_RUN.tables)
+    return f"photometric + geometric, {long_steps} steps", run, long_steps
+
+
 def _write(path: Path, study: dict, previous: dict) -> None:
     """The study so far, with the stored models it has not reached yet kept."""
     write_text(path, json.dumps({**study, "models": {**previous, **study["models"]}}, indent=2))
@@ -155,13 +167,15 @@ def _fmt(v: float | None, pct: bool = False) -> str:
 
 
 def _mrr_tables(study: dict) -> list[str]:
-    models = {k: v for k, v in study["models"].items() if k in MODELS}
+    models = {k: study["models"][k] for k in study.get("order", MODELS)}
     clean_families = list(dict.fromkeys(f for m in models.values() for f in m["evals"]["mrr"]["clean"]["families"]))
     aug_families = list(dict.fromkeys(f for m in models.values() for f in m["evals"]["mrr"]["augmented"]["families"]))
 
     def clean_row(label: str, m: dict) -> list[str]:
         r = m["evals"]["mrr"]["clean"]
-        cells = [_fmt(r["families"][f]["mrr"]) if f in r["families"] else "not learnt" for f in clean_families]
+        fam = r["families"]
+        cells = [f"{_fmt(fam[f]['mrr'])} ({_fmt(fam[f].get('chance'))})" if f in fam else "not learnt"
+                 for f in clean_families]
         return [label, _fmt(r["mrr"]), _fmt(r["mrr_action_zeroed"]), *cells]
 
     def aug_row(label: str, m: dict) -> list[str]:
@@ -169,21 +183,17 @@ def _mrr_tables(study: dict) -> list[str]:
         return [label, *(_fmt(r["families"][f]["mrr"]) if f in r["families"] else "n/a" for f in aug_families)]
 
     chance = next(iter(models.values()))["evals"]["mrr"]["chance"]
-    family_chance = {}
-    for m in models.values():
-        for f, v in m["evals"]["mrr"]["clean"]["families"].items():
-            family_chance.setdefault(f, v.get("chance"))
     return [
         "## MRR per family", "",
         "The paper's protocol: the clean image is the source, ranked among a bank of targets. `all target "
         "families` draws the bank from every family that transforms the target together, each forced on; a "
         "family's column is a bank of that family's transformations alone, drawn as in training from its own "
         "stream, each transformation once (so hflip's bank is the image and its mirror, rot90's its four "
-        "turns). `a = 0` is the same predictor with the action zeroed (chance unless the action is ignored). "
-        "Chance, random ranks, is in the last row: it depends on the bank's size.",
+        f"turns). In brackets, chance (random ranks), which depends on the bank's size; the bank of every "
+        f"target family together has {study['settings']['mrr_bank']} entries, chance {_fmt(chance)}. `a = 0` is "
+        "that bank ranked by the same predictor with the action zeroed (chance unless the action is ignored).",
         "", *table(["model", "all target families", "a = 0", *clean_families],
-                   [*(clean_row(k, m) for k, m in models.items()),
-                    ["chance", _fmt(chance), "", *(_fmt(family_chance.get(f)) for f in clean_families)]]), "",
+                   [clean_row(k, m) for k, m in models.items()]), "",
         "The source transformed as in training, per family that transforms it (the view of the paper's "
         "Figure 1), against the bank above:", "",
         *table(["model", *aug_families], [aug_row(k, m) for k, m in models.items()]), ""]
@@ -191,7 +201,8 @@ def _mrr_tables(study: dict) -> list[str]:
 
 def _protocol_table(study: dict) -> list[str]:
     models = study["models"]
-    order = [*MODELS, RANDOM, PIXELS]
+    pretrained = study.get("order", list(MODELS))
+    order = [*pretrained, RANDOM, PIXELS]
 
     def cell(label: str, kind: str) -> str:
         ev = models.get(label, {}).get("evals", {}).get(kind)
@@ -199,7 +210,7 @@ def _protocol_table(study: dict) -> list[str]:
 
     rows = [[label, *(cell(label, k) for k in CLASSIFICATION)] for label in order if label in models]
     gap = []
-    for label in MODELS:
+    for label in pretrained:
         ev = models[label]["evals"]
         if "predictor_ft" in ev and "linear" in ev:
             gap.append([label, f"{100 * (ev['predictor_ft']['top1'] - ev['linear']['top1']):+.2f}"])
@@ -222,7 +233,8 @@ def render_markdown(study: dict) -> str:
         f"patch {s['patch_size']}; encoder ViT width {enc['embed_dim']}, depth {enc['depth']}, {enc['num_heads']} "
         f"heads; `cifar10_equi` with feature conditioning, strength 1, a 4-block predictor "
         f"(`{PHOTOMETRIC_RUN.name}`), and the same with `aug.families` extended by "
-        f"{', '.join(GEOMETRIC)} (`{GEOMETRIC_RUN.name}`; default probabilities and ranges of `AugConfig`)",
+        f"{', '.join(GEOMETRIC)} (`{GEOMETRIC_RUN.name}`; default probabilities and ranges of `AugConfig`)"
+        + "".join(f"; `{label}` is that run trained for longer" for label in study.get("order", [])[len(MODELS):]),
         f"- MRR: {s['mrr_images']} test images x {s['mrr_bank']} bank entries, seed 0",
         f"- classification: {s['train_size']:,} train images (seeded subset), the whole test split; kNN k=20, "
         f"linear probe, attentive probe {s['attentive_epochs']} epochs, predictor finetuning "
