@@ -40,8 +40,9 @@ def _warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 class _Geometric(ActionFamily):
+    """An ``on`` flag with a probability, then the family's magnitudes (drawn either way)."""
+
     views, geometric = "target", True
-    config_prob = ""
 
     def __init__(self, prob: float):
         self.prob = prob
