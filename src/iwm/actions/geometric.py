@@ -47,8 +47,22 @@ class _Geometric(ActionFamily):
     def __init__(self, prob: float):
         self.prob = prob
 
-    def _on(self, batch: int, g: torch.Generator, always: bool) -> torch.Tensor:
-        return coin(1.0 if always else self.prob, batch, g)
+    def sample(self, batch: int, generator: torch.Generator, view: str, always: bool = False) -> Params:
+        if view != "target":
+            return self.identity(batch)
+        on = coin(1.0 if always else self.prob, batch, generator)
+        return {"on": on, **self._magnitudes(batch, generator)}
+
+    def identity(self, batch: int, device: torch.device | str = "cpu") -> Params:
+        return {"on": torch.zeros(batch, dtype=torch.bool, device=device), **self._neutral(batch, device)}
+
+    def _magnitudes(self, batch: int, g: torch.Generator) -> Params:
+        """The family's draws besides ``on``."""
+        return {}
+
+    def _neutral(self, batch: int, device: torch.device | str) -> Params:
+        """Magnitudes that leave an image unchanged."""
+        return {}
 
     def activate(self, params: Params, view: str) -> Params:
         return {**params, "on": torch.full_like(params["on"], view == "target")}
@@ -66,19 +80,14 @@ class Crop(_Geometric):
     def from_config(cls, aug: AugConfig, image_size: int) -> "Crop":
         return cls(min(1.0, aug.crop_prob * aug.strength), aug.crop_scale)
 
-    def sample(self, batch: int, generator: torch.Generator, view: str, always: bool = False) -> Params:
-        if view != "target":
-            return self.identity(batch)
-        g = generator
-        on = self._on(batch, g, always)
+    def _magnitudes(self, batch: int, g: torch.Generator) -> Params:
         side = uniform(*self.scale, batch, g).sqrt()
         dy, dx = (uniform(-1.0, 1.0, batch, g) * (1.0 - side) for _ in range(2))
-        return {"on": on, "side": side, "dy": dy, "dx": dx}
+        return {"side": side, "dy": dy, "dx": dx}
 
-    def identity(self, batch: int, device: torch.device | str = "cpu") -> Params:
+    def _neutral(self, batch: int, device: torch.device | str) -> Params:
         zeros = torch.zeros(batch, device=device)
-        return {"on": torch.zeros(batch, dtype=torch.bool, device=device), "side": zeros + 1.0,
-                "dy": zeros, "dx": zeros.clone()}
+        return {"side": zeros + 1.0, "dy": zeros, "dx": zeros.clone()}
 
     @staticmethod
     def _box(p: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -119,12 +128,6 @@ class HFlip(_Geometric):
     def from_config(cls, aug: AugConfig, image_size: int) -> "HFlip":
         return cls(min(1.0, aug.hflip_prob * aug.strength))
 
-    def sample(self, batch: int, generator: torch.Generator, view: str, always: bool = False) -> Params:
-        return {"on": self._on(batch, generator, always)} if view == "target" else self.identity(batch)
-
-    def identity(self, batch: int, device: torch.device | str = "cpu") -> Params:
-        return {"on": torch.zeros(batch, dtype=torch.bool, device=device)}
-
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         return where_each(images, params["on"], lambda z, idx: z.flip(-1))
 
@@ -150,16 +153,11 @@ class Rot90(_Geometric):
     def from_config(cls, aug: AugConfig, image_size: int) -> "Rot90":
         return cls(min(1.0, aug.rot90_prob * aug.strength))
 
-    def sample(self, batch: int, generator: torch.Generator, view: str, always: bool = False) -> Params:
-        if view != "target":
-            return self.identity(batch)
-        on = self._on(batch, generator, always)
-        k = torch.randint(1, 4, (batch,), generator=generator)
-        return {"on": on, "k": k}
+    def _magnitudes(self, batch: int, g: torch.Generator) -> Params:
+        return {"k": torch.randint(1, 4, (batch,), generator=g)}
 
-    def identity(self, batch: int, device: torch.device | str = "cpu") -> Params:
-        return {"on": torch.zeros(batch, dtype=torch.bool, device=device),
-                "k": torch.zeros(batch, dtype=torch.long, device=device)}
+    def _neutral(self, batch: int, device: torch.device | str) -> Params:
+        return {"k": torch.zeros(batch, dtype=torch.long, device=device)}
 
     @staticmethod
     def _turns(p: Params) -> torch.Tensor:
@@ -200,15 +198,11 @@ class Rotate(_Geometric):
     def from_config(cls, aug: AugConfig, image_size: int) -> "Rotate":
         return cls(min(1.0, aug.rotate_prob * aug.strength), aug.rotate_degrees)
 
-    def sample(self, batch: int, generator: torch.Generator, view: str, always: bool = False) -> Params:
-        if view != "target":
-            return self.identity(batch)
-        on = self._on(batch, generator, always)
-        angle = uniform(-self.radians, self.radians, batch, generator)
-        return {"on": on, "angle": angle}
+    def _magnitudes(self, batch: int, g: torch.Generator) -> Params:
+        return {"angle": uniform(-self.radians, self.radians, batch, g)}
 
-    def identity(self, batch: int, device: torch.device | str = "cpu") -> Params:
-        return {"on": torch.zeros(batch, dtype=torch.bool, device=device), "angle": torch.zeros(batch, device=device)}
+    def _neutral(self, batch: int, device: torch.device | str) -> Params:
+        return {"angle": torch.zeros(batch, device=device)}
 
     @staticmethod
     def _angle(p: Params) -> torch.Tensor:
