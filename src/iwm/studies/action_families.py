@@ -42,10 +42,10 @@ from ..files import write_text
 from ..train import resolve_device
 from ..version import code_version
 from .grid import GridRun, device_name, ensure_trained, run_config, settings_digest
-from .leverage import CLASSIFICATION, LABELS, PIXEL_KINDS, default_settings, evaluate, setting_key
+from .leverage import CLASSIFICATION, LABELS, PIXEL_KINDS, _pct, _write, default_settings, evaluate, setting_key
 from .page import RAW_NUMBERS, VERDICT, provenance, table
 from .reference import random_init
-from .world_model import GRID
+from .world_model import GRID, fmt_mrr
 
 PHOTOMETRIC_RUN = next(r for r in GRID if r.name == "strong_d4")
 GEOMETRIC_RUN = GridRun("strong_d4_geometric", PHOTOMETRIC_RUN.config,
@@ -151,19 +151,8 @@ def longer(long_steps: int, steps: int) -> tuple[str, GridRun, int]:
     return f"photometric + geometric, {long_steps} steps", run, long_steps
 
 
-def _write(path: Path, study: dict, previous: dict) -> None:
-    """The study so far, with the stored models it has not reached yet kept."""
-    write_text(path, json.dumps({**study, "models": {**previous, **study["models"]}}, indent=2))
-
-
 # ----------------------------------------------------------------------------------------------
 # the page
-
-
-def _fmt(v: float | None, pct: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    return f"{100 * v:.2f}" if pct else f"{v:.4f}"
 
 
 def _mrr_tables(study: dict) -> list[str]:
@@ -174,13 +163,13 @@ def _mrr_tables(study: dict) -> list[str]:
     def clean_row(label: str, m: dict) -> list[str]:
         r = m["evals"]["mrr"]["clean"]
         fam = r["families"]
-        cells = [f"{_fmt(fam[f]['mrr'])} ({_fmt(fam[f].get('chance'))})" if f in fam else "not learnt"
+        cells = [f"{fmt_mrr(fam[f]['mrr'])} ({fmt_mrr(fam[f].get('chance'))})" if f in fam else "not learnt"
                  for f in clean_families]
-        return [label, _fmt(r["mrr"]), _fmt(r["mrr_action_zeroed"]), *cells]
+        return [label, fmt_mrr(r["mrr"]), fmt_mrr(r["mrr_action_zeroed"]), *cells]
 
     def aug_row(label: str, m: dict) -> list[str]:
         r = m["evals"]["mrr"]["augmented"]
-        return [label, *(_fmt(r["families"][f]["mrr"]) if f in r["families"] else "n/a" for f in aug_families)]
+        return [label, *(fmt_mrr(r["families"][f]["mrr"]) if f in r["families"] else "n/a" for f in aug_families)]
 
     chance = next(iter(models.values()))["evals"]["mrr"]["chance"]
     return [
@@ -190,7 +179,7 @@ def _mrr_tables(study: dict) -> list[str]:
         "family's column is a bank of that family's transformations alone, drawn as in training from its own "
         "stream, each transformation once (so hflip's bank is the image and its mirror, rot90's its four "
         f"turns). In brackets, chance (random ranks), which depends on the bank's size; the bank of every "
-        f"target family together has {study['settings']['mrr_bank']} entries, chance {_fmt(chance)}. `a = 0` is "
+        f"target family together has {study['settings']['mrr_bank']} entries, chance {fmt_mrr(chance)}. `a = 0` is "
         "that bank ranked by the same predictor with the action zeroed (chance unless the action is ignored).",
         "", *table(["model", "all target families", "a = 0", *clean_families],
                    [clean_row(k, m) for k, m in models.items()]), "",
@@ -206,7 +195,7 @@ def _protocol_table(study: dict) -> list[str]:
 
     def cell(label: str, kind: str) -> str:
         ev = models.get(label, {}).get("evals", {}).get(kind)
-        return "not measured" if ev is None else _fmt(ev.get("top1"), pct=True)
+        return "not measured" if ev is None else _pct(ev)
 
     rows = [[label, *(cell(label, k) for k in CLASSIFICATION)] for label in order if label in models]
     gap = []
