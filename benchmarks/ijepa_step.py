@@ -6,6 +6,7 @@ interleaved: images/s, FLOPs per step (PyTorch's FLOP counter) and the FLOP rate
     python benchmarks/ijepa_step.py                                       # without it: ours alone
     python benchmarks/ijepa_step.py --ijepa PATH --variant groups1:mask.length_groups=1   # and a variant
     python benchmarks/ijepa_step.py --ijepa PATH --variant bf16mm:matmul=bf16   # oneDNN fp32 matmuls in bf16
+    python benchmarks/ijepa_step.py --ijepa PATH --variant math:attention=math  # timm's explicit attention
 
 Ours is the whole step of the shipped config (photometric views, masks, context encoder,
 predictor, EMA target encoder, AdamW, EMA update) on a fixed batch of synthetic crops. I-JEPA's
@@ -37,13 +38,18 @@ from pretrain_throughput import device_name, table
 OUT = Path("/tmp/iwm-bench/ijepa_step")  # the trainers' run directories (nothing is saved there)
 
 
-def our_step(cfg_name: str, batch: int, overrides: tuple[str, ...], name: str = "iwm"):
-    """A function doing one of our training steps on a fixed batch, and the config."""
+def our_step(cfg_name: str, batch: int, overrides: tuple[str, ...], name: str = "iwm", attention: str = "sdpa"):
+    """A function doing one of our training steps on a fixed batch, and the config. ``attention``:
+    ``sdpa`` (timm's default, PyTorch's fused kernel) or ``math`` (timm's explicit softmax(QK^T)V,
+    as I-JEPA's blocks compute it)."""
     out = OUT / "".join(c if c.isalnum() else "_" for c in name)
     cfg = config.load(resolve_config(cfg_name), [
         "data.dataset=synthetic", f"data.synthetic_size={batch}", f"data.batch_size={batch}", "data.num_workers=0",
         "run.device=cpu", "run.progress=false", "eval.every=0", f"run.out_dir={out}", *overrides])
     t = Trainer(cfg)
+    for m in t.model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = attention == "sdpa"
     crops = next(iter(t.loader))[0]
     return (lambda: t.train_step(crops)), cfg
 
@@ -124,9 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     for variant in args.variant:
         name, _, overrides = variant.partition(":")
         keys = overrides.split(",")
-        precision = next((k.split("=", 1)[1] for k in keys if k.startswith("matmul=")), None)
-        step = our_step(args.config, args.batch, (*args.set, *(k for k in keys if not k.startswith("matmul="))),
-                        name)[0]
+        special = {k.split("=", 1)[0]: k.split("=", 1)[1] for k in keys if k.startswith(("matmul=", "attention="))}
+        precision = special.get("matmul")
+        step = our_step(args.config, args.batch, (*args.set, *(k for k in keys if k.split("=", 1)[0] not in special)),
+                        name, special.get("attention", "sdpa"))[0]
         steps[f"iwm, {name}"] = step if precision is None else with_matmul_precision(step, precision)
     if args.ijepa is None:
         print("no --ijepa checkout given: timing our step alone (clone facebookresearch/ijepa to compare)")

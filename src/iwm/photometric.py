@@ -9,7 +9,9 @@ is the per-image torchvision path they are tested against.
 
 from __future__ import annotations
 
+import functools
 import math
+
 import torch
 import torch.nn.functional as F
 
@@ -57,8 +59,7 @@ def adjust_saturation(img: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 def _rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
     r, g, b = img.unbind(dim=-3)
-    maxc, _ = img.max(dim=-3)
-    minc, _ = img.min(dim=-3)
+    maxc, minc = img.amax(dim=-3), img.amin(dim=-3)
     eqc = maxc == minc
     cr = maxc - minc
     ones = torch.ones_like(maxc)
@@ -72,20 +73,27 @@ def _rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
     return torch.stack((h, s, maxc), dim=-3)
 
 
+@functools.cache
+def _hsv_sectors(device: torch.device) -> torch.Tensor:
+    """Per output channel (r, g, b), the plane (0 v, 1 q, 2 p, 3 t) each of the 6 hue sectors
+    takes; one copy per device, so that no step waits on a host-to-device copy."""
+    return torch.tensor([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]], device=device)
+
+
 def _hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
     h, s, v = img.unbind(dim=-3)
     i = torch.floor(h * 6.0)
     f = h * 6.0 - i
-    i = i.to(torch.int64) % 6
+    i = i.to(torch.int64)
+    i = torch.where(i == 6, 0, i)  # h * 6 rounds up to 6 for h just below 1: sector 0 again
     p = (v * (1.0 - s)).clamp(0.0, 1.0)
     q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
     t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    sector = i.unsqueeze(-3) == torch.arange(6, device=i.device).view(-1, 1, 1)
-    a1 = torch.stack((v, q, p, p, t, v), dim=-3)
-    a2 = torch.stack((t, v, v, q, p, p), dim=-3)
-    a3 = torch.stack((p, p, t, v, v, q), dim=-3)
-    a4 = torch.stack((a1, a2, a3), dim=-4)
-    return torch.einsum("...ijk,...xijk->...xjk", sector.to(img.dtype), a4)
+    # each channel of each pixel is one of v, q, p, t, chosen by the pixel's sector: a gather
+    # (not a one-hot product over the six sectors: several times faster on a CPU, same numbers)
+    planes = torch.stack((v, q, p, t), dim=-3)
+    which = _hsv_sectors(i.device)[:, i]  # (3, ..., H, W) plane index per channel
+    return planes.gather(-3, which.movedim(0, -3))
 
 
 def adjust_hue(img: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
