@@ -146,7 +146,7 @@ def test_overlap_names_the_source_patches_a_target_patch_shows(name):
     s = _set(name)
     t = s.sample(b, torch.Generator().manual_seed(2), "target", always=True)
     y = s.apply(_patch_ids(grid, size).expand(b, -1, -1, -1).contiguous(), t)[:, 0] * grid * grid
-    overlap = s.overlap(t, grid)
+    overlap = s.overlap(s.encode(s.identity(b), t), grid)
     exact = (y - y.round()).abs() < 1e-4  # pixels not blended across a patch border
     p = size // grid
     rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
@@ -172,7 +172,7 @@ def test_the_context_never_shows_a_target_blocks_pixels_under_geometric_actions(
     for step in range(3):
         _, _, action, masks = maker(crops, step)
         source, target = maker.actions.sample_pair(32, step_generator(cfg.run.seed, step))
-        overlap = maker.actions.overlap(target, 8)
+        overlap = maker.actions.overlap(action, 8)
         assert torch.equal(action, maker.actions.encode(source, target))
         for i in range(32):
             covered = overlap[i, masks.targets[i].flatten()].any(0)
@@ -189,7 +189,77 @@ def test_photometric_runs_draw_the_masks_they_drew_before_overlap_existed():
     same_frame = torch.eye(64, dtype=torch.bool).expand(64, -1, -1)
     a, b = masker(64, torch.Generator().manual_seed(0)), masker(64, torch.Generator().manual_seed(0), same_frame)
     assert torch.equal(a.context, b.context) and torch.equal(a.targets, b.targets)
-    assert _set("jitter", "grayscale").overlap(_set("jitter", "grayscale").identity(4), 8) is None
+    assert _set("jitter", "grayscale").overlap(torch.zeros(4, 5), 8) is None
+
+
+@pytest.mark.parametrize("name", GEOMETRIC)
+def test_a_target_patch_centre_is_traced_to_a_source_patch_its_pixels_come_from(name):
+    grid, b = 8, 16
+    s = _set(name)
+    t = s.sample(b, torch.Generator().manual_seed(3), "target", always=True)
+    a = s.encode(s.identity(b), t)
+    where, overlap = s.source_positions(a, grid), s.overlap(a, grid)
+    cell = where.round().long()
+    inside = ((where > -0.5) & (where < grid - 0.5)).all(-1)
+    n = torch.arange(grid * grid).expand(b, -1)
+    src = (cell[..., 0] * grid + cell[..., 1]).clamp(0, grid * grid - 1)
+    assert overlap[torch.arange(b)[:, None].expand_as(n)[inside], n[inside], src[inside]].all()
+    # the identity leaves every centre on its own patch, exactly
+    grid_rc = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"), -1).view(-1, 2)
+    assert torch.equal(s.source_positions(torch.zeros(2, s.dim), grid), grid_rc.float().expand(2, -1, -1))
+
+
+def test_sincos_at_integer_coordinates_is_timms_grid_embedding():
+    from timm.layers import build_sincos2d_pos_embed
+
+    from iwm.models.predictor import sincos_at
+
+    rc = torch.stack(torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij"), -1).view(-1, 2).float()
+    assert torch.equal(sincos_at(rc, 64), build_sincos2d_pos_embed([6, 6], 64))
+
+
+def _predictor(frame: str, families: str):
+    from conftest import TINY
+
+    from iwm.models.predictor import build_predictor
+
+    torch.manual_seed(0)
+    cfg = config.from_dict(None, TINY + [f"aug.families={families}", f"predictor.query_frame={frame}"])
+    return build_predictor(cfg).eval(), ActionSet.from_config(cfg.aug, cfg.data.image_size), cfg
+
+
+def test_a_moved_query_sits_where_its_pixels_come_from_and_predicts_y_at_ys_positions():
+    """query_frame=source: under hflip, target patch p is queried at its mirror in x, which is
+    what a target-frame predictor does when asked for the mirrored patches; unflipped, the two
+    frames agree."""
+    src_pred, actions, cfg = _predictor("source", "[jitter,hflip]")
+    tgt_pred, _, _ = _predictor("target", "[jitter,hflip]")
+    tgt_pred.load_state_dict(src_pred.state_dict())
+    grid = cfg.data.image_size // cfg.model.patch_size
+    g = torch.Generator().manual_seed(0)
+    b, d = 4, src_pred.embed.in_features
+    context, ctx_idx = torch.randn(b, 5, d, generator=g), torch.arange(5).expand(b, -1)
+    tidx = torch.tensor([[4, 5, 9, 14]]).expand(b, -1)
+    flipped = torch.zeros(b, actions.dim)
+    flipped[:, actions.slices["hflip"]] = 1.0
+    mirror = (tidx // grid) * grid + (grid - 1 - tidx % grid)
+    with torch.no_grad():
+        assert torch.allclose(src_pred(context, ctx_idx, tidx, flipped), tgt_pred(context, ctx_idx, mirror, flipped),
+                              atol=1e-5)
+        assert not torch.allclose(src_pred(context, ctx_idx, tidx, flipped), tgt_pred(context, ctx_idx, tidx, flipped))
+        still = torch.zeros(b, actions.dim)
+        assert torch.allclose(src_pred(context, ctx_idx, tidx, still), tgt_pred(context, ctx_idx, tidx, still),
+                              atol=1e-6)
+
+
+def test_runs_stored_before_query_frame_keep_the_target_frame_and_new_runs_default_to_source():
+    assert config.load().predictor.query_frame == "source"
+    old = config.load().to_dict()
+    del old["predictor"]["query_frame"]
+    assert config.from_dict(old, stored=True).predictor.query_frame == "target"
+    assert config.from_dict(old).predictor.query_frame == "source"  # a user's file: today's default
+    new = config.load(None, ["predictor.query_frame=source"]).to_dict()
+    assert config.from_dict(new, stored=True).predictor.query_frame == "source"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,6 +363,28 @@ def test_geometric_families_train_and_each_is_scored_by_the_clean_protocol(train
     assert {f"mrr_{f}" for f in GEOMETRIC} <= set(health)
     with pytest.raises(ValueError, match="scores the families jitter, crop"):
         compute_mrr(run, num_images=1, bank_size=4, families=["grayscale"])
+
+
+def test_a_strict_context_shows_no_pixel_of_any_bank_entrys_targets(trained):
+    from iwm.eval.mrr import Probe, eval_images, image_generator
+
+    run = iwm.load(trained["geometric"])
+    probe = Probe(run, strict_context=True)
+    img = eval_images(run, 1, 0)[0]
+    grid = run.config.data.image_size // run.config.model.patch_size
+    for family in ("hflip", "rot90", "crop"):
+        trial = probe.trial(img, 8, image_generator(0, 0, family), family=family)
+        a = probe.actions.encode(probe.actions.identity(trial.bank_tokens.shape[0]), trial.bank_params)
+        shown = trial.masks.context[0] if trial.masks.context_valid is None else \
+            trial.masks.context[0][trial.masks.context_valid[0]]
+        covered = probe.actions.overlap(a, grid)[:, trial.masks.targets[0].flatten()].any(1)  # (K, N)
+        assert not covered[:, shown].any(), family
+    res = compute_mrr(run, num_images=2, bank_size=8, strict_context=True, families=["hflip"])
+    assert res["settings"]["context"] == "strict" and 0 < res["families"]["hflip"]["mrr"] <= 1
+    # with no family that moves pixels, strict is the shared context: the same figures
+    user = iwm.load(trained["user"])
+    args = dict(num_images=2, bank_size=6, source="augmented")
+    assert compute_mrr(user, strict_context=True, **args)["families"] == compute_mrr(user, **args)["families"]
 
 
 def test_one_family_edit_turns_it_on_keeps_the_shared_jitter_and_turns_the_rest_off():

@@ -178,6 +178,11 @@ def test_cli_parsers_write_results(tiny_run, tmp_path, capsys):
     res = json.loads((tiny_run / "mrr_augmented.json").read_text())
     assert res["source"] == "augmented" and set(res["families"]) == set(FAMILIES)
     assert "| grayscale" in capsys.readouterr().out
+    args = ap.parse_args(["eval", "mrr", str(tiny_run), "--images", "2", "--bank", "4", "--no-progress",
+                          "--strict-context"])
+    assert args.fn(args) == 0  # its own file, beside the shared context's
+    assert json.loads((tiny_run / "mrr_strict.json").read_text())["settings"]["context"] == "strict"
+    assert json.loads((tiny_run / "mrr.json").read_text())["settings"]["context"] == "shared"
 
     ckpt = tiny_run / "checkpoints" / "latest.pt"  # a checkpoint path resolves to its run directory
     args = ap.parse_args(["viz", "retrieval", str(ckpt), "--images", "1", "--bank", "4", "--neighbours", "2"])

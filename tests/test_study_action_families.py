@@ -1,4 +1,4 @@
-"""iwm study action-families: both runs trained and measured, the page written, and a second call
+"""iwm study action-families: every run trained and measured, the page written, and a second call
 reuses what was measured."""
 
 import json
@@ -23,11 +23,15 @@ def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tm
     extra = [*EXTRA, f"data.cache_dir={tmp_path / 'cache'}"]
     study = run_study(out, runs, steps=2, mrr_images=2, mrr_bank=4, extra_overrides=extra, device="cpu",
                       settings=settings, progress=False, long_steps=4)
-    assert study["order"] == [*MODELS, "photometric + geometric, 4 steps"]
-    assert iwm.load(runs / "strong_d4_geometric_x2").step == 4
-    geo = study["models"]["photometric + geometric"]
-    assert geo["families"] == ["jitter", "grayscale", "blur", "solarize", *GEOMETRIC]
-    assert list(geo["evals"]["mrr"]["clean"]["families"]) == ["jitter", *GEOMETRIC]
+    assert study["order"] == [*MODELS, "photometric + geometric, 4 steps",
+                              "photometric + geometric, queries in y's frame, 4 steps"]
+    assert iwm.load(runs / "strong_d4_geometric_source_x2").step == 4
+    assert iwm.load(runs / "strong_d4_geometric_x2").config.predictor.query_frame == "target"
+    assert iwm.load(runs / "strong_d4_geometric_source").config.predictor.query_frame == "source"
+    for label in ("photometric + geometric", "photometric + geometric, queries in y's frame"):
+        geo = study["models"][label]
+        assert geo["families"] == ["jitter", "grayscale", "blur", "solarize", *GEOMETRIC]
+        assert list(geo["evals"]["mrr"]["clean"]["families"]) == ["jitter", *GEOMETRIC]
     assert list(study["models"]["photometric"]["evals"]["mrr"]["clean"]["families"]) == ["jitter"]
     for label in MODELS:
         assert {"mrr", "knn", "linear", "attentive", "predictor_ft"} <= set(study["models"][label]["evals"])
@@ -36,7 +40,10 @@ def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tm
     for f in GEOMETRIC:
         assert f"| {f} " in md.split("## MRR per family")[1].split("\n\n")[2].splitlines()[0] + " "
     assert "not learnt" in md and "predictor FT - linear probe" in md and "random init" in md
-    assert "| photometric + geometric, 4 steps |" in md
+    strict = md.split("--strict-context`")[1].split("\n\n")[1].splitlines()  # the strict table
+    assert strict[0].split("|")[2:-1] == [f" {f} " for f in GEOMETRIC] and len(strict) == 2 + 4  # geometric rows
+    assert set(geo["evals"]["mrr"]["clean_strict"]["families"]) == set(GEOMETRIC) | {"jitter"}
+    assert "| photometric + geometric, 4 steps |" in md and "| photometric + geometric, queries in y's frame |" in md
     assert json.loads(out.with_suffix(".json").read_text())["models"].keys() == study["models"].keys()
 
     def no_work(*a, **k):

@@ -206,22 +206,22 @@ def read(ref: str | Path) -> Weights:
     if path.is_dir():
         meta = sharing.read_meta(path)
         try:
-            cfg = config_mod.from_dict(meta["config"])
+            cfg = config_mod.from_dict(meta["config"], stored=True)
         except ConfigError as err:
             raise sharing.WeightsError(f"{path / sharing.CONFIG}: {err}") from None
         return Weights(cfg, sharing.read_weights(path), int(meta.get("step", 0)), path, out_dir,
                        {k: meta.get(k) for k in ("license", "source", "scores")})
     state, path = _load(ref, path)
     states = {k: state[k] for k in sharing.NETWORKS}
-    return Weights(config_mod.from_dict(state["config"]), states, int(state["step"]), path, out_dir, {})
+    return Weights(config_mod.from_dict(state["config"], stored=True), states, int(state["step"]), path, out_dir, {})
 
 
 def read_config(ref: str | Path) -> Config:
     """The config of a run argument, without building its networks."""
     path, _ = locate(ref)
     if path.is_dir():
-        return config_mod.from_dict(sharing.read_meta(path)["config"])
-    return config_mod.from_dict(_load(ref, path)[0]["config"])
+        return config_mod.from_dict(sharing.read_meta(path)["config"], stored=True)
+    return config_mod.from_dict(_load(ref, path)[0]["config"], stored=True)
 
 
 def load(ref: str | Path, device: str | torch.device = "cpu", image_size: int | None = None) -> Run:

@@ -33,7 +33,7 @@ def _pretrain_config(args: argparse.Namespace) -> config_mod.Config:
     given = dict(o.split("=", 1) for o in args.overrides if "=" in o)
     out, init = given.get("run.out_dir"), given.get("run.init_from")
     if out and (Path(out) / "config.yaml").is_file():
-        return config_mod.load(Path(out) / "config.yaml", args.overrides)
+        return config_mod.load(Path(out) / "config.yaml", args.overrides, stored=True)
     source = out if out and sharing.is_folder(out) else init
     if not source:
         return config_mod.load(None, args.overrides)

@@ -112,6 +112,10 @@ class PredictorConfig:
     # feature conditioning: add the action MLP's output to the mask token (m + MLP([m, a]))
     # rather than replace it; the token's position then reaches the blocks at full strength
     cond_residual: bool = False
+    # where a mask token sits when a geometric family moved y: at the position in x its pixels
+    # come from (source: the move's geometry is given by a_x->y) or at its own in y (target: the
+    # predictor must learn the move); the same when no family moves pixels (iwm.models.predictor)
+    query_frame: Literal["source", "target"] = "source"
     # True: each target block gets its own predictor pass (I-JEPA); False: all blocks in one
     # pass, about num_targets times cheaper, as the mask tokens of all blocks share the context.
     per_block: bool = True
@@ -432,12 +436,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def from_dict(values: dict[str, Any] | None, overrides: typing.Sequence[str] = ()) -> Config:
+# keys added after runs were stored, with the behaviour those runs were trained with: a stored
+# config (a run's, a checkpoint's, a shared model's) that lacks one gets this value, not today's
+# default, so an older run loads and scores as it was trained
+STORED_BEFORE = {("predictor", "query_frame"): "target"}
+
+
+def from_dict(values: dict[str, Any] | None, overrides: typing.Sequence[str] = (), stored: bool = False) -> Config:
+    """``stored``: the values were written with a run (see ``STORED_BEFORE``)."""
     cfg = Config()
     if values:
         if not isinstance(values, dict):
             raise ConfigError("config file: the top level must be a mapping of sections (data:, model:, ...)")
         _apply(cfg, values)
+        if stored:
+            for (section, key), before in STORED_BEFORE.items():
+                if key not in values.get(section, {}):
+                    setattr(getattr(cfg, section), key, before)
     for text in overrides:
         path, value = parse_override(text)
         nested: Any = value
@@ -447,9 +462,10 @@ def from_dict(values: dict[str, Any] | None, overrides: typing.Sequence[str] = (
     return validate(cfg)
 
 
-def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Config from a YAML file (or the defaults) with dotted overrides applied on top."""
-    return from_dict(None if path is None else _read_yaml(Path(path)), overrides)
+def load(path: str | Path | None = None, overrides: typing.Sequence[str] = (), stored: bool = False) -> Config:
+    """Config from a YAML file (or the defaults) with dotted overrides applied on top;
+    ``stored``: the file is a run's own config.yaml (see :func:`from_dict`)."""
+    return from_dict(None if path is None else _read_yaml(Path(path)), overrides, stored)
 
 
 def _read_yaml(p: Path, children: tuple[Path, ...] = ()) -> Any:

@@ -172,7 +172,7 @@ def model_card(meta: dict[str, Any], name: str) -> str:
 
     from . import config as config_mod
 
-    cfg = config_mod.from_dict(meta["config"])
+    cfg = config_mod.from_dict(meta["config"], stored=True)
     dim, depth, heads = encoder_dims(cfg.model)
     p, d = cfg.predictor, cfg.data
     what = ("an I-JEPA (the predictor is not told the transformation)" if p.conditioning == "none"

@@ -130,26 +130,43 @@ class ActionSet:
 
     # ------------------------------------------------------------------------------------------
 
-    def overlap(self, target: Transform, grid: int) -> torch.Tensor | None:
-        """(B, N, N) bool, N = grid * grid: [b, n, m] is True where target patch n of sample b
-        takes pixels from source patch m (None when no family moves pixels). Each target patch
-        is traced back through the geometric families at ``POINTS_PER_SIDE`` x
-        ``POINTS_PER_SIDE`` points; points that land outside the source (black corners) count
-        for no patch."""
+    def _trace(self, action: torch.Tensor, grid: int, k: int) -> torch.Tensor | None:
+        """(B, N * k * k, 2): k x k points inside each of y's N = grid * grid patches (row-major),
+        as (x, y) in normalised coordinates, traced back through the geometric families to where
+        a_x->y (B, dim) says they come from in x; None when no family moves pixels."""
         moving = [f for f in self.families if f.geometric]
         if not moving:
             return None
-        b, n, k = length(target), grid * grid, POINTS_PER_SIDE
-        # normalised (x, y) of k x k points inside every patch, patches in row-major order
-        sub = (torch.arange(grid * k, dtype=torch.float32) + 0.5) / (grid * k) * 2 - 1
+        sub = (torch.arange(grid * k, dtype=torch.float32, device=action.device) + 0.5) / (grid * k) * 2 - 1
         ys, xs = torch.meshgrid(sub, sub, indexing="ij")
-        pts = torch.stack([xs, ys], -1).view(grid, k, grid, k, 2).permute(0, 2, 1, 3, 4).reshape(1, n * k * k, 2)
-        pts = pts.expand(b, -1, -1)
+        pts = torch.stack([xs, ys], -1).view(grid, k, grid, k, 2).permute(0, 2, 1, 3, 4).reshape(1, -1, 2)
+        pts = pts.expand(action.shape[0], -1, -1)
         for f in reversed(moving):  # the last family applied is undone first
-            pts = f.to_source(target[f.name], pts)
+            pts = f.to_source(action[:, self.slices[f.name]].float(), pts)
+        return pts
+
+    def overlap(self, action: torch.Tensor, grid: int) -> torch.Tensor | None:
+        """(B, N, N) bool, N = grid * grid: [b, n, m] is True where y's patch n of sample b takes
+        pixels from x's patch m, as a_x->y (B, dim) says (None when no family moves pixels).
+        Each target patch is traced back at ``POINTS_PER_SIDE`` x ``POINTS_PER_SIDE`` points;
+        points that land outside x (black corners) count for no patch."""
+        k = POINTS_PER_SIDE
+        pts = self._trace(action, grid, k)
+        if pts is None:
+            return None
+        b, n = action.shape[0], grid * grid
         inside = (pts.abs() < 1).all(-1)
         cell = ((pts + 1) / 2 * grid).floor().long().clamp_(0, grid - 1)
         src = torch.where(inside, cell[..., 1] * grid + cell[..., 0], n).view(b, n, k * k)
-        hit = torch.zeros(b, n, n + 1, dtype=torch.bool)
+        hit = torch.zeros(b, n, n + 1, dtype=torch.bool, device=action.device)
         hit.scatter_(2, src, True)
         return hit[..., :n]
+
+    def source_positions(self, action: torch.Tensor, grid: int) -> torch.Tensor | None:
+        """(B, N, 2): where the centre of each of y's patches comes from in x, as (row, column)
+        in x's patch units (patch centres at integers; outside [0, grid - 1] past x's border),
+        as a_x->y (B, dim) says; None when no family moves pixels."""
+        pts = self._trace(action, grid, 1)
+        if pts is None:
+            return None
+        return ((pts + 1) / 2 * grid - 0.5).flip(-1)

@@ -15,8 +15,8 @@ A family transforms batches of float images in [0, 1], (B, 3, H, W), with per-sa
 world model must undo, as grayscale), ``target`` (y only: what it must apply, as the
 geometric families) or ``both`` (independently, the action carries the difference: the colour
 jitter). A ``geometric`` family moves pixels; it transforms the target only, and says where
-each target pixel comes from (:meth:`ActionFamily.to_source`), so that the context is kept
-free of the target blocks' pixels.
+each target pixel comes from, given a_x->y (:meth:`ActionFamily.to_source`), so that the
+context is kept free of the target blocks' pixels and the predictor can place its queries.
 
 A new family is a subclass registered by name::
 
@@ -85,9 +85,10 @@ class ActionFamily:
         evaluation of one family at a time; a family whose draws always transform keeps them."""
         return params
 
-    def to_source(self, params: Params, points: torch.Tensor) -> torch.Tensor:
-        """Geometric families: points (B, P, 2) as (x, y) in the transformed image's normalised
-        coordinates ([-1, 1], ``grid_sample``'s) -> where they come from in the input image."""
+    def to_source(self, action: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Geometric families: points (B, P, 2) as (x, y) in y's normalised coordinates ([-1, 1],
+        ``grid_sample``'s) -> where they come from in x, as this family's part of a_x->y, (B, dim),
+        says (the predictor reads the move from the action alone)."""
         raise NotImplementedError(f"{self.name} is not geometric")
 
     def describe(self, action: torch.Tensor) -> str:

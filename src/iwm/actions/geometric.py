@@ -7,7 +7,9 @@ crop both views come from, in which its context positions are given, and the pre
 predicts the target blocks at their positions in y's frame. A target patch then takes its
 pixels from elsewhere in x (:meth:`to_source`), and the masks keep every x patch those pixels
 fall in out of the context, so the context never shows a target block's pixels, as with the
-photometric families (``iwm.masks``).
+photometric families (``iwm.masks``). The predictor places each mask token at the point in x its
+patch's centre comes from (``predictor.query_frame=source``, :mod:`iwm.models.predictor`), which
+each family computes from its part of a_x->y alone (:meth:`to_source`).
 
 Every family draws an ``on`` flag with its probability (scaled by ``aug.strength``) and its
 magnitudes (kept when off, so that evaluating one family at a time can turn it on); off, it is
@@ -112,8 +114,8 @@ class Crop(_Geometric):
         side, dy, dx = action.tolist()
         return f"crop side {math.exp(side):.2f} at ({dy:+.2f}, {dx:+.2f})"
 
-    def to_source(self, params: Params, points: torch.Tensor) -> torch.Tensor:
-        side, dy, dx = self._box(params)
+    def to_source(self, action: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        side, dy, dx = action[:, 0].exp(), action[:, 1], action[:, 2]
         return points * side.view(-1, 1, 1) + torch.stack([dx, dy], 1).unsqueeze(1)
 
 
@@ -137,8 +139,8 @@ class HFlip(_Geometric):
     def describe(self, action: torch.Tensor) -> str:
         return "hflip"
 
-    def to_source(self, params: Params, points: torch.Tensor) -> torch.Tensor:
-        sign = torch.where(params["on"], -1.0, 1.0).view(-1, 1)
+    def to_source(self, action: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        sign = torch.where(action[:, 0] > 0.5, -1.0, 1.0).view(-1, 1)
         return torch.stack([points[..., 0] * sign, points[..., 1]], -1)
 
 
@@ -177,10 +179,10 @@ class Rot90(_Geometric):
     def describe(self, action: torch.Tensor) -> str:
         return f"rot90 x{int(action.argmax()) + 1}"
 
-    def to_source(self, params: Params, points: torch.Tensor) -> torch.Tensor:
+    def to_source(self, action: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         # torch.rot90 by one turn: out[i, j] = in[j, W - 1 - i], i.e. (x, y) comes from (-y, x)
         x, y = points[..., 0], points[..., 1]
-        k = self._turns(params).view(-1, 1)
+        k = torch.where(action.amax(1) > 0.5, action.argmax(1) + 1, 0).view(-1, 1)
         src_x = torch.where(k == 1, -y, torch.where(k == 2, -x, torch.where(k == 3, y, x)))
         src_y = torch.where(k == 1, x, torch.where(k == 2, -y, torch.where(k == 3, -x, y)))
         return torch.stack([src_x, src_y], -1)
@@ -221,6 +223,6 @@ class Rotate(_Geometric):
     def describe(self, action: torch.Tensor) -> str:
         return f"rotate {math.degrees(float(action[0])):+.0f} deg"
 
-    def to_source(self, params: Params, points: torch.Tensor) -> torch.Tensor:
-        rot = self._theta(self._angle(params))[:, :, :2]  # (B, 2, 2), output -> input
+    def to_source(self, action: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        rot = self._theta(action[:, 0])[:, :, :2]  # (B, 2, 2), output -> input
         return points @ rot.transpose(1, 2)

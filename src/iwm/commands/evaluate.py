@@ -39,12 +39,13 @@ def _mrr(args: argparse.Namespace) -> int:
     try:
         res = compute_mrr(run, num_images=args.images, bank_size=args.bank, seed=args.seed, device=args.device,
                           progress=not args.no_progress, aug=strength_aug(run, args.strength), source=args.source,
-                          families=args.family)
+                          families=args.family, strict_context=args.strict_context)
     except ValueError as err:  # bad counts: a message, not a traceback
         print(f"iwm: error: {err}", file=sys.stderr)
         return 2
     print(format_table(res))
-    out = Path(args.out) if args.out else results_dir(run) / MRR_FILES[args.source]
+    default = MRR_FILES[args.source].replace(".json", "_strict.json" if args.strict_context else ".json")
+    out = Path(args.out) if args.out else results_dir(run) / default
     write_text(out, json.dumps(res, indent=2))
     print(f"wrote {out}")
     return 0
@@ -79,6 +80,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="clean: the untouched image is the source (the paper's MRR, default); augmented: the "
                         "source is transformed as in training, scored per family (shows whether grayscale, blur "
                         "and solarisation are undone)")
+    p.add_argument("--strict-context", action="store_true",
+                   help="geometric families: keep the bank's one context off the pixels of every entry's targets "
+                        "(default: off the target positions only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", default=None, help="JSON file (default <run_dir>/mrr.json, or mrr_augmented.json)")
+    p.add_argument("--out", default=None, help="JSON file (default <run_dir>/mrr.json, or mrr_augmented.json; "
+                                               "_strict before .json with --strict-context)")
     p.set_defaults(fn=_mrr)

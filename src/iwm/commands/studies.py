@@ -265,20 +265,21 @@ def _action_families(args: argparse.Namespace) -> int:
 
 def _add_action_families(studies: argparse._SubParsersAction) -> None:
     """Register ``iwm study action-families``."""
-    p = studies.add_parser("action-families", help="photometric vs photometric + geometric world models: MRR per "
-                                                   "family, probes and predictor finetuning")
+    p = studies.add_parser("action-families", help="photometric vs photometric + geometric world models (queries "
+                                                   "in x's frame and in y's): MRR per family, probes, predictor "
+                                                   "finetuning")
     p.add_argument("--steps", type=int, default=800, help="pretraining steps per run (default 800)")
     p.add_argument("--mrr-images", type=int, default=128, help="MRR test images (default 128)")
     p.add_argument("--mrr-bank", type=int, default=64, help="MRR bank size (default 64)")
     p.add_argument("--train-size", type=int, default=None,
                    help=f"seeded CIFAR-10 train subset of the probes (default {leverage.default_settings()['train_size']})")
     p.add_argument("--long-steps", type=int, default=None,
-                   help="also train the photometric + geometric run for this many steps, and measure it alike")
+                   help="also train both photometric + geometric runs for this many steps, and measure them alike")
     p.add_argument("--pixels-from", default="", help="a leverage study's JSON (docs/results/leverage.json): its "
                                                      "raw-pixel rows are reused where measured with the same settings")
     p.add_argument("--runs-dir", default="runs/study", help="one directory per run, shared with world-model")
     p.add_argument("--out", default="docs/results/action_families.md", help="markdown page")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="dotted overrides for both pretrainings, e.g. data.path=...")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for every pretraining, e.g. data.path=...")
     p.set_defaults(fn=_action_families)

@@ -117,7 +117,8 @@ class HealthMonitor:
         self.actions = ActionSet.from_config(cfg.aug, cfg.data.image_size)
         self.source, self.target = self.actions.sample_pair(n, g)
         grid = cfg.data.image_size // cfg.model.patch_size
-        self.masks = MultiBlockMasker(cfg.mask, grid)(n, g, self.actions.overlap(self.target, grid))
+        self.masks = MultiBlockMasker(cfg.mask, grid)(
+            n, g, self.actions.overlap(self.actions.encode(self.source, self.target), grid))
         # identity transformations (I-JEPA) have no families to tell apart
         self.families = ("all", *self.actions.names) if cfg.aug.strength > 0 else ("all",)
         self.mrr_seed = seed + 3

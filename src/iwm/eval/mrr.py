@@ -23,7 +23,10 @@ Per evaluation image c (centred, unaugmented):
   predictor predicts the target blocks with a_x->y_k, for every k. One mask serves the whole
   bank, so under a geometric family the context is kept off the target blocks' positions in
   x's frame, not off the pixels each entry moved there (training masks those: a bank of moved
-  targets would need a mask per entry, and a context per entry);
+  targets would need a mask per entry, and a context per entry). With ``strict_context`` the
+  one context is kept off every x patch that any entry's target blocks take pixels from, as
+  training keeps it off its own entry's: nothing predicted is shown, at the price of a smaller
+  context than training's (a geometric family's bank moves the blocks to many places);
 - the true entry k is ranked among the bank by squared L2 distance to the prediction at the
   target positions, summed over tokens; RR = 1/rank and MRR is its mean over images and k.
 
@@ -132,8 +135,10 @@ class Probe:
 
     Moves the run's networks to ``device`` (in place)."""
 
-    def __init__(self, run: Run, aug: AugConfig | None = None, device: str | torch.device = "cpu", chunk: int = 256):
+    def __init__(self, run: Run, aug: AugConfig | None = None, device: str | torch.device = "cpu", chunk: int = 256,
+                 strict_context: bool = False):
         cfg = run.config
+        self.strict_context = strict_context
         self.aug = aug or cfg.aug
         self.device = torch.device(device)
         self.encoder = run.encoder.to(self.device).eval()
@@ -166,8 +171,16 @@ class Probe:
         else:  # drawn as in training, each transformation once: a discrete family's bank is its few
             t = self._distinct(self.actions.sample(bank_size, g, "target", only=family))
         source = self.actions.sample(1, g, "source")
-        # one mask for the whole bank: the context is kept off the target blocks' positions
-        masks = self.masker(1, g).to(self.device)
+        # one mask for the whole bank: the context is kept off the target blocks' positions (and,
+        # strict, off every patch their pixels come from in any entry)
+        try:
+            masks = self.masker(1, g, self._bank_overlap(t) if self.strict_context else None)
+        except RuntimeError:  # the masker found no patch left for the context
+            if not self.strict_context:
+                raise
+            raise ValueError("strict context: this bank's entries together take pixels from the whole image; use "
+                             "a smaller bank, or score one family at a time") from None
+        masks = masks.to(self.device)
         c = image.to(self.device).float().div(255.0).unsqueeze(0)
         tidx = masks.targets.flatten(1)
         views, tokens = [], []
@@ -178,6 +191,12 @@ class Probe:
             views.append(y)
             tokens.append(gather_tokens(z, tidx.expand(z.shape[0], -1)))
         return Trial(c, t, torch.cat(views), torch.cat(tokens), source, masks)
+
+    def _bank_overlap(self, t: Transform) -> torch.Tensor | None:
+        """(1, N, N): where any bank entry's target patch n takes pixels from x's patch m (None
+        when no family moves pixels)."""
+        overlap = self.actions.overlap(self.actions.encode(self.actions.identity(length(t)), t), self.masker.grid)
+        return None if overlap is None else overlap.any(0, keepdim=True)
 
     def _distinct(self, t: Transform) -> Transform:
         """The bank without repeats (told apart by a_x->y from the clean image), in draw order:
@@ -262,14 +281,16 @@ def _score(probe: Probe, trial: Trial, s: Transform | None, acc: list) -> None:
 def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 64, bank_size: int = 256,
                 families: tuple[str, ...] | list[str] | None = None, seed: int = 0,
                 device: str | torch.device = "cpu", progress: bool = False, aug: AugConfig | None = None,
-                chunk: int = 256, source: str = "clean") -> dict:
+                chunk: int = 256, source: str = "clean", strict_context: bool = False) -> dict:
     """MRR of a run's world model (see the module docstring).
 
     ``source``: ``clean`` (the paper's protocol) or ``augmented``. ``families``: scored one at a
     time (default: every family the protocol applies to: those that transform the target for
     ``clean``, ``all`` and those that transform the source for ``augmented``). ``images``: uint8
     (N, 3, H, W) to use instead of ``num_images`` from the test split. ``aug``: the
-    transformations (source and bank); default the run's own. Returns ``{"source", "mrr",
+    transformations (source and bank); default the run's own. ``strict_context``: the context
+    kept off every patch any bank entry's targets take pixels from (the same as without it
+    when no family moves pixels). Returns ``{"source", "mrr",
     "mrr_action_zeroed", "count", "families": {name: {"mrr", "mrr_action_zeroed", "count"}},
     "chance", "meaningful", "note", "settings"}``, where ``mrr`` is the clean source's figure
     (every target family's bank together) or the augmented source's family ``all`` (None if not
@@ -280,7 +301,7 @@ def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 
     if bank_size < 2 or (images is None and num_images < 1):
         raise ValueError(f"need bank_size >= 2 and num_images >= 1, got {bank_size} and {num_images}")
     clean = source == "clean"
-    probe = Probe(run, aug, device, chunk)
+    probe = Probe(run, aug, device, chunk, strict_context)
     applicable = target_families(probe.actions) if clean else source_families(probe.actions)
     families = applicable if families is None else tuple(families)
     unknown = [f for f in families if f not in applicable]
@@ -290,7 +311,8 @@ def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 
     imgs = _prepare_images(run, images, num_images, seed)
     settings = {"source": source, "num_images": len(imgs), "bank_size": bank_size, "seed": seed,
                 "families": list(families), "step": run.step, "checkpoint": str(run.path),
-                "aug": dataclasses.asdict(probe.aug), "per_block": probe.per_block}
+                "aug": dataclasses.asdict(probe.aug), "per_block": probe.per_block,
+                "context": "strict" if strict_context else "shared"}
     result = {"source": source, "mrr": None, "mrr_action_zeroed": None, "count": 0, "families": {},
               "chance": chance_mrr(bank_size), "meaningful": True, "note": "", "settings": settings}
     if run.config.predictor.conditioning == "none":
@@ -305,7 +327,13 @@ def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 
 
     # the clean source's families each get a bank of their own, unless the run has only one
     own_banks = [f for f in families if clean and len(applicable) > 1]
-    names = ("headline", *own_banks) if clean else families
+    # strict: the bank of every family together moves the target blocks all over x, leaving no
+    # context, so only the families' own banks are scored
+    headline_too = clean and not (strict_context and own_banks)
+    if clean and not headline_too:
+        result["note"] = ("strict context: the bank of every target family together is not scored (its entries take "
+                          "pixels from all over the image); each family's own bank is")
+    names = ((("headline",) if headline_too else ()) + tuple(own_banks)) if clean else families
     sums = {f: [0.0, 0.0, 0, 0.0] for f in names}
     it = range(len(imgs))
     if progress:
@@ -313,12 +341,13 @@ def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 
 
         it = tqdm(it, desc=f"MRR, {source} source", unit="image", leave=False, dynamic_ncols=True)
     for i in it:
-        trial = probe.trial(imgs[i], bank_size, image_generator(seed, i))
         if clean:
-            _score(probe, trial, None, sums["headline"])
+            if headline_too:
+                _score(probe, probe.trial(imgs[i], bank_size, image_generator(seed, i)), None, sums["headline"])
             for f in own_banks:
                 _score(probe, probe.trial(imgs[i], bank_size, image_generator(seed, i, f), family=f), None, sums[f])
         else:
+            trial = probe.trial(imgs[i], bank_size, image_generator(seed, i))
             for f in families:
                 _score(probe, trial, probe.edit(trial.source, f), sums[f])
     scores = {f: {"mrr": a / n, "mrr_action_zeroed": z / n, "count": n, "chance": c / n} if n else

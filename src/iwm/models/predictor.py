@@ -11,16 +11,24 @@ encoder's tokens of y at those positions. How a_x->y enters is the paper's Table
   (``m + MLP([m, a])``) instead of replacing it, so the positional embedding reaches the blocks
   at full strength from the first step, and a zero last layer makes the action a no-op.
 
+Where a mask token sits when a geometric family moved y (``query_frame``): ``source`` places
+it at the position in x that its patch's pixels come from, as a_x->y says (sin-cos positions at
+fractional patch coordinates), so that the predictor need not learn the move's geometry, only
+what the moved patch looks like; ``target`` places it at its own position in y. Either way it
+predicts y's tokens at y's target blocks, and the two agree when nothing moves pixels.
+
 Its LayerNorms take ``norm_eps``: 1e-5 (PyTorch's default) for ours, 1e-6 for an imported
 I-JEPA predictor, which was trained with it.
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
 from timm.layers import build_sincos2d_pos_embed
+from timm.layers.pos_embed_sincos import freq_bands
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -32,8 +40,10 @@ from .encoder import gather_tokens, run_blocks
 class Predictor(nn.Module):
     def __init__(self, grid: int, enc_dim: int, width: int, depth: int, num_heads: int,
                  conditioning: str = "feature", action_dim: int = 7, cond_tokens: int = 1,
-                 cond_residual: bool = False, norm_eps: float = 1e-5):
+                 cond_residual: bool = False, norm_eps: float = 1e-5, moves: ActionSet | None = None):
         super().__init__()
+        # the families whose a_x->y says where a query's pixels come from (query_frame=source)
+        self.moves = moves if moves is not None and moves.geometric else None
         self.conditioning = conditioning
         self.cond_residual = cond_residual
         self.action_dim = action_dim
@@ -68,7 +78,7 @@ class Predictor(nn.Module):
         b, nt = target_idx.shape
         pos = self.pos_embed.expand(b, -1, -1).to(context.dtype)
         x = self.embed(context) + gather_tokens(pos, context_idx)
-        m = self.mask_token.to(x.dtype) + gather_tokens(pos, target_idx)
+        m = self.mask_token.to(x.dtype) + self._query_positions(pos, target_idx, action).to(x.dtype)
         parts = [x, m]
         if self.conditioning != "none":
             if action is None:
@@ -89,6 +99,23 @@ class Predictor(nn.Module):
         x = run_blocks(self.blocks, x, key_valid)
         return self.proj(self.norm(x[:, -nt:]))
 
+    def _query_positions(self, pos: torch.Tensor, target_idx: torch.Tensor,
+                         action: torch.Tensor | None) -> torch.Tensor:
+        """(B, Nt, width) positions of the mask tokens: y's own, or where a_x->y moves them from."""
+        if self.moves is None or action is None:
+            return gather_tokens(pos, target_idx)
+        grid = math.isqrt(pos.shape[1])
+        where = self.moves.source_positions(action.float(), grid)  # (B, N, 2) in x's patch units
+        return sincos_at(gather_tokens(where, target_idx), pos.shape[-1])
+
+
+def sincos_at(coords: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """timm's 2-D sin-cos position embedding (``build_sincos2d_pos_embed``'s layout) at any
+    (row, column) coordinates (..., 2), fractional or past the grid -> (..., dim)."""
+    bands = freq_bands(dim // 4, temperature=temperature, step=1, device=coords.device)
+    angles = coords.float().unsqueeze(-1) * bands  # (..., 2, dim / 4)
+    return torch.stack([angles.sin(), angles.cos()], dim=-3).flatten(-3)
+
 
 def _init(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
@@ -103,7 +130,7 @@ def _init(m: nn.Module) -> None:
 def build_predictor(cfg: Config) -> Predictor:
     p = cfg.predictor
     enc_dim = encoder_dims(cfg.model)[0]
+    actions = ActionSet.from_config(cfg.aug, cfg.data.image_size)
     return Predictor(cfg.data.image_size // cfg.model.patch_size, enc_dim, p.width, p.depth,
-                     p.num_heads or max(1, p.width // 64), p.conditioning,
-                     ActionSet.from_config(cfg.aug, cfg.data.image_size).dim, p.cond_tokens,
-                     p.cond_residual, p.norm_eps)
+                     p.num_heads or max(1, p.width // 64), p.conditioning, actions.dim, p.cond_tokens,
+                     p.cond_residual, p.norm_eps, actions if p.query_frame == "source" else None)

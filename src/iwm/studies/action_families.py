@@ -1,13 +1,16 @@
 """The action-families study: does a world model of geometric transformations, learnt beside
 the paper's photometric one, change what the world model and the representation learn?
 
-Two pretrainings on CIFAR-10, the same but for ``aug.families``:
+Three pretrainings on CIFAR-10, the same but for ``aug.families`` and where the mask tokens sit:
 
 - ``photometric``: the paper's families (jitter, grayscale, blur, solarize): the world-model
   study's ``strong_d4`` run (feature conditioning, strength 1, a 4-block predictor), so a runs
   directory shared with that study trains it once;
 - ``photometric + geometric``: the same plus crop, hflip, rot90 and rotate (the target view
-  moved; ``iwm.actions.geometric``).
+  moved; ``iwm.actions.geometric``), each mask token placed where its pixels come from in x
+  (``predictor.query_frame=source``, the default);
+- the same with the mask tokens at their own positions in y (``query_frame=target``), so that
+  the predictor must learn the move's geometry from a_x->y alone.
 
 Each is measured by MRR per family (the clean source, the paper's protocol, for every family
 that transforms the target, each with its own bank; the augmented source for those that
@@ -48,25 +51,33 @@ from .reference import random_init
 from .world_model import GRID, fmt_mrr
 
 PHOTOMETRIC_RUN = next(r for r in GRID if r.name == "strong_d4")
-GEOMETRIC_RUN = GridRun("strong_d4_geometric", PHOTOMETRIC_RUN.config,
-                        (*PHOTOMETRIC_RUN.overrides, f"aug.families=[{','.join((*DEFAULT_FAMILIES, *GEOMETRIC))}]"),
-                        ("action_families",))
-MODELS = {"photometric": PHOTOMETRIC_RUN, "photometric + geometric": GEOMETRIC_RUN}
+_WITH_GEOMETRIC = (*PHOTOMETRIC_RUN.overrides, f"aug.families=[{','.join((*DEFAULT_FAMILIES, *GEOMETRIC))}]")
+# the mask tokens at the position in x their pixels come from (the default), and at their own in y
+GEOMETRIC_RUN = GridRun("strong_d4_geometric_source", PHOTOMETRIC_RUN.config, _WITH_GEOMETRIC, ("action_families",))
+Y_FRAME_RUN = GridRun("strong_d4_geometric", PHOTOMETRIC_RUN.config,
+                      (*_WITH_GEOMETRIC, "predictor.query_frame=target"), ("action_families",))
+GEOMETRIC_LABEL, Y_FRAME_LABEL = "photometric + geometric", "photometric + geometric, queries in y's frame"
+MODELS = {"photometric": PHOTOMETRIC_RUN, GEOMETRIC_LABEL: GEOMETRIC_RUN, Y_FRAME_LABEL: Y_FRAME_RUN}
 RANDOM = "random init"
 RANDOM_KINDS = ("knn", "linear", "attentive")  # predictor finetuning of a random predictor: not measured (time)
 STORE = "action_families.json"
-MRR_PROTOCOL = 2  # 2: a family's own bank holds each transformation once (stored figures of 1 are measured again)
+# 2: a family's own bank holds each transformation once; 3: the strict context too (stored
+# figures of an earlier protocol are measured again)
+MRR_PROTOCOL = 3
 
 
 def _mrr(run, mrr_images: int, mrr_bank: int, device: torch.device) -> dict:
     """MRR per family by both protocols (``clean``: every target family's bank, then each
-    family's own; ``augmented``: ``all`` and each family that transforms the source)."""
+    family's own; ``augmented``: ``all`` and each family that transforms the source), and the
+    clean one with the strict context (``clean_strict``: each family's own bank)."""
     out = {}
-    for source in ("clean", "augmented"):
-        r = compute_mrr(run, num_images=mrr_images, bank_size=mrr_bank, seed=0, device=device, source=source)
-        out[source] = {"mrr": r["mrr"], "mrr_action_zeroed": r["mrr_action_zeroed"],
-                       "families": {f: {k: v[k] for k in ("mrr", "mrr_action_zeroed", "chance")}
-                                    for f, v in r["families"].items()}}
+    for name, source, strict in (("clean", "clean", False), ("augmented", "augmented", False),
+                                 ("clean_strict", "clean", True)):
+        r = compute_mrr(run, num_images=mrr_images, bank_size=mrr_bank, seed=0, device=device, source=source,
+                        strict_context=strict)
+        out[name] = {"mrr": r["mrr"], "mrr_action_zeroed": r["mrr_action_zeroed"],
+                     "families": {f: {k: v[k] for k in ("mrr", "mrr_action_zeroed", "chance")}
+                                  for f, v in r["families"].items()}}
     out["chance"] = chance_mrr(mrr_bank)
     return out
 
@@ -109,7 +120,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
 
     models = [(label, grid_run, steps) for label, grid_run in MODELS.items()]
     if long_steps:
-        models.append(longer(long_steps, steps))
+        models += longer(long_steps, steps)
     study["order"] = [label for label, _, _ in models]
     for label, grid_run, n in models:
         cfg = run_config(grid_run, runs_dir, n, extra_overrides, device)
@@ -144,11 +155,11 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
     return study
 
 
-def longer(long_steps: int, steps: int) -> tuple[str, GridRun, int]:
-    """(label, run, steps) of the photometric + geometric run trained for ``long_steps``."""
+def longer(long_steps: int, steps: int) -> list[tuple[str, GridRun, int]]:
+    """(label, run, steps) of each photometric + geometric run trained for ``long_steps``."""
     times = f"x{long_steps // steps}" if long_steps % steps == 0 else f"{long_steps}steps"
-    run = GridRun(f"{GEOMETRIC_RUN.name}_{times}", GEOMETRIC_RUN.config, GEOMETRIC_RUN.overrides, GEOMETRIC_RUN.tables)
-    return f"photometric + geometric, {long_steps} steps", run, long_steps
+    return [(f"{label}, {long_steps} steps", GridRun(f"{r.name}_{times}", r.config, r.overrides, r.tables), long_steps)
+            for label, r in ((GEOMETRIC_LABEL, GEOMETRIC_RUN), (Y_FRAME_LABEL, Y_FRAME_RUN))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,7 +196,24 @@ def _mrr_tables(study: dict) -> list[str]:
                    [clean_row(k, m) for k, m in models.items()]), "",
         "The source transformed as in training, per family that transforms it (the view of the paper's "
         "Figure 1), against the bank above:", "",
-        *table(["model", *aug_families], [aug_row(k, m) for k, m in models.items()]), ""]
+        *table(["model", *aug_families], [aug_row(k, m) for k, m in models.items()]), "",
+        *_strict_table(models)]
+
+
+def _strict_table(models: dict) -> list[str]:
+    """The geometric families' own banks again, with the strict context."""
+    moved = {k: m["evals"]["mrr"]["clean_strict"]["families"] for k, m in models.items()
+             if any(f in GEOMETRIC for f in m["evals"]["mrr"]["clean"]["families"])}
+    if not moved:
+        return []
+    rows = [[label, *(f"{fmt_mrr(fam[f]['mrr'])} ({fmt_mrr(fam[f]['chance'])})" for f in GEOMETRIC)]
+            for label, fam in moved.items()]
+    return ["The geometric families' own banks again, with the strict context (`iwm eval mrr RUN "
+            "--strict-context`): the bank's one context is kept off every x patch whose pixels any entry's "
+            "target blocks show, as training keeps it off its own entry's. Above, it is kept off the target "
+            "blocks' positions only, so an entry that moves the blocks can find its pixels in the context. The "
+            "strict context is smaller than training's (every entry moves the blocks elsewhere).", "",
+            *table(["model", *GEOMETRIC], rows), ""]
 
 
 def _protocol_table(study: dict) -> list[str]:
@@ -222,8 +250,12 @@ def render_markdown(study: dict) -> str:
         f"patch {s['patch_size']}; encoder ViT width {enc['embed_dim']}, depth {enc['depth']}, {enc['num_heads']} "
         f"heads; `cifar10_equi` with feature conditioning, strength 1, a 4-block predictor "
         f"(`{PHOTOMETRIC_RUN.name}`), and the same with `aug.families` extended by "
-        f"{', '.join(GEOMETRIC)} (`{GEOMETRIC_RUN.name}`; default probabilities and ranges of `AugConfig`)"
-        + "".join(f"; `{label}` is that run trained for longer" for label in study.get("order", [])[len(MODELS):]),
+        f"{', '.join(GEOMETRIC)} (`{GEOMETRIC_RUN.name}`; default probabilities and ranges of `AugConfig`), its "
+        f"mask tokens placed where their pixels come from in x (`predictor.query_frame=source`, the default), "
+        f"and once more with them at their own positions in y (`{Y_FRAME_RUN.name}`, "
+        f"`predictor.query_frame=target`: the predictor must learn the move's geometry from a_x->y)"
+        + "".join(f"; `{label}` is `{label.rsplit(', ', 1)[0]}` trained for longer"
+                  for label in study.get("order", [])[len(MODELS):]),
         f"- MRR: {s['mrr_images']} test images x {s['mrr_bank']} bank entries, seed 0",
         f"- classification: {s['train_size']:,} train images (seeded subset), the whole test split; kNN k=20, "
         f"linear probe, attentive probe {s['attentive_epochs']} epochs, predictor finetuning "

@@ -12,13 +12,14 @@ from typing import NamedTuple
 import torch
 
 from .. import config as config_mod
+from ..actions import ActionSet
 from ..checkpoint import LATEST, load_checkpoint
 from ..config import SHIPPED, Config, ConfigError
 from ..train import pretrain
 
 # settings added after runs were stored, at the value every earlier run had: left out of what
 # decides the weights, so that the stored runs and measurements keep their digests
-LATER_DEFAULTS = {("predictor", "norm_eps"): 1e-5}
+LATER_DEFAULTS = {("predictor", "norm_eps"): 1e-5, ("predictor", "query_frame"): "target"}
 
 
 class GridRun(NamedTuple):
@@ -42,7 +43,7 @@ def training_part(cfg_dict: dict) -> dict:
     cache or a path), nor how contexts are grouped and images loaded for speed
     (``mask.length_groups``: the same loss; ``data.num_workers``: views depend on (seed, epoch,
     index) only)."""
-    full = config_mod.from_dict(cfg_dict).to_dict()
+    full = config_mod.from_dict(cfg_dict, stored=True).to_dict()
     part = {k: v for k, v in full.items() if k not in ("run", "eval")}
     part["seed"] = full["run"]["seed"]
     part["data"].pop("cache_dir")
@@ -53,6 +54,9 @@ def training_part(cfg_dict: dict) -> dict:
     for (section, key), default in LATER_DEFAULTS.items():
         if part[section].get(key) == default:
             part[section].pop(key)
+    cfg = config_mod.from_dict(full)
+    if not ActionSet.from_config(cfg.aug, cfg.data.image_size).geometric:
+        part["predictor"].pop("query_frame", None)  # queries sit where they are when no pixels move
     return part
 
 

@@ -43,7 +43,8 @@ class BatchMaker:
         g = step_generator(self.seed, step)
         glob = b * self.world
         source, target = self.actions.sample_pair(glob, g)
-        masks = self.masker(glob, g, self.actions.overlap(target, self.grid))
+        action = self.actions.encode(source, target)
+        masks = self.masker(glob, g, self.actions.overlap(action, self.grid))
         sl = slice(self.rank * b, (self.rank + 1) * b)
         # non-blocking: a blocking copy from the host waits for the GPU's queue to drain
         source = move(take(source, sl), self.device, non_blocking=True)
@@ -53,7 +54,7 @@ class BatchMaker:
         # the transformations run where the model lives, batched
         x = self.actions.apply(c, source)
         y = self.actions.apply(c, target)
-        return normalize(x), normalize(y), self.actions.encode(source, target), masks
+        return normalize(x), normalize(y), action[sl].to(self.device, non_blocking=True), masks
 
 
 class WeightUpdate:
