@@ -23,8 +23,8 @@ def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tm
     extra = [*EXTRA, f"data.cache_dir={tmp_path / 'cache'}"]
     study = run_study(out, runs, steps=2, mrr_images=2, mrr_bank=4, extra_overrides=extra, device="cpu",
                       settings=settings, progress=False, long_steps=4)
-    assert study["order"] == [*MODELS, "photometric + geometric, 4 steps",
-                              "photometric + geometric, queries in y's frame, 4 steps"]
+    assert study["order"] == [*MODELS, *(f"{label}, 4 steps" for label in MODELS)]
+    assert iwm.load(runs / "strong_d4_x2").step == 4
     assert iwm.load(runs / "strong_d4_geometric_source_x2").step == 4
     assert iwm.load(runs / "strong_d4_geometric_x2").config.predictor.query_frame == "target"
     assert iwm.load(runs / "strong_d4_geometric_source").config.predictor.query_frame == "source"

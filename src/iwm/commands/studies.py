@@ -274,7 +274,7 @@ def _add_action_families(studies: argparse._SubParsersAction) -> None:
     p.add_argument("--train-size", type=int, default=None,
                    help=f"seeded CIFAR-10 train subset of the probes (default {leverage.default_settings()['train_size']})")
     p.add_argument("--long-steps", type=int, default=None,
-                   help="also train both photometric + geometric runs for this many steps, and measure them alike")
+                   help="also train every run for this many steps, and measure them alike")
     p.add_argument("--pixels-from", default="", help="a leverage study's JSON (docs/results/leverage.json): its "
                                                      "raw-pixel rows are reused where measured with the same settings")
     p.add_argument("--runs-dir", default="runs/study", help="one directory per run, shared with world-model")

@@ -89,8 +89,8 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
     ``runs_dir/action_families.json``, ``out_md`` and its .json beside it. Returns the study.
     ``pixels_from``: a leverage study's JSON whose raw-pixel rows are taken where they were
     measured with the same settings (the pixels' linear probe takes an hour on a CPU).
-    ``long_steps``: the photometric + geometric run also trained for that many steps, and
-    measured alike (does the geometric world model come with more training?)."""
+    ``long_steps``: every run also trained for that many steps, and measured alike (does the
+    geometric world model come with more training, and what does it give at equal budget?)."""
     from ..api import load
 
     settings = settings or default_settings()
@@ -156,10 +156,10 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
 
 
 def longer(long_steps: int, steps: int) -> list[tuple[str, GridRun, int]]:
-    """(label, run, steps) of each photometric + geometric run trained for ``long_steps``."""
+    """(label, run, steps) of every run trained for ``long_steps``."""
     times = f"x{long_steps // steps}" if long_steps % steps == 0 else f"{long_steps}steps"
     return [(f"{label}, {long_steps} steps", GridRun(f"{r.name}_{times}", r.config, r.overrides, r.tables), long_steps)
-            for label, r in ((GEOMETRIC_LABEL, GEOMETRIC_RUN), (Y_FRAME_LABEL, Y_FRAME_RUN))]
+            for label, r in MODELS.items()]
 
 
 # ----------------------------------------------------------------------------------------------
