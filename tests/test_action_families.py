@@ -381,6 +381,9 @@ def test_a_strict_context_shows_no_pixel_of_any_bank_entrys_targets(trained):
         assert not covered[:, shown].any(), family
     res = compute_mrr(run, num_images=2, bank_size=8, strict_context=True, families=["hflip"])
     assert res["settings"]["context"] == "strict" and 0 < res["families"]["hflip"]["mrr"] <= 1
+    assert res["mrr"] is None and "not scored" in res["note"]  # every family together: no context left
+    with pytest.raises(ValueError, match="^strict context: this bank's entries together take pixels"):
+        probe.trial(img, 32, image_generator(0, 0))  # that bank, asked for anyway
     # with no family that moves pixels, strict is the shared context: the same figures
     user = iwm.load(trained["user"])
     args = dict(num_images=2, bank_size=6, source="augmented")

@@ -25,6 +25,10 @@ import torch
 from .config import MaskConfig
 
 
+class NoContextError(RuntimeError):
+    """The target blocks (and the source patches they take pixels from) leave no context patch."""
+
+
 @dataclass
 class Masks:
     context: torch.Tensor  # (B, Nc) patch indices the context encoder sees, sorted; padding at the end
@@ -111,7 +115,7 @@ class MultiBlockMasker:
         else:  # targets cover too much of these samples: fall back to every uncovered patch
             context[redo] = ~_covered(targets[redo].any(1), overlap, redo)
             if (context[redo].sum(1) < 1).any():
-                raise RuntimeError("mask: target blocks cover the whole image; lower mask.target_scale")
+                raise NoContextError("mask: target blocks cover the whole image; lower mask.target_scale")
         if c.cut_context:
             return Masks(cut_context(context, g), target_idx)
         idx, valid = pad_context(context)  # every sample keeps its whole context

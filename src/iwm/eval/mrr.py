@@ -56,7 +56,7 @@ from ..actions import ActionSet, Transform, length, move, take
 from ..config import AugConfig
 from ..data import build_dataset, normalize
 from ..data.views import center_view
-from ..masks import Masks, MultiBlockMasker
+from ..masks import Masks, MultiBlockMasker, NoContextError
 from ..models import gather_tokens
 from .features import subset
 
@@ -173,13 +173,14 @@ class Probe:
         source = self.actions.sample(1, g, "source")
         # one mask for the whole bank: the context is kept off the target blocks' positions (and,
         # strict, off every patch their pixels come from in any entry)
-        try:
-            masks = self.masker(1, g, self._bank_overlap(t) if self.strict_context else None)
-        except RuntimeError:  # the masker found no patch left for the context
-            if not self.strict_context:
-                raise
-            raise ValueError("strict context: this bank's entries together take pixels from the whole image; use "
-                             "a smaller bank, or score one family at a time") from None
+        if self.strict_context:
+            try:
+                masks = self.masker(1, g, self._bank_overlap(t))
+            except NoContextError:
+                raise ValueError("strict context: this bank's entries together take pixels from the whole image; "
+                                 "use a smaller bank, or score one family at a time") from None
+        else:
+            masks = self.masker(1, g)
         masks = masks.to(self.device)
         c = image.to(self.device).float().div(255.0).unsqueeze(0)
         tidx = masks.targets.flatten(1)
@@ -333,7 +334,10 @@ def compute_mrr(run: Run, images: torch.Tensor | None = None, num_images: int = 
     if clean and not headline_too:
         result["note"] = ("strict context: the bank of every target family together is not scored (its entries take "
                           "pixels from all over the image); each family's own bank is")
-    names = ((("headline",) if headline_too else ()) + tuple(own_banks)) if clean else families
+    if clean:
+        names = ("headline", *own_banks) if headline_too else tuple(own_banks)
+    else:
+        names = families
     sums = {f: [0.0, 0.0, 0, 0.0] for f in names}
     it = range(len(imgs))
     if progress:
