@@ -19,7 +19,7 @@ from ..train import pretrain
 
 # settings added after runs were stored, at the value every earlier run had: left out of what
 # decides the weights, so that the stored runs and measurements keep their digests
-LATER_DEFAULTS = {("predictor", "norm_eps"): 1e-5, ("predictor", "query_frame"): "target"}
+LATER_DEFAULTS = {("predictor", "norm_eps"): 1e-5, **config_mod.STORED_BEFORE}
 
 
 class GridRun(NamedTuple):
@@ -43,7 +43,8 @@ def training_part(cfg_dict: dict) -> dict:
     cache or a path), nor how contexts are grouped and images loaded for speed
     (``mask.length_groups``: the same loss; ``data.num_workers``: views depend on (seed, epoch,
     index) only)."""
-    full = config_mod.from_dict(cfg_dict, stored=True).to_dict()
+    cfg = config_mod.from_dict(cfg_dict, stored=True)
+    full = cfg.to_dict()
     part = {k: v for k, v in full.items() if k not in ("run", "eval")}
     part["seed"] = full["run"]["seed"]
     part["data"].pop("cache_dir")
@@ -54,7 +55,6 @@ def training_part(cfg_dict: dict) -> dict:
     for (section, key), default in LATER_DEFAULTS.items():
         if part[section].get(key) == default:
             part[section].pop(key)
-    cfg = config_mod.from_dict(full)
     if not ActionSet.from_config(cfg.aug, cfg.data.image_size).geometric:
         part["predictor"].pop("query_frame", None)  # queries sit where they are when no pixels move
     return part
