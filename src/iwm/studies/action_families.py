@@ -174,8 +174,7 @@ def _mrr_tables(study: dict) -> list[str]:
     def clean_row(label: str, m: dict) -> list[str]:
         r = m["evals"]["mrr"]["clean"]
         fam = r["families"]
-        cells = [f"{fmt_mrr(fam[f]['mrr'])} ({fmt_mrr(fam[f].get('chance'))})" if f in fam else "not learnt"
-                 for f in clean_families]
+        cells = [_with_chance(fam[f]) if f in fam else "not learnt" for f in clean_families]
         return [label, fmt_mrr(r["mrr"]), fmt_mrr(r["mrr_action_zeroed"]), *cells]
 
     def aug_row(label: str, m: dict) -> list[str]:
@@ -200,14 +199,18 @@ def _mrr_tables(study: dict) -> list[str]:
         *_strict_table(models)]
 
 
+def _with_chance(score: dict) -> str:
+    """A family's MRR with its chance in brackets."""
+    return f"{fmt_mrr(score['mrr'])} ({fmt_mrr(score.get('chance'))})"
+
+
 def _strict_table(models: dict) -> list[str]:
     """The geometric families' own banks again, with the strict context."""
     moved = {k: m["evals"]["mrr"]["clean_strict"]["families"] for k, m in models.items()
              if any(f in GEOMETRIC for f in m["evals"]["mrr"]["clean"]["families"])}
     if not moved:
         return []
-    rows = [[label, *(f"{fmt_mrr(fam[f]['mrr'])} ({fmt_mrr(fam[f]['chance'])})" for f in GEOMETRIC)]
-            for label, fam in moved.items()]
+    rows = [[label, *(_with_chance(fam[f]) for f in GEOMETRIC)] for label, fam in moved.items()]
     return ["The geometric families' own banks again, with the strict context (`iwm eval mrr RUN "
             "--strict-context`): the bank's one context is kept off every x patch whose pixels any entry's "
             "target blocks show, as training keeps it off its own entry's. Above, it is kept off the target "
