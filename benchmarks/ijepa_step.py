@@ -27,12 +27,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from iwm import config
 from iwm.config import encoder_dims, resolve_config
 from iwm.train import Trainer
-from pretrain_throughput import device_name, table
+from pretrain_throughput import device_name, flop_counter, peak_matmul_flops, table
 
 
 OUT = Path("/tmp/iwm-bench/ijepa_step")  # the trainers' run directories (nothing is saved there)
@@ -109,7 +108,7 @@ def with_matmul_precision(step, precision: str):
 
 
 def flops(step) -> float:
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         step()
     return counter.get_total_flops()
 
@@ -121,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side and repeat")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--peak-size", type=int, default=2048,
+                    help="n of the n x n fp32 matmuls that measure the machine's peak FLOP rate")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of our config")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                     help="also time our step with these overrides, as NAME (repeatable)")
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     counted = {name: flops(step) for name, step in steps.items()}
     for step in steps.values():
         step()  # warm-up
+    peaks = [peak_matmul_flops(torch.device("cpu"), args.peak_size, torch.float32, reps=10)]
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):
         for name, step in steps.items():  # interleaved: drift in the machine's load hits both
@@ -152,15 +154,20 @@ def main(argv: list[str] | None = None) -> None:
             for _ in range(args.steps):
                 step()
             times[name].append((time.perf_counter() - t0) / args.steps)
+    peaks.append(peak_matmul_flops(torch.device("cpu"), args.peak_size, torch.float32, reps=10))
+    peak = max(peaks)  # before and after the steps: the best the machine did
     base = statistics.median(times["I-JEPA"]) if "I-JEPA" in times else None
     rows = []
     for name, ts in times.items():
         step_s = statistics.median(ts)
+        rate = counted[name] / step_s
         rows.append({"case": name, "batch": args.batch, "images_per_s": args.batch / step_s, "step_ms": 1000 * step_s,
-                     "gflop_per_step": counted[name] / 1e9, "gflop_per_s": counted[name] / 1e9 / step_s,
+                     "gflop_per_step": counted[name] / 1e9, "gflop_per_s": rate / 1e9,
+                     "pct_of_fp32_peak": 100 * rate / peak,
                      "note": "" if base is None else f"{base / step_s:.2f}x I-JEPA's images/s"})
     print(f"\n### {args.config} step beside I-JEPA's, {device_name('cpu')} (torch {torch.__version__}, "
-          f"{time.strftime('%Y-%m-%d')}, {args.repeats} repeats of {args.steps} steps, medians)\n")
+          f"{time.strftime('%Y-%m-%d')}, {args.repeats} repeats of {args.steps} steps, medians; fp32 matmul "
+          f"peak {peak / 1e9:.1f} GFLOP/s, {args.peak_size}^2 matrices, best of before and after)\n")
     print(table(rows))
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from iwm import config
 from iwm.data import ArrayDataset, ResumableSampler
@@ -57,28 +58,44 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_bf16_flops(device: torch.device, n: int = 8192) -> float:
-    """Measured bf16 matmul FLOP/s on this device (the denominator of MFU)."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+def peak_matmul_flops(device: torch.device, n: int = 8192, dtype: torch.dtype = torch.bfloat16,
+                    reps: int = 20) -> float:
+    """Measured matmul FLOP/s on this device (the denominator of MFU): bf16 by default, or
+    ``dtype`` (a CPU's fp32 peak, what its training steps run at)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     sync(device)
     t = time.perf_counter()
-    reps = 20
     for _ in range(reps):
         a @ b
     sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def flop_counter() -> FlopCounterMode:
+    """PyTorch's FLOP counter, also counting the fused attention kernel PyTorch runs on a CPU,
+    which it leaves out (it counts only the GPU kernels): without it a CPU step's attention,
+    several % of its FLOPs, goes uncounted."""
+    return FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops})
+
+
 def step_flops(trainer: Trainer, crops: torch.Tensor) -> float:
     """FLOPs of one full training step (forward + backward), counted by PyTorch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     x, y, a, m = trainer.make_batch(crops, 0)
     autocast = torch.autocast(trainer.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None)
-    with FlopCounterMode(display=False) as fc, autocast:  # the eager model: compiled or not, the same FLOPs
+    with flop_counter() as fc, autocast:  # the eager model: compiled or not, the same FLOPs
         trainer.model(x, y, a, m).backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     return float(fc.get_total_flops())
@@ -248,7 +265,7 @@ def table(rows: list[dict]) -> str:
             "augment_pct", "model_pct", "health_ms", "health_pct", "aug_batched_ms", "aug_per_image_ms",
             "aug_speedup", "masks_2048_ms", "peak_mem_gib", "peak_rss_gib", "mfu_pct", "recompiles",
             "loader_workers", "loader_images_per_s", "on_device_images_per_s", "speedup", "gflop_per_step",
-            "gflop_per_s", "note"]
+            "gflop_per_s", "pct_of_fp32_peak", "note"]
     cols = [c for c in cols if any(c in r for r in rows)]
 
     def fmt(v: object) -> str:
@@ -283,7 +300,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown case {', '.join(sorted(unknown))}; the cases are {', '.join(cases)}")
     cases = {n: o for n, o in cases.items() if not args.case or n in args.case}
-    peak = peak_bf16_flops(dev) if dev.type == "cuda" and cases else None
+    peak = peak_matmul_flops(dev) if dev.type == "cuda" and cases else None
     rows = []
     for name, overrides in cases.items():
         for compiled in [True] if args.compile_only else [False, True] if args.compile else [False]:

@@ -16,10 +16,11 @@ def test_our_step_alone_and_a_variant(tmp_path, monkeypatch, capsys, one_thread)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     monkeypatch.setattr(bench, "OUT", tmp_path)
-    bench.main(["--batch", "4", "--steps", "1", "--repeats", "1", "--set", *TINY,
+    bench.main(["--batch", "4", "--steps", "1", "--repeats", "1", "--peak-size", "64", "--set", *TINY,
                 "--variant", "one group:mask.length_groups=1", "--variant", "bf16mm:matmul=bf16",
                 "--variant", "math:attention=math"])
     out = capsys.readouterr().out
     assert "timing our step alone" in out
     assert "| iwm | 4 |" in out and "| iwm, one group | 4 |" in out and "| iwm, bf16mm | 4 |" in out and "| iwm, math | 4 |" in out
     assert "I-JEPA |" not in out
+    assert "pct_of_fp32_peak" in out and "fp32 matmul peak" in out

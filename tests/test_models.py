@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from iwm import config
-from iwm.masks import MultiBlockMasker
+from iwm.masks import MultiBlockMasker, distinct_targets
 from iwm.models import IWM, Predictor, build_encoder, build_predictor
 from iwm.actions import ActionSet
 from iwm.config import AugConfig
@@ -120,3 +120,82 @@ def test_length_groups_give_the_same_loss_and_gradients(tiny_overrides):
     (l1, g1), (l3, g3) = results
     assert torch.allclose(l1, l3, atol=1e-6)
     assert all(torch.allclose(u, v, atol=1e-6) for u, v in zip(g1, g3))
+
+
+def _every_block_in_the_sequence(model: IWM, x, y, a, masks):
+    """The one-pass loss as it reads: every block's mask tokens in the sequence, overlaps twice."""
+    from iwm.models.encoder import gather_tokens
+
+    ctx = model.encoder.tokens(x, masks.context, masks.context_valid)
+    tidx = masks.targets.flatten(1)
+    pred = model.predictor(ctx, masks.context, tidx, a, masks.context_valid)
+    return model.loss(pred, gather_tokens(model.targets(y), tidx))
+
+
+@pytest.mark.parametrize("families", ["photometric", "geometric"])
+def test_one_pass_predicts_each_overlapping_patch_once_with_the_same_loss(tiny_overrides, families):
+    """Patches in two target blocks are predicted once, weighted by their count: the loss and
+    gradients of every block's copy in the sequence, at less cost."""
+    extra = ["aug.families=[jitter,grayscale,blur,solarize,crop,hflip,rot90,rotate]"] if families == "geometric" else []
+    cfg = config.from_dict(None, tiny_overrides + ["mask.num_targets=4", "mask.target_scale=[0.2,0.3]", *extra])
+    g = torch.Generator().manual_seed(1)
+    masks = MultiBlockMasker(cfg.mask, 4)(8, g)
+    tidx, counts = distinct_targets(masks.targets, 16)
+    assert counts.sum() == masks.targets[0].numel() * 8 and (counts > 1).any()  # overlaps to save
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g)
+    a = torch.randn(8, ACTION_DIM, generator=g) if families == "photometric" else None
+    if a is None:
+        actions = ActionSet.from_config(cfg.aug, 16)
+        a = actions.encode(*actions.sample_pair(8, g))
+    torch.manual_seed(0)
+    model = IWM(build_encoder(cfg), build_predictor(cfg), per_block=False)
+    with torch.no_grad():  # weights far from their init, so that every token's output matters
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    results = []
+    for loss_of in (lambda: model(x, y, a, masks), lambda: _every_block_in_the_sequence(model, x, y, a, masks)):
+        model.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (once, g1), (copies, g2) = results
+    assert torch.allclose(once, copies, rtol=1e-5)
+    assert len(g1) == len(g2) and all(torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(g1, g2))
+    with torch.no_grad():  # the counts are what makes it exact: without them the other tokens change
+        ctx = model.encoder.tokens(x, masks.context, masks.context_valid)
+        weighted = model.predictor(ctx, masks.context, tidx, a, masks.context_valid, target_counts=counts)
+        once_each = model.predictor(ctx, masks.context, tidx, a, masks.context_valid, target_counts=(counts > 0).long())
+    assert (weighted - once_each).abs().max() > 1e-4
+
+
+def test_distinct_targets_lists_each_covered_patch_once_with_its_count():
+    targets = torch.tensor([[[0, 1, 4, 5], [1, 2, 5, 6]], [[8, 9, 12, 13], [10, 11, 14, 15]]])
+    idx, counts = distinct_targets(targets, 16)
+    assert idx.tolist() == [[0, 1, 2, 4, 5, 6, 0, 0], [8, 9, 10, 11, 12, 13, 14, 15]]
+    assert counts.tolist() == [[1, 2, 1, 1, 2, 1, 0, 0], [1] * 8]
+
+
+def test_last_block_computes_only_the_tokens_asked_for(tiny_overrides):
+    """run_blocks(out_at=...) returns what the whole last block would, at those tokens, with
+    the same gradients, whether ``out_at`` is a slice or per-sample indices."""
+    from iwm.models.encoder import run_blocks
+
+    cfg = config.from_dict(None, tiny_overrides)
+    torch.manual_seed(0)
+    blocks = build_encoder(cfg).blocks
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 9, 32, generator=g, requires_grad=True)
+    valid = torch.ones(3, 9, dtype=torch.bool)
+    valid[0, 5:], valid[1, 7:] = False, False
+    at = torch.tensor([[0, 2, 4], [8, 1, 3], [5, 6, 7]])
+    for where, pick in ((slice(-4, None), lambda z: z[:, -4:]), (at, lambda z: torch.gather(z, 1, at[..., None].expand(-1, -1, 32)))):
+        full = pick(run_blocks(blocks, x, valid))
+        (gfull,) = torch.autograd.grad(full.square().sum(), x)
+        part = run_blocks(blocks, x, valid, out_at=where)
+        (gpart,) = torch.autograd.grad(part.square().sum(), x)
+        assert torch.allclose(part, full, atol=1e-5) and torch.allclose(gpart, gfull, atol=1e-5)
+    enc = build_encoder(cfg).eval()  # and the encoder's tokens at some positions
+    img = torch.randn(3, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        assert torch.allclose(enc.tokens(img, at=at), torch.gather(enc.tokens(img), 1, at[..., None].expand(-1, -1, 32)),
+                              atol=1e-5)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..masks import Masks
+from ..masks import Masks, distinct_targets
 from .encoder import Encoder, gather_tokens
 from .predictor import Predictor
 
@@ -36,9 +36,10 @@ class IWM(nn.Module):
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
 
     @torch.no_grad()
-    def targets(self, y: torch.Tensor) -> torch.Tensor:
-        """Target tokens of y, layer-normed without affine parameters (as I-JEPA)."""
-        t = self.target_encoder.tokens(y)
+    def targets(self, y: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Target tokens of y (only those at ``at`` (B, K), if given), layer-normed without
+        affine parameters (as I-JEPA)."""
+        t = self.target_encoder.tokens(y, at=at)
         return F.layer_norm(t, t.shape[-1:])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, action: torch.Tensor, masks: Masks) -> torch.Tensor:
@@ -60,7 +61,6 @@ class IWM(nn.Module):
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor, action: torch.Tensor, masks: Masks) -> torch.Tensor:
         b, t, _ = masks.targets.shape
-        target = self.targets(y)
         valid = masks.context_valid
         context = self.encoder.tokens(x, masks.context, valid)
         if self.per_block:
@@ -70,12 +70,14 @@ class IWM(nn.Module):
 
             tidx = masks.targets.flatten(0, 1)
             pred = self.predictor(rep(context), rep(masks.context), tidx, rep(action), rep(valid))
-            truth = gather_tokens(rep(target), tidx)
-        else:
-            tidx = masks.targets.flatten(1)
-            pred = self.predictor(context, masks.context, tidx, action, valid)
-            truth = gather_tokens(target, tidx)
-        return self.loss(pred.float(), truth.float())
+            truth = gather_tokens(rep(self.targets(y)), tidx)
+            return self.loss(pred.float(), truth.float())
+        # one pass: a patch in several blocks is predicted once and its loss counted as often,
+        # the same loss as with every block's copy in the sequence (see Predictor.forward)
+        tidx, counts = distinct_targets(masks.targets, self.encoder.num_patches)
+        pred = self.predictor(context, masks.context, tidx, action, valid, target_counts=counts)
+        per_token = self.loss(pred.float(), self.targets(y, tidx).float(), reduction="none").mean(-1)
+        return (per_token * counts).sum() / masks.targets.numel()
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

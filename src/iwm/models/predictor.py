@@ -69,12 +69,14 @@ class Predictor(nn.Module):
 
     def forward(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor,
                 action: torch.Tensor | None = None, context_valid: torch.Tensor | None = None,
-                prefix: torch.Tensor | None = None) -> torch.Tensor:
+                prefix: torch.Tensor | None = None, target_counts: torch.Tensor | None = None) -> torch.Tensor:
         """context (B, Nc, D) encoder tokens at patches context_idx (B, Nc); target_idx (B, Nt);
         action a_x->y (B, action_dim); context_valid (B, Nc) False where the context is padding
         (None: no padding); prefix (B, K, width) tokens placed first in the sequence, with no
-        position (the multi-task token of predictor tuning). Returns predicted target tokens
-        (B, Nt, D)."""
+        position (the multi-task token of predictor tuning); target_counts (B, Nt) how many
+        identical mask tokens each one stands for (0: padding): as a key it weighs that many
+        times (log(count) added to its logits), which gives every token the outputs it would have
+        with the copies in the sequence. Returns predicted target tokens (B, Nt, D)."""
         b, nt = target_idx.shape
         pos = self.pos_embed.expand(b, -1, -1).to(context.dtype)
         x = self.embed(context) + gather_tokens(pos, context_idx)
@@ -92,12 +94,9 @@ class Predictor(nn.Module):
         if prefix is not None:
             parts.insert(0, prefix.to(x.dtype))
         x = torch.cat(parts, dim=1)  # [prefix], [action tokens], context, mask tokens
-        key_valid = None
-        if context_valid is not None:  # padded context entries are keys nobody attends to
-            key_valid = context_valid.new_ones(x.shape[:2])
-            key_valid[:, -nt - context.shape[1]:-nt] = context_valid
-        x = run_blocks(self.blocks, x, key_valid)
-        return self.proj(self.norm(x[:, -nt:]))
+        x = run_blocks(self.blocks, x, _key_mask(x.shape[:2], context_valid, target_counts, nt, x.dtype),
+                       slice(-nt, None))
+        return self.proj(self.norm(x))
 
     def _query_positions(self, pos: torch.Tensor, target_idx: torch.Tensor,
                          action: torch.Tensor | None) -> torch.Tensor:
@@ -107,6 +106,25 @@ class Predictor(nn.Module):
         grid = math.isqrt(pos.shape[1])
         where = self.moves.source_positions(action.float(), grid)  # (B, N, 2) in x's patch units
         return sincos_at(gather_tokens(where, target_idx), pos.shape[-1])
+
+
+def _key_mask(shape: torch.Size, context_valid: torch.Tensor | None, target_counts: torch.Tensor | None,
+              nt: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, L) over the sequence [...], context, mask tokens: which keys every token attends to
+    (bool: padded context entries are keys nobody attends to), or with ``target_counts`` what
+    is added to their logits (-inf for padding, log(count) for a mask token)."""
+    if context_valid is None and target_counts is None:
+        return None
+    nc = 0 if context_valid is None else context_valid.shape[1]
+    if target_counts is None:
+        valid = context_valid.new_ones(shape)
+        valid[:, -nt - nc:-nt] = context_valid
+        return valid
+    bias = torch.zeros(shape, dtype=dtype, device=target_counts.device)
+    if context_valid is not None:
+        bias[:, -nt - nc:-nt].masked_fill_(~context_valid, -math.inf)
+    bias[:, -nt:] = target_counts.to(dtype).log()
+    return bias
 
 
 def sincos_at(coords: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
