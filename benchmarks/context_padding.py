@@ -5,8 +5,9 @@ interleaved so that all see the same machine load; also how much context each ke
 
     python benchmarks/context_padding.py --config cifar10_equi --steps 20
 
-Prints one JSON object: context tokens per sample (mean, kept by the cut, padded length), median
-step times and the median per-step ratios to the cut.
+Prints one JSON object: context tokens per sample (mean, kept by the cut, padded length), target
+entries per sample and the distinct patches they cover (the blocks overlap; the one-pass
+predictor predicts each patch once), median step times and the median per-step ratios to the cut.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from iwm import config
 from iwm.config import resolve_config
-from iwm.masks import Masks, MultiBlockMasker, cut_context
+from iwm.masks import Masks, MultiBlockMasker, cut_context, distinct_targets
 from iwm.train import build_model, build_optimizer
 
 
@@ -34,12 +35,15 @@ def main() -> None:
     grid = cfg.data.image_size // cfg.model.patch_size
     masker, b = MultiBlockMasker(cfg.mask, grid), cfg.data.batch_size
 
-    lengths, shortest, padded = [], [], []
+    lengths, shortest, padded, entries, distinct = [], [], [], [], []
     for s in range(args.mask_batches):
-        n = masker(b, torch.Generator().manual_seed(s)).context_lengths().float()
+        drawn = masker(b, torch.Generator().manual_seed(s))
+        n = drawn.context_lengths().float()
         lengths.append(n.mean().item())
         shortest.append(n.min().item())
         padded.append(n.max().item())
+        entries.append(drawn.targets[0].numel())
+        distinct.append((distinct_targets(drawn.targets, grid * grid)[1] > 0).sum().item() / b)
 
     model = build_model(cfg)
     opt = build_optimizer(model, cfg, torch.device("cpu"))
@@ -74,6 +78,7 @@ def main() -> None:
         "context_tokens_kept_by_cut": round(mean(shortest), 2),
         "kept_by_cut_pct": round(100 * mean(shortest) / mean(lengths), 1),
         "smallest_cut": min(shortest), "padded_length_mean": round(mean(padded), 2),
+        "target_entries": round(mean(entries), 2), "distinct_target_patches_mean": round(mean(distinct), 2),
         **{f"step_ms_{k}": round(1000 * statistics.median(v), 1) for k, v in times.items()},
         **{f"{k}_over_cut": round(statistics.median(v), 3) for k, v in ratios.items()},
     }, indent=2))
