@@ -14,6 +14,14 @@ from .predictor import Predictor
 
 
 LOSSES = {"l2": F.mse_loss, "smooth_l1": F.smooth_l1_loss}
+Truth = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # distinct target patches, their counts, target tokens
+
+
+def _rows(truth: Truth, idx: torch.Tensor) -> Truth:
+    """Some samples' share of ``truth``, without the padding columns none of them needs."""
+    counts = truth[1][idx]
+    longest = int((counts > 0).sum(1).max())
+    return truth[0][idx, :longest], counts[:, :longest], truth[2][idx, :longest]
 
 
 class IWM(nn.Module):
@@ -51,32 +59,40 @@ class IWM(nn.Module):
         context length and run in that many groups, each padded only to its own longest: the
         same loss for less padding (on a CPU, 4 groups of an 8x8-grid batch of 128 save about a
         quarter of the step)."""
+        # one pass: the target encoder runs once for the whole batch, each group takes its rows
+        truth = None if self.per_block else self._distinct_truth(y, masks)
         if self.length_groups > 1 and masks.context_valid is not None:
             order = masks.context_lengths().argsort(stable=True)
             total = x.new_zeros(())
             for idx in order.chunk(self.length_groups):
-                total = total + self._loss(x[idx], y[idx], action[idx], masks[idx].trimmed()) * len(idx)
+                part = None if truth is None else _rows(truth, idx)
+                total = total + self._loss(x[idx], y[idx], action[idx], masks[idx].trimmed(), part) * len(idx)
             return total / x.shape[0]
-        return self._loss(x, y, action, masks)
+        return self._loss(x, y, action, masks, truth)
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor, action: torch.Tensor, masks: Masks) -> torch.Tensor:
-        b, t, _ = masks.targets.shape
+    def _distinct_truth(self, y: torch.Tensor, masks: Masks) -> Truth:
+        """The patches the target blocks cover, each once, with their counts and target tokens: a
+        patch in several blocks is predicted once and its loss counted as often, the same loss as
+        with every block's copy in the sequence (see Predictor.forward)."""
+        idx, counts = distinct_targets(masks.targets, self.encoder.num_patches)
+        return idx, counts, self.targets(y, idx)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, action: torch.Tensor, masks: Masks,
+              truth: Truth | None = None) -> torch.Tensor:
+        t = masks.targets.shape[1]
         valid = masks.context_valid
         context = self.encoder.tokens(x, masks.context, valid)
-        if self.per_block:
+        if truth is None:  # per block
 
             def rep(z: torch.Tensor | None) -> torch.Tensor | None:  # one row per target block
                 return None if z is None else z.repeat_interleave(t, 0)
 
             tidx = masks.targets.flatten(0, 1)
             pred = self.predictor(rep(context), rep(masks.context), tidx, rep(action), rep(valid))
-            truth = gather_tokens(rep(self.targets(y)), tidx)
-            return self.loss(pred.float(), truth.float())
-        # one pass: a patch in several blocks is predicted once and its loss counted as often,
-        # the same loss as with every block's copy in the sequence (see Predictor.forward)
-        tidx, counts = distinct_targets(masks.targets, self.encoder.num_patches)
+            return self.loss(pred.float(), gather_tokens(rep(self.targets(y)), tidx).float())
+        tidx, counts, tokens = truth
         pred = self.predictor(context, masks.context, tidx, action, valid, target_counts=counts)
-        per_token = self.loss(pred.float(), self.targets(y, tidx).float(), reduction="none").mean(-1)
+        per_token = self.loss(pred.float(), tokens.float(), reduction="none").mean(-1)
         return (per_token * counts).sum() / masks.targets.numel()
 
     @torch.no_grad()
