@@ -1,5 +1,7 @@
 """Our pretraining step beside the official I-JEPA step, at the same sizes, on the same machine,
-interleaved: images/s, FLOPs per step (PyTorch's FLOP counter) and the FLOP rate of each.
+interleaved: images/s, FLOPs per step (PyTorch's FLOP counter, with the CPU's fused attention
+counted) and the FLOP rate of each, also as a share of the machine's fp32 matmul peak measured in
+the same run.
 
     git clone https://github.com/facebookresearch/ijepa /path/to/ijepa   # never vendored: its licence
     python benchmarks/ijepa_step.py --ijepa /path/to/ijepa                # is non-commercial

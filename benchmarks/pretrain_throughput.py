@@ -59,7 +59,7 @@ def sync(device: torch.device) -> None:
 
 
 def peak_matmul_flops(device: torch.device, n: int = 8192, dtype: torch.dtype = torch.bfloat16,
-                    reps: int = 20) -> float:
+                      reps: int = 20) -> float:
     """Measured matmul FLOP/s on this device (the denominator of MFU): bf16 by default, or
     ``dtype`` (a CPU's fp32 peak, what its training steps run at)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
