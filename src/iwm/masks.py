@@ -150,16 +150,20 @@ def pad_context(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | Non
     return order.masked_fill(~valid, 0), valid
 
 
-def distinct_targets(targets: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def distinct_targets(targets: torch.Tensor, n: int, sync_free: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, K) target blocks on an ``n``-patch grid -> (B, U) the distinct patches they cover,
     in patch order, padded with index 0, and (B, U) how many blocks cover each (0: padding).
-    Blocks overlap (about a quarter of the entries on an 8x8 grid), and a patch in two blocks is
-    one prediction counted twice: the one-pass predictor predicts each patch once."""
+    Blocks overlap (``benchmarks/context_padding.py`` counts both), and a patch in two blocks is
+    one prediction counted twice: the one-pass predictor predicts each patch once. U is the most
+    any sample covers; with ``sync_free`` (default: off the CPU) the most the blocks could cover,
+    so that the host does not wait for the device to read the count back."""
     flat = targets.flatten(1)
     counts = torch.zeros(flat.shape[0], n, dtype=torch.long, device=flat.device)
     counts.scatter_add_(1, flat, torch.ones_like(flat))
     present = counts > 0
-    longest = int(present.sum(1).max())
+    if sync_free is None:
+        sync_free = flat.device.type != "cpu"
+    longest = min(n, flat.shape[1]) if sync_free else int(present.sum(1).max())
     idx = torch.where(present, torch.arange(n, device=flat.device), n).sort(1).values[:, :longest]
     pad = idx == n
     idx = idx.masked_fill(pad, 0)
