@@ -154,9 +154,13 @@ class Probe:
         no family that transforms the target): every entry is the same image and ranks mean
         nothing. ``family``: that family's own bank."""
         k = max(bank_size, 2)
-        t = self.actions.sample(k, torch.Generator().manual_seed(seed), "target", always=True, only=family)
-        a = self.actions.encode(self.actions.identity(k), t)
+        a = self.clean_action(self.actions.sample(k, torch.Generator().manual_seed(seed), "target", always=True,
+                                                  only=family))
         return bool((a == a[0]).all())
+
+    def clean_action(self, t: Transform) -> torch.Tensor:
+        """a_x->y (K, A) of each bank entry of ``t`` from the clean image (the identity source)."""
+        return self.actions.encode(self.actions.identity(length(t)), t)
 
     def edit(self, source: Transform, family: str) -> Transform:
         """A sampled source transformation edited to show ``family`` (``all``: as sampled)."""
@@ -196,13 +200,13 @@ class Probe:
     def _bank_overlap(self, t: Transform) -> torch.Tensor | None:
         """(1, N, N): where any bank entry's target patch n takes pixels from x's patch m (None
         when no family moves pixels)."""
-        overlap = self.actions.overlap(self.actions.encode(self.actions.identity(length(t)), t), self.masker.grid)
+        overlap = self.actions.overlap(self.clean_action(t), self.masker.grid)
         return None if overlap is None else overlap.any(0, keepdim=True)
 
     def _distinct(self, t: Transform) -> Transform:
         """The bank without repeats (told apart by a_x->y from the clean image), in draw order:
         identical entries would tie, and ties count against the prediction."""
-        a = self.actions.encode(self.actions.identity(length(t)), t)
+        a = self.clean_action(t)
         _, inverse = torch.unique(a, dim=0, return_inverse=True)
         first = torch.full((int(inverse.max()) + 1,), a.shape[0]).scatter_reduce(
             0, inverse, torch.arange(a.shape[0]), "amin")
@@ -237,9 +241,9 @@ class Probe:
 
     def action(self, trial: Trial, source: Transform | None) -> torch.Tensor:
         """a_x->y_k for every bank entry k, (K, A); from the clean image where ``source`` is None."""
-        k = length(trial.bank_params)
         if source is None:
-            return self.actions.encode(self.actions.identity(k), trial.bank_params)
+            return self.clean_action(trial.bank_params)
+        k = length(trial.bank_params)
         return self.actions.encode(take(source, torch.zeros(k, dtype=torch.long)), trial.bank_params)
 
 
