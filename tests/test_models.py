@@ -143,10 +143,8 @@ def test_one_pass_predicts_each_overlapping_patch_once_with_the_same_loss(tiny_o
     tidx, counts = distinct_targets(masks.targets, 16)
     assert counts.sum() == masks.targets[0].numel() * 8 and (counts > 1).any()  # overlaps to save
     x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g)
-    a = torch.randn(8, ACTION_DIM, generator=g) if families == "photometric" else None
-    if a is None:
-        actions = ActionSet.from_config(cfg.aug, 16)
-        a = actions.encode(*actions.sample_pair(8, g))
+    actions = ActionSet.from_config(cfg.aug, 16)
+    a = actions.encode(*actions.sample_pair(8, g)) if actions.geometric else torch.randn(8, ACTION_DIM, generator=g)
     torch.manual_seed(0)
     model = IWM(build_encoder(cfg), build_predictor(cfg), per_block=False)
     with torch.no_grad():  # weights far from their init, so that every token's output matters
@@ -173,16 +171,22 @@ def test_distinct_targets_lists_each_covered_patch_once_with_its_count():
     idx, counts = distinct_targets(targets, 16)
     assert idx.tolist() == [[0, 1, 2, 4, 5, 6, 0, 0], [8, 9, 10, 11, 12, 13, 14, 15]]
     assert counts.tolist() == [[1, 2, 1, 1, 2, 1, 0, 0], [1] * 8]
+    # off the CPU the width is not read back: the same patches and counts, then more padding
+    wide_idx, wide_counts = distinct_targets(targets, 16, sync_free=True)
+    assert wide_idx.shape == (2, 8) and wide_idx.tolist() == idx.tolist() and wide_counts.tolist() == counts.tolist()
+    wide_idx, wide_counts = distinct_targets(targets[:1], 16, sync_free=True)
+    assert wide_idx.tolist() == [[0, 1, 2, 4, 5, 6, 0, 0]] and wide_counts.tolist() == [[1, 2, 1, 1, 2, 1, 0, 0]]
 
 
 def test_last_block_computes_only_the_tokens_asked_for(tiny_overrides):
     """run_blocks(out_at=...) returns what the whole last block would, at those tokens, with
     the same gradients, whether ``out_at`` is a slice or per-sample indices."""
-    from iwm.models.encoder import run_blocks
+    from iwm.models.encoder import _plain_block, run_blocks
 
     cfg = config.from_dict(None, tiny_overrides)
     torch.manual_seed(0)
     blocks = build_encoder(cfg).blocks
+    assert _plain_block(blocks[-1])  # the shortcut is what runs here, not the whole block
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 9, 32, generator=g, requires_grad=True)
     valid = torch.ones(3, 9, dtype=torch.bool)
