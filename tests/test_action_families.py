@@ -374,7 +374,7 @@ def test_a_strict_context_shows_no_pixel_of_any_bank_entrys_targets(trained):
     grid = run.config.data.image_size // run.config.model.patch_size
     for family in ("hflip", "rot90", "crop"):
         trial = probe.trial(img, 8, image_generator(0, 0, family), family=family)
-        a = probe.actions.encode(probe.actions.identity(trial.bank_tokens.shape[0]), trial.bank_params)
+        a = probe.clean_action(trial.bank_params)
         shown = trial.masks.context[0] if trial.masks.context_valid is None else \
             trial.masks.context[0][trial.masks.context_valid[0]]
         covered = probe.actions.overlap(a, grid)[:, trial.masks.targets[0].flatten()].any(1)  # (K, N)
