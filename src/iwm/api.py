@@ -2,6 +2,7 @@
 
 >>> import iwm
 >>> run = iwm.load("runs/cifar10_equi")          # run dir, checkpoint, exported folder, pretrained:NAME, hf:REPO
+                                                   # (or hf-hub:REPO, as timm and open_clip write it)
 >>> tokens = run.encode(images)                    # (B, N, D) patch tokens, target encoder
 >>> x, params = run.corrupt(images, seed=0)        # a source view, as in training
 >>> pred = run.predict(context, ctx_idx, tgt_idx, run.actions.encode(params, run.actions.identity(len(x))))
@@ -27,7 +28,8 @@ from .actions import ActionSet, Transform, move
 
 PRETRAINED = "pretrained:"  # a model shipped with the package, by name
 HUB = "hf:"  # a Hugging Face Hub repository id
-RUN_HELP = "run directory, checkpoint, exported folder, pretrained:NAME or hf:REPO_ID"
+HUB_PREFIXES = ("hf-hub:", HUB)  # timm and open_clip users type hf-hub:
+RUN_HELP = "run directory, checkpoint, exported folder, pretrained:NAME or hf:REPO_ID (or hf-hub:REPO_ID)"
 
 
 @dataclass
@@ -131,6 +133,12 @@ class Run:
 # the one place a run argument becomes a run
 
 
+def hub_repo(ref: str | Path) -> str | None:
+    """The repository id of a Hub run argument (``hf:USER/REPO`` or ``hf-hub:USER/REPO``), else None."""
+    text = str(ref)
+    return next((text[len(p):] for p in HUB_PREFIXES if text.startswith(p)), None)
+
+
 @dataclass
 class Weights:
     """What a run argument points at, before any network is built."""
@@ -169,17 +177,17 @@ def locate(ref: str | Path) -> tuple[Path, Path]:
     """A run argument -> (checkpoint file or weights folder, the directory results go to).
 
     In order: ``pretrained:NAME`` (shipped with the package, checksums verified), ``hf:REPO_ID``
-    (the Hugging Face Hub), a run directory (its latest checkpoint, which wins over an exported
-    folder in the same place: it was trained since), a checkpoint file, a folder of shared
-    weights (``iwm export``, ``save_pretrained``, ``iwm import-ijepa``)."""
+    or ``hf-hub:REPO_ID`` (the Hugging Face Hub), a run directory (its latest checkpoint, which
+    wins over an exported folder in the same place: it was trained since), a checkpoint file, a
+    folder of shared weights (``iwm export``, ``save_pretrained``, ``iwm import-ijepa``)."""
     text = str(ref)
     if text.startswith(PRETRAINED):
         from .registry import shipped_folder
 
         name = text[len(PRETRAINED):]
         return shipped_folder(name), Path("runs") / "pretrained" / name
-    if text.startswith(HUB):
-        repo = text[len(HUB):]
+    repo = hub_repo(text)
+    if repo is not None:
         return sharing.download(repo), Path("runs") / "hf" / repo.replace("/", "--")
     p = Path(ref)
     if p.is_dir() and not _has_checkpoint(p) and sharing.is_folder(p):
@@ -226,7 +234,8 @@ def read_config(ref: str | Path) -> Config:
 
 def load(ref: str | Path, device: str | torch.device = "cpu", image_size: int | None = None) -> Run:
     """A run argument -> :class:`Run` with networks in eval mode: a run directory, a checkpoint
-    file, a folder of shared weights, ``pretrained:NAME`` or ``hf:REPO_ID`` (see :func:`locate`).
+    file, a folder of shared weights, ``pretrained:NAME`` or ``hf:REPO_ID`` / ``hf-hub:REPO_ID`` (see
+    :func:`locate`).
     ``image_size``: run at another image size (:meth:`Run.resize`)."""
     w = read(ref)
     cfg = w.config
@@ -244,7 +253,7 @@ def from_pretrained(ref: str | Path, device: str | torch.device = "cpu", image_s
     """A local folder (or any run argument :func:`load` takes), else a Hugging Face Hub
     repository id (downloaded into the Hub's cache)."""
     text = str(ref)
-    local = Path(ref).exists() or text.startswith((PRETRAINED, HUB))
+    local = Path(ref).exists() or text.startswith((PRETRAINED, *HUB_PREFIXES))
     return load(ref if local else HUB + text, device, image_size)
 
 

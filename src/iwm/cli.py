@@ -15,34 +15,40 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import sharing
-from .api import HUB, RUN_HELP
+from .api import RUN_HELP, hub_repo
 from .checkpoint import CheckpointError, intact_note
 from .commands import evaluate, figures, leverage, studies
-from .config import ConfigError, resolve_config
+from .commands.options import Parser, add_no_progress, add_overrides
+from .config import ConfigError, parse_override, resolve_config
 from .files import DISK_FULL_EXIT_CODE, DiskFullError, is_disk_full
 from .train import PREEMPTED_EXIT_CODE, Preempted
+from .version import __version__
+
+log = logging.getLogger(__name__)
 
 
-def _pretrain_config(args: argparse.Namespace) -> config_mod.Config:
+def _pretrain_config(args: argparse.Namespace) -> tuple[config_mod.Config, str]:
     """--config; else the run's own config when run.out_dir holds a run (it resumes); else the
     config of the weights it starts from (run.out_dir holding shared weights, or run.init_from),
-    for its architecture; else the defaults. Overrides go on top."""
+    for its architecture; else the defaults. Overrides go on top. Returns the config and where it
+    came from, in words."""
     cfg_path = resolve_config(args.config)
     if cfg_path is not None:
-        return config_mod.load(cfg_path, args.overrides)
+        return config_mod.load(cfg_path, args.overrides), str(cfg_path)
     given = dict(o.split("=", 1) for o in args.overrides if "=" in o)
     out, init = given.get("run.out_dir"), given.get("run.init_from")
     if out and (Path(out) / "config.yaml").is_file():
-        return config_mod.load(Path(out) / "config.yaml", args.overrides, stored=True)
+        stored = Path(out) / "config.yaml"
+        return config_mod.load(stored, args.overrides, stored=True), f"the run's own {stored}"
     source = out if out and sharing.is_folder(out) else init
     if not source:
-        return config_mod.load(None, args.overrides)
+        return config_mod.load(None, args.overrides), "the built-in defaults (no --config; iwm/config.py)"
     from .api import read_config
 
     base = read_config(source).to_dict()
     base["run"].pop("out_dir", None)  # the source's own directory is not where this run goes
     base["run"].pop("init_from", None)
-    return config_mod.from_dict(base, args.overrides)
+    return config_mod.from_dict(base, args.overrides), f"the config of {source}"
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -51,7 +57,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     # a scheduler may preempt while the run starts up (config, data decoding, the step-0 health
     # check): from here on a stop signal ends it as one in the loop does (main says so, status 75)
     with StopSignals() as stops:
-        cfg = _pretrain_config(args)
+        cfg, origin = _pretrain_config(args)
+        # said before anything is built: a run without --config must not pass for a chosen one
+        log.info("iwm pretrain: config from %s; run folder %s", origin, cfg.run.out_dir)
         _setup_distributed(cfg)
         finished = False
         try:
@@ -152,24 +160,31 @@ def _import_ijepa(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="iwm", description="Image World Models: pretrain, measure, reuse.")
+    ap = Parser(prog="iwm", description="Image World Models: pretrain, measure, reuse.")
+    ap.add_argument("--version", action="version", version=f"iwm {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pretrain", help="pretrain an IWM (resumes when run.out_dir holds a run)")
-    p.add_argument("--config", help=f"YAML file or shipped config name ({', '.join(config_mod.shipped_configs())})")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 data.batch_size=64")
+    p = sub.add_parser("pretrain", help="pretrain an IWM (resumes when run.out_dir holds a run)",
+                       description="Pretrain an IWM into the run folder run.out_dir (checkpoints, metrics, "
+                                   "config.yaml); a folder that holds a run is resumed.")
+    p.add_argument("--config", help=f"YAML file or shipped config name ({', '.join(config_mod.shipped_configs())}); "
+                                    f"default: the built-in defaults, run folder {config_mod.RunConfig().out_dir}")
+    add_no_progress(p)
+    add_overrides(p, "e.g. optim.lr=5e-4 data.batch_size=64 run.out_dir=runs/mine")
     p.set_defaults(fn=_pretrain)
 
     p = sub.add_parser("demo", help="pretrain on CIFAR-10 on the CPU and compare kNN with a random encoder")
     p.add_argument("--data", default=None,
                    help="CIFAR-10: cifar-10-python.tar.gz, its extracted folder, a torchvision root or a class-folder "
                         "tree (default: $IWM_CIFAR10, else ~/.cache/iwm, else downloaded there, about 170 MB)")
-    p.add_argument("--out", default="runs/demo", help="run directory")
+    p.add_argument("--out", default="runs/demo", help="run folder the demo trains into (checkpoints, metrics)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's CPU budget)")
-    p.add_argument("--page", default=None, help="also write the report as a results page (e.g. docs/results/demo.md)")
+    p.add_argument("--page", default=None, help="also write the report as a results page, a markdown file "
+                                                "(e.g. docs/results/demo.md; default: none)")
     p.add_argument("--readme", default="README.md",
                    help="with --page: a README whose quote of the page's table is refreshed, where it has one")
-    p.add_argument("overrides", nargs="*", help="dotted config overrides")
+    add_no_progress(p)
+    add_overrides(p, "e.g. optim.lr=5e-4")
     p.set_defaults(fn=_demo)
 
     evaluate.add_cli(sub)
@@ -177,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run as shared weights: safetensors per network, config.json, "
                                       "model card (loads in iwm, timm, the Hugging Face Hub)")
     p.add_argument("run", help=RUN_HELP)
-    p.add_argument("out", help="folder to write")
+    p.add_argument("out", help="folder to write the shared weights into")
     p.add_argument("--fp16", action="store_true", help="store the weights in float16 (half the size)")
     p.set_defaults(fn=_export)
 
@@ -190,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import-ijepa", help="an I-JEPA checkpoint -> a folder every iwm command takes")
     p.add_argument("checkpoint", help="a .pth.tar of the I-JEPA code (encoder, predictor, target_encoder)")
-    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--out", required=True, help="folder to write the shared weights into (a run argument)")
     p.add_argument("--num-heads", type=int, default=None,
                    help="encoder attention heads (default: from I-JEPA's model sizes)")
     p.add_argument("--predictor-heads", type=int, default=None, help="default: the encoder's, as I-JEPA")
@@ -216,12 +231,32 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         extra = [w for w in extra if not _is_override(w)]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _progress_both_ways(args)
     return args
+
+
+def _progress_both_ways(args: argparse.Namespace) -> None:
+    """``--no-progress`` and ``run.progress=false`` say the same on every command that has both:
+    the flag silences the trainings a command starts, the override the bars it draws itself."""
+    overrides = getattr(args, "overrides", None)
+    if not hasattr(args, "no_progress") or not isinstance(overrides, list):
+        return
+    said = []
+    for o in overrides:
+        if o.split("=", 1)[0].strip() == "run.progress":
+            try:
+                said.append(parse_override(o)[1])
+            except ConfigError:
+                pass  # loading the config says what is wrong with it, in one line
+    if args.no_progress:
+        overrides.append("run.progress=false")
+    elif said and said[-1] is False:
+        args.no_progress = True
 
 
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
-    if not any(str(w).startswith(HUB) for w in words):
+    if not any(hub_repo(w) is not None for w in words):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub unless a run comes from it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(build_parser(), argv)

@@ -8,20 +8,18 @@ import json
 import sys
 from pathlib import Path
 
-from .. import config as config_mod
 from ..api import RUN_HELP, results_dir
 from ..files import write_text
+from .options import add_device, add_no_progress, add_overrides, load_run
 
 
 def _knn(args: argparse.Namespace) -> int:
-    from ..api import load
     from ..eval import knn_eval
 
-    run = load(args.run, device=args.device, image_size=args.image_size)
-    cfg = config_mod.from_dict(run.config.to_dict(), args.overrides)
-    run.resize(cfg.data.image_size)  # data.image_size=N among the overrides works as --image-size N
+    run = load_run(args, args.device)
+    cfg = run.config
     # the raw pixels through the same protocol beside: the score the encoder has to beat
-    res = knn_eval(run.target_encoder, cfg, args.device, progress=True, pixels=not args.no_pixels)
+    res = knn_eval(run.target_encoder, cfg, args.device, progress=not args.no_progress, pixels=not args.no_pixels)
     res["image_size"] = cfg.data.image_size
     print(json.dumps(res, indent=2))
     out = Path(args.out) if args.out else results_dir(run) / "knn.json"
@@ -32,10 +30,9 @@ def _knn(args: argparse.Namespace) -> int:
 
 
 def _mrr(args: argparse.Namespace) -> int:
-    from ..api import load
     from ..eval.mrr import MRR_FILES, compute_mrr, format_table, strength_aug
 
-    run = load(args.run, device=args.device)
+    run = load_run(args, args.device)
     try:
         res = compute_mrr(run, num_images=args.images, bank_size=args.bank, seed=args.seed, device=args.device,
                           progress=not args.no_progress, aug=strength_aug(run, args.strength), source=args.source,
@@ -58,22 +55,25 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     esub = subparsers.add_parser("eval", help="evaluate a run").add_subparsers(dest="protocol", required=True)
     k = esub.add_parser("knn", help="kNN top-1 of the target encoder, and of the raw pixels beside it")
     k.add_argument("run", help=RUN_HELP)
-    k.add_argument("--device", default="cpu")
+    add_device(k, "cpu")
     k.add_argument("--image-size", type=int, default=None,
-                   help="images at this size instead of the pretraining one (the sin-cos positions are rebuilt)")
-    k.add_argument("--out", default=None, help="JSON file (default <run_dir>/knn.json)")
+                   help="images at this size instead of the pretraining one (the sin-cos positions are rebuilt; "
+                        "default: the pretraining size)")
+    k.add_argument("--out", default=None, help="JSON file to write the result into (default <run_dir>/knn.json)")
     k.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel reference (pixels_top1)")
-    k.add_argument("overrides", nargs="*", help="e.g. eval.knn_k=10 data.path=...")
+    add_no_progress(k)
+    add_overrides(k, "the run's config for this evaluation, e.g. eval.knn_k=10 data.path=...")
     k.set_defaults(fn=_knn)
 
     p = esub.add_parser("mrr", help="mean reciprocal rank of the world model (paper's MRR)")
     p.add_argument("run", help=RUN_HELP)
     p.add_argument("--images", type=int, default=64, help="test images (default 64)")
     p.add_argument("--bank", type=int, default=256, help="augmented targets per image (default 256)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the protocol's draws")
+    add_device(p, "cpu")
     p.add_argument("--strength", type=float, default=None,
-                   help="rank against the run's aug config at this strength (e.g. 1 for an I-JEPA run)")
+                   help="rank against the run's aug config at this strength (e.g. 1 for an I-JEPA run; "
+                        "default: the run's own)")
     p.add_argument("--family", action="append", default=None,
                    help="score this family alone (repeatable; default every family the protocol applies to)")
     p.add_argument("--source", choices=SOURCES, default="clean",
@@ -83,7 +83,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strict-context", action="store_true",
                    help="geometric families: keep the bank's one context off the pixels of every entry's targets "
                         "(default: off the target positions only)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", default=None, help="JSON file (default <run_dir>/mrr.json, or mrr_augmented.json; "
-                                               "_strict before .json with --strict-context)")
+    add_no_progress(p)
+    p.add_argument("--out", default=None, help="JSON file to write the result into (default <run_dir>/mrr.json, "
+                                               "or mrr_augmented.json; _strict before .json with --strict-context)")
+    add_overrides(p, "the run's config for this evaluation, e.g. data.path=...")
     p.set_defaults(fn=_mrr)

@@ -14,15 +14,14 @@ from typing import Any
 from ..api import RUN_HELP, results_dir
 from ..downstream.segdata import DEFAULT_SEG_DATA
 from ..downstream.report import format_table, write_json
-
+from .options import add_device, add_no_progress, add_overrides, load_run
 
 
 def _load(args: argparse.Namespace):
-    from ..api import load
     from ..train import resolve_device
 
     device = resolve_device(args.device)
-    return load(args.run, device=device, image_size=args.image_size), device
+    return load_run(args, device), device
 
 
 def _classification_sets(run, args: argparse.Namespace, augment: bool):
@@ -156,19 +155,23 @@ def _common(p: argparse.ArgumentParser, epochs_default: str) -> None:
     p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: per protocol)")
     p.add_argument("--encoder", choices=("target", "context"), default="target",
                    help="the run's EMA target encoder (default) or its context encoder")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N, mps")
+    add_device(p, "auto")
     p.add_argument("--image-size", type=int, default=None,
-                   help="images at this size instead of the pretraining one (the sin-cos positions are rebuilt)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="images at this size instead of the pretraining one (the sin-cos positions are rebuilt; "
+                        "default: the pretraining size)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the subsets and of the training")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--train-size", type=int, default=0, help="seeded subset of the train split (0 = all)")
     p.add_argument("--test-size", type=int, default=0, help="seeded subset of the evaluation split (0 = all)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", default=None, help="JSON file (default <run_dir>/leverage_<command>.json)")
+    add_no_progress(p)
+    p.add_argument("--out", default=None, help="JSON file to write the result into "
+                                               "(default <run_dir>/leverage_<command>.json)")
+    add_overrides(p, "the run's config for this command, e.g. data.path=... aug.strength=0.5")
 
 
 def _classification_data(p: argparse.ArgumentParser, augment: bool) -> None:
-    p.add_argument("--data", default=None, help="the run's classification data at another path (data.path)")
+    p.add_argument("--data", default=None,
+                   help="the run's classification data at another path (data.path; default: the run's own)")
     if augment:
         p.add_argument("--no-augment", action="store_true", help="no random crop/flip of the training images")
 
@@ -215,8 +218,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="ADE20K-layout folder or tarball: images/<split>/ and annotations/<split>/ "
                         "(default: $IWM_CAMVID)")
     p.add_argument("--cache-dir", default=None, help="where a tarball is extracted (default ~/.cache/iwm)")
-    p.add_argument("--train-split", default="training")
-    p.add_argument("--eval-split", default="validation")
+    p.add_argument("--train-split", default="training", help="sub-folder of images/ and annotations/ trained on")
+    p.add_argument("--eval-split", default="validation", help="sub-folder of images/ and annotations/ scored")
     p.add_argument("--num-classes", type=int, default=0, help="0 = from the training labels")
     p.add_argument("--kernel", type=int, default=1, help="decoder conv kernel: 1 (linear per token) or 3")
     p.add_argument("--source", action="append", choices=(*SOURCES, "all"), help="repeatable (default: all)")

@@ -1,5 +1,8 @@
 """``iwm study {world-model,leverage,recipe,reference,action-families}``: each parses its options, runs its study
-(:mod:`iwm.studies`), which measures and writes the page, and says where the results went."""
+(:mod:`iwm.studies`), which measures and writes the page, and says where the results went.
+
+A page goes under runs/results/ unless ``--out`` names another file: run from a clone, a study
+must not overwrite the shipped pages of docs/results/ (``--out docs/results/<page>.md`` does)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,10 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..studies import action_families, leverage, recipe, reference, world_model
+from .options import add_device, add_no_progress, add_overrides
+
+RESULTS = "runs/results"  # where a study's page goes unless --out says otherwise
+PAGE_HELP = "markdown page to write, its JSON (and figure) beside it"
 
 
 def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -73,17 +80,20 @@ def _add_world_model(studies: argparse._SubParsersAction) -> None:
     w = studies.add_parser("world-model", help="the paper's Tables 1 and 2: conditioning, strength x predictor depth")
     length = w.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 800)")
-    length.add_argument("--epochs", type=int, default=None, help="epochs of the training data per run, instead")
+    length.add_argument("--epochs", type=int, default=None,
+                        help="epochs of the training data per run, instead of --steps (default: by --steps)")
     w.add_argument("--mrr-images", type=int, default=32, help="MRR test images (default 32)")
     w.add_argument("--mrr-bank", type=int, default=64, help="MRR bank size (default 64)")
     w.add_argument("--runs-dir", default="runs/study", help="one directory per run (default runs/study)")
-    w.add_argument("--out", default="docs/results/world_model.md", help="markdown page")
-    w.add_argument("--device", default="auto")
+    w.add_argument("--out", default=f"{RESULTS}/world_model.md", help=PAGE_HELP)
+    add_device(w, "auto")
+    add_no_progress(w)
     w.add_argument("--only", default="", help="comma-separated runs to train and measure into "
-                                               "<runs-dir>/study_only-<runs>.json (re-measuring a row; no page)")
+                                               "<runs-dir>/study_only-<runs>.json (re-measuring a row; no page; "
+                                               "default: every run, and the page)")
     w.add_argument("--section", default=None, help="write the page as a section of this title (e.g. 'GPU run'), "
-                                                    "to sit beside another run's page")
-    w.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. data.path=...")
+                                                    "to sit beside another run's page (default: a whole page)")
+    add_overrides(w, "for every run, e.g. data.path=...")
     w.set_defaults(fn=_world_model)
 
 
@@ -139,12 +149,12 @@ def _add_leverage(studies: argparse._SubParsersAction) -> None:
     p.add_argument("--multitask", action="store_true",
                    help="also multi-task vs single-task predictor tuning of IWM-equivariant (Table 7)")
     p.add_argument("--runs-dir", default="runs/study", help="one directory per run, shared with world-model")
-    p.add_argument("--out", default="docs/results/leverage.md", help="markdown page")
+    p.add_argument("--out", default=f"{RESULTS}/leverage.md", help=PAGE_HELP)
     p.add_argument("--only", default="", help="comma-separated runs (weak_d1, strong_d4, ijepa) to re-measure into "
-                                               "<runs-dir>/leverage.json; no page")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="dotted overrides for every pretraining, e.g. data.path=...")
+                                               "<runs-dir>/leverage.json; no page (default: every run, and the page)")
+    add_device(p, "auto")
+    add_no_progress(p)
+    add_overrides(p, "for every pretraining, e.g. data.path=...")
     p.set_defaults(fn=_leverage)
 
 
@@ -179,8 +189,9 @@ def _add_recipe(studies: argparse._SubParsersAction) -> None:
     r.add_argument("--out", default="", help="markdown page to write the table into, keeping its other text; "
                                            "only this call scores the test split, for the chosen variant "
                                            "(default: none)")
-    r.add_argument("--device", default="auto")
-    r.add_argument("overrides", nargs="*", help="dotted overrides for every run, e.g. data.path=...")
+    add_device(r, "auto")
+    add_no_progress(r)
+    add_overrides(r, "for every run, e.g. data.path=...")
     r.set_defaults(fn=_recipe)
 
 
@@ -202,7 +213,7 @@ def _reference(args: argparse.Namespace) -> int:
     command = " ".join(["iwm study reference", *(["--models", args.models] if args.models else []),
                         *(["--epochs", str(args.epochs)] if args.epochs != reference.DEFAULT_EPOCHS else []),
                         *(["--runs-dir", args.runs_dir] if args.runs_dir != reference.DEFAULT_RUNS_DIR else []),
-                        *args.overrides])
+                        *([] if args.no_page else ["--out", args.out]), *args.overrides])
     reference.run_study(None if args.no_page else Path(args.out), Path(args.runs_dir), args.epochs, settings, names,
                         train=args.train, random=not args.no_random, device=args.device, command=command,
                         overrides=args.overrides, progress=not args.no_progress, update_shipped=args.update_shipped,
@@ -222,7 +233,7 @@ def _add_reference(studies: argparse._SubParsersAction) -> None:
     p.add_argument("--train", action="store_true", help="train the models not finished yet first, in this process")
     p.add_argument("--runs-dir", default=reference.DEFAULT_RUNS_DIR,
                    help=f"one directory per model (default {reference.DEFAULT_RUNS_DIR})")
-    p.add_argument("--out", default="docs/results/reference_models.md", help="markdown page")
+    p.add_argument("--out", default=f"{RESULTS}/reference_models.md", help=PAGE_HELP)
     p.add_argument("--no-page", action="store_true", help="measure and store, write no page")
     p.add_argument("--mrr-images", type=int, default=reference.default_reference_settings()["mrr_images"],
                    help="test images ranked for MRR")
@@ -230,12 +241,12 @@ def _add_reference(studies: argparse._SubParsersAction) -> None:
     p.add_argument("--update-shipped", action="store_true",
                    help="write the scores of models measured from their shipped weights into the package's "
                         "manifest and model cards")
-    p.add_argument("--readme", default="README.md",
-                   help="a README whose quote of the page's summary is refreshed, where it has one (default "
-                        "README.md; '' for none)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="dotted config overrides for every model, e.g. data.path=...")
+    p.add_argument("--readme", default="",
+                   help="a README whose quote of the page's summary is refreshed, where it has one (e.g. README.md; "
+                        "default: none, so that a run in a clone leaves its README alone)")
+    add_device(p, "auto")
+    add_no_progress(p)
+    add_overrides(p, "for every model, e.g. data.path=...")
     p.set_defaults(fn=_reference)
 
 
@@ -274,12 +285,13 @@ def _add_action_families(studies: argparse._SubParsersAction) -> None:
     p.add_argument("--train-size", type=int, default=None,
                    help=f"seeded CIFAR-10 train subset of the probes (default {leverage.default_settings()['train_size']})")
     p.add_argument("--long-steps", type=int, default=None,
-                   help="also train every run for this many steps, and measure them alike")
+                   help="also train every run for this many steps, and measure them alike (default: no longer runs)")
     p.add_argument("--pixels-from", default="", help="a leverage study's JSON (docs/results/leverage.json): its "
-                                                     "raw-pixel rows are reused where measured with the same settings")
+                                                     "raw-pixel rows are reused where measured with the same settings "
+                                                     "(default: none, all measured here)")
     p.add_argument("--runs-dir", default="runs/study", help="one directory per run, shared with world-model")
-    p.add_argument("--out", default="docs/results/action_families.md", help="markdown page")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="dotted overrides for every pretraining, e.g. data.path=...")
+    p.add_argument("--out", default=f"{RESULTS}/action_families.md", help=PAGE_HELP)
+    add_device(p, "auto")
+    add_no_progress(p)
+    add_overrides(p, "for every pretraining, e.g. data.path=...")
     p.set_defaults(fn=_action_families)
