@@ -139,3 +139,13 @@ def test_hf_hub_is_taken_where_hf_is(ref, monkeypatch, tmp_path):
     monkeypatch.setattr(sharing, "download", lambda repo: tmp_path / repo)
     assert hub_repo(ref) == "user/repo"
     assert locate(ref) == (tmp_path / "user/repo", locate("hf:user/repo")[1])
+
+
+@pytest.mark.parametrize("words,online", [(["eval", "knn", "hf-hub:user/repo"], True),
+                                          (["pretrain", "run.init_from=hf-hub:user/repo"], True),
+                                          (["pretrain", "run.init_from=hf:user/repo"], True),
+                                          (["eval", "knn", "runs/demo"], False)])
+def test_the_hub_stays_reachable_only_when_a_run_comes_from_it(words, online):
+    from iwm.cli import _from_hub
+
+    assert _from_hub(words) is online

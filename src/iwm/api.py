@@ -2,7 +2,6 @@
 
 >>> import iwm
 >>> run = iwm.load("runs/cifar10_equi")          # run dir, checkpoint, exported folder, pretrained:NAME, hf:REPO
-                                                   # (or hf-hub:REPO, as timm and open_clip write it)
 >>> tokens = run.encode(images)                    # (B, N, D) patch tokens, target encoder
 >>> x, params = run.corrupt(images, seed=0)        # a source view, as in training
 >>> pred = run.predict(context, ctx_idx, tgt_idx, run.actions.encode(params, run.actions.identity(len(x))))

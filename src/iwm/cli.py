@@ -254,9 +254,14 @@ def _progress_both_ways(args: argparse.Namespace) -> None:
         args.no_progress = True
 
 
+def _from_hub(words: list[str]) -> bool:
+    """Whether a run argument, or an override's value (run.init_from=hf:...), names a Hub repository."""
+    return any(hub_repo(str(w).split("=", 1)[-1]) is not None for w in words)
+
+
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
-    if not any(hub_repo(w) is not None for w in words):
+    if not _from_hub(words):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub unless a run comes from it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(build_parser(), argv)
