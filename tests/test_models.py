@@ -166,6 +166,44 @@ def test_one_pass_predicts_each_overlapping_patch_once_with_the_same_loss(tiny_o
     assert (weighted - once_each).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("per_block,groups", [(False, 1), (False, 3), (True, 1)])
+def test_a_moved_views_padded_targets_give_the_loss_of_its_real_entries_alone(tiny_overrides, per_block, groups):
+    """A moved view's blocks keep different numbers of patches in y; the padding must change
+    nothing: the loss is the mean over the real entries, each predicted as if alone with its block."""
+    from iwm.models.encoder import gather_tokens
+
+    cfg = config.from_dict(None, tiny_overrides + ["mask.num_targets=2", "mask.target_scale=[0.3,0.4]",
+                                                   "aug.families=[jitter,crop,rotate]", "aug.crop_prob=1",
+                                                   "aug.rotate_prob=1"])
+    g = torch.Generator().manual_seed(2)
+    actions = ActionSet.from_config(cfg.aug, 16)
+    src, tgt = actions.sample_pair(8, g)
+    masks = MultiBlockMasker(cfg.mask, 4)(8, g, actions.support(tgt, 4, 16))
+    valid = masks.target_valid
+    assert valid is not None and (~valid).any() and valid.any()  # padded, with real entries
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g)
+    a = actions.encode(src, tgt)
+    torch.manual_seed(0)
+    model = IWM(build_encoder(cfg), build_predictor(cfg), per_block=per_block, length_groups=groups).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+        loss = model(x, y, a, masks)
+        ctx = model.encoder.tokens(x, masks.context, masks.context_valid)
+        truth = model.targets(y)
+        errors = []
+        for i in range(8):
+            keep = masks.context[i] if masks.context_valid is None else masks.context[i][masks.context_valid[i]]
+            c = ctx[i:i + 1, :len(keep)] if masks.context_valid is None else ctx[i:i + 1][:, masks.context_valid[i]]
+            rows = [masks.targets[i, t][valid[i, t]] for t in range(2)]
+            rows = rows if per_block else [torch.cat(rows)]
+            for r in rows:
+                if len(r):
+                    pred = model.predictor(c, keep[None], r[None], a[i:i + 1])
+                    errors.append((pred - gather_tokens(truth[i:i + 1], r[None])).pow(2).mean(-1).flatten())
+    assert torch.allclose(loss, torch.cat(errors).mean(), rtol=1e-5)
+
+
 def test_distinct_targets_lists_each_covered_patch_once_with_its_count():
     targets = torch.tensor([[[0, 1, 4, 5], [1, 2, 5, 6]], [[8, 9, 12, 13], [10, 11, 14, 15]]])
     idx, counts = distinct_targets(targets, 16)

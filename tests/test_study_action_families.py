@@ -37,12 +37,20 @@ def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tm
         assert {"mrr", "knn", "linear", "attentive", "predictor_ft"} <= set(study["models"][label]["evals"])
     assert set(study["models"][RANDOM]["evals"]) == {"knn", "linear", "attentive"}
     md = out.read_text()
-    for f in GEOMETRIC:
-        assert f"| {f} " in md.split("## MRR per family")[1].split("\n\n")[2].splitlines()[0] + " "
-    assert "not learnt" in md and "predictor FT - linear probe" in md and "random init" in md
-    strict = md.split("--strict-context`")[1].split("\n\n")[1].splitlines()  # the strict table
-    assert strict[0].split("|")[2:-1] == [f" {f} " for f in GEOMETRIC] and len(strict) == 2 + 4  # geometric rows
-    assert set(geo["evals"]["mrr"]["clean_strict"]["families"]) == set(GEOMETRIC) | {"jitter"}
+    floors = md.split("## The geometric world model against its floor")[1].split("\n\n")[2].splitlines()
+    assert floors[0].split("|")[1:-1] == [" model ", " bank ", " learned MRR ", " floor ", " learned - floor ",
+                                          " chance ", " reading "]
+    # every geometric family of the two geometric runs at both lengths, and the floor alone of the
+    # photometric runs and the shipped model
+    assert len(floors) == 2 + 4 * 4 + 2 * 4 + 4
+    shipped = [row for row in floors if row.startswith(f"| {action_families.SHIPPED} |")]
+    assert len(shipped) == 4 and all(row.endswith("| floor only |") for row in shipped)
+    learnt = [row for row in floors if row.startswith("| photometric + geometric |")]
+    assert all(row.split("|")[7].strip() in ("**beyond its floor**", "below its floor", "not resolved")
+               for row in learnt)
+    geo_floor = study["models"]["photometric"]["evals"]["mrr"]["geometric_floor"]
+    assert set(geo_floor) == set(GEOMETRIC) and all(v["mrr"] is None and v["floor"] > 0 for v in geo_floor.values())
+    assert "predictor FT - linear probe" in md and "random init" in md
     assert "| photometric + geometric, 4 steps |" in md and "| photometric + geometric, queries in y's frame |" in md
     assert json.loads(out.with_suffix(".json").read_text())["models"].keys() == study["models"].keys()
 
@@ -71,9 +79,10 @@ def test_raw_pixel_rows_are_reused_from_a_leverage_study_only_with_the_same_sett
         return {"top1": 0.5}
 
     monkeypatch.setattr(action_families, "evaluate", fake)
-    monkeypatch.setattr(action_families, "_mrr", lambda *a: {"clean": {"mrr": 0.1, "mrr_action_zeroed": 0.1,
-                        "families": {}}, "augmented": {"mrr": 0.1, "mrr_action_zeroed": 0.1, "families": {}},
-                        "chance": 0.1})
+    scores = dict.fromkeys(action_families.SCORES, 0.1)
+    monkeypatch.setattr(action_families, "_mrr", lambda *a: {"clean": {**scores, "families": {}},
+                        "augmented": {**scores, "families": {}}, "chance": 0.1})
+    monkeypatch.setattr(action_families, "_geometric_floor", lambda *a: {})
     study = run_study(tmp_path / "p.md", tmp_path / "runs", steps=1, mrr_images=1, mrr_bank=2, extra_overrides=extra,
                       device="cpu", settings=settings, progress=False, pixels_from=tmp_path / "leverage.json")
     pixels = study["models"]["raw pixels"]["evals"]

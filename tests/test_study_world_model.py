@@ -81,7 +81,7 @@ def test_study_writes_tables_and_reuses_runs(tmp_path, monkeypatch):
 
     for cond, run in study.table1_rows():
         r = saved["runs"][run.name]
-        assert _row(md, cond)[1:6] == [run.name, num(r["mrr"]), num(r["mrr_action_zeroed"]), num(r["mrr_augmented"]),
+        assert _row(md, cond)[1:6] == [run.name, num(r["mrr"]), num(r["chance"]), num(r["mrr_augmented"]),
                                        f"{100 * r['knn_top1']:.2f} %"]
         assert r["mrr_augmented"] == r["families"]["all"]["mrr"]  # the clean source beside the augmented one
     for label, value in study.STRENGTHS.items():

@@ -9,10 +9,17 @@ which entries are real (the attention ignores the padding). I-JEPA instead cuts 
 the shortest in the batch (``mask.cut_context``), which on an 8x8 grid at batch 128 throws away
 a third of the context on average; ``benchmarks/context_padding.py`` measures both.
 
-When the target view is the source moved (a geometric action family), the target blocks are
-drawn on the target's patch grid, as their positions are the target's, and the context loses
-every source patch that a target block takes pixels from (``overlap``, from
-:meth:`iwm.actions.ActionSet.overlap`), so the context still never shows what is predicted.
+When the target view y is the source x moved (a geometric action family), the blocks are still
+drawn on x's patch grid, and the context loses the target blocks there: the hole in the context
+is I-JEPA's, whatever the move, so which x patches the context lacks tells nothing of a_x->y
+(two actions drawn with the same generator state get the same context). Target block k is then
+the set of y's patches whose pixels all come from x's block k (``support``, from
+:meth:`iwm.actions.ActionSet.support`, which pushes patch indicators through the families' own
+``apply``: bilinear neighbours and borders included), so no context patch gives any pixel weight
+to any target. A block keeps fewer patches in y when the move spreads them (a rotation, a zoom),
+and the same number under a flip or quarter turn; ``Masks.target_valid`` marks the padding.
+The other design, blocks drawn on y's grid and the context cut by their footprint in x, leaks
+the move through the shape of the hole, and was dropped for that.
 """
 
 from __future__ import annotations
@@ -35,15 +42,22 @@ class Masks:
     targets: torch.Tensor  # (B, T, Nt) patch indices of each target block, sorted
     # (B, Nc) True where context holds a real patch; None when no sample is padded
     context_valid: torch.Tensor | None = None
+    # (B, T, Nt) True where a target entry is a real patch (a moved view's blocks differ in
+    # size); None when every entry is real
+    target_valid: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Masks":
-        valid = None if self.context_valid is None else self.context_valid.to(device, non_blocking=True)
-        return Masks(self.context.to(device, non_blocking=True), self.targets.to(device, non_blocking=True), valid)
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return Masks(move(self.context), move(self.targets), move(self.context_valid), move(self.target_valid))
 
     def __getitem__(self, idx: slice | torch.Tensor) -> "Masks":
         """The masks of some samples (a process's or a micro-batch's share), padding kept."""
-        valid = None if self.context_valid is None else self.context_valid[idx]
-        return Masks(self.context[idx], self.targets[idx], valid)
+        def part(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[idx]
+
+        return Masks(self.context[idx], self.targets[idx], part(self.context_valid), part(self.target_valid))
 
     def trimmed(self) -> "Masks":
         """The same masks without the padding columns no sample here needs."""
@@ -51,7 +65,7 @@ class Masks:
             return self
         longest = int(self.context_valid.sum(1).max())
         valid = self.context_valid[:, :longest]
-        return Masks(self.context[:, :longest], self.targets, None if bool(valid.all()) else valid)
+        return Masks(self.context[:, :longest], self.targets, None if bool(valid.all()) else valid, self.target_valid)
 
     def context_lengths(self) -> torch.Tensor:
         """(B,) number of real context patches per sample."""
@@ -92,9 +106,22 @@ class MultiBlockMasker:
         self.cfg = cfg
         self.grid = grid
 
-    def __call__(self, batch: int, generator: torch.Generator, overlap: torch.Tensor | None = None) -> Masks:
-        """The masks of a batch. ``overlap`` (B, N, N) bool: [b, n, m] where target patch n takes
-        pixels from source patch m (None: the views share their frame, n from n)."""
+    def __call__(self, batch: int, generator: torch.Generator, support: torch.Tensor | None = None) -> Masks:
+        """The masks of a batch. ``support`` (B, N, N) bool: [b, n, m] where y's patch n takes
+        any pixel weight from x's patch m (None: the views share their frame, n from n). What is
+        drawn from ``generator``, and so the context, does not depend on ``support``."""
+        blocks, target_idx, context = self.draw(batch, generator)
+        target_valid = None
+        if support is not None:
+            target_idx, target_valid = moved_targets(blocks, support)
+        if self.cfg.cut_context:
+            return Masks(cut_context(context, generator), target_idx, None, target_valid)
+        idx, valid = pad_context(context)  # every sample keeps its whole context
+        return Masks(idx, target_idx, valid, target_valid)
+
+    def draw(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The blocks on x's grid: (B, T, N) target blocks, (B, T, Nt) their patch indices and
+        the (B, N) context, which is the context block less every target block."""
         c, g, grid = self.cfg, generator, self.grid
         n = grid * grid
         th, tw = _block_size(c.target_scale, c.target_aspect, grid, g)
@@ -107,26 +134,31 @@ class MultiBlockMasker:
             k = len(redo)
             blocks, idx = _blocks(th, tw, k * c.num_targets, grid, g)
             blocks = blocks.view(k, c.num_targets, n)
-            ctx = _blocks(ch, cw, k, grid, g)[0] & ~_covered(blocks.any(1), overlap, redo)
+            ctx = _blocks(ch, cw, k, grid, g)[0] & ~blocks.any(1)
             targets[redo], target_idx[redo], context[redo] = blocks, idx.view(k, c.num_targets, -1), ctx
             redo = redo[ctx.sum(1) < c.min_context]
             if not len(redo):
                 break
         else:  # targets cover too much of these samples: fall back to every uncovered patch
-            context[redo] = ~_covered(targets[redo].any(1), overlap, redo)
+            context[redo] = ~targets[redo].any(1)
             if (context[redo].sum(1) < 1).any():
                 raise NoContextError("mask: target blocks cover the whole image; lower mask.target_scale")
-        if c.cut_context:
-            return Masks(cut_context(context, g), target_idx)
-        idx, valid = pad_context(context)  # every sample keeps its whole context
-        return Masks(idx, target_idx, valid)
+        return targets, target_idx, context
 
 
-def _covered(target: torch.Tensor, overlap: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
-    """(k, N) target patches -> (k, N) source patches they take pixels from."""
-    if overlap is None:
-        return target
-    return (target.unsqueeze(-1) & overlap[rows]).any(1)
+def moved_targets(blocks: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, N) blocks on x's grid and (B, N, N) support ([b, n, m]: y's patch n takes pixel
+    weight from x's patch m) -> each block's patches in y, (B, T, Nt) indices in patch order,
+    padded with 0, and (B, T, Nt) validity: the y patches whose every pixel comes from inside
+    the block (a patch that shows only the black past x's border shows nothing, and is left out)."""
+    n = support.shape[-1]
+    support = support.to(blocks.device)
+    outside = (support.unsqueeze(1) & ~blocks.unsqueeze(2)).any(-1)  # (B, T, N): weight from outside the block
+    keep = support.any(-1).unsqueeze(1) & ~outside
+    longest = max(1, int(keep.sum(-1).max()))
+    idx = torch.where(keep, torch.arange(n, device=keep.device), n).sort(-1).values[..., :longest]
+    valid = idx < n
+    return idx.masked_fill(~valid, 0), valid
 
 
 def cut_context(context: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -150,8 +182,10 @@ def pad_context(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | Non
     return order.masked_fill(~valid, 0), valid
 
 
-def distinct_targets(targets: torch.Tensor, n: int, sync_free: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, K) target blocks on an ``n``-patch grid -> (B, U) the distinct patches they cover,
+def distinct_targets(targets: torch.Tensor, n: int, sync_free: bool | None = None,
+                     valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, K) target blocks on an ``n``-patch grid (``valid``: (B, T, K), False on padding
+    entries) -> (B, U) the distinct patches they cover,
     in patch order, padded with index 0, and (B, U) how many blocks cover each (0: padding).
     Blocks overlap (``benchmarks/context_padding.py`` counts both), and a patch in two blocks is
     one prediction counted twice: the one-pass predictor predicts each patch once. U is the most
@@ -159,11 +193,13 @@ def distinct_targets(targets: torch.Tensor, n: int, sync_free: bool | None = Non
     so that the host does not wait for the device to read the count back."""
     flat = targets.flatten(1)
     counts = torch.zeros(flat.shape[0], n, dtype=torch.long, device=flat.device)
-    counts.scatter_add_(1, flat, torch.ones_like(flat))
+    weight = torch.ones_like(flat) if valid is None else valid.flatten(1).long()
+    counts.scatter_add_(1, flat, weight)
     present = counts > 0
     if sync_free is None:
         sync_free = flat.device.type != "cpu"
-    longest = min(n, flat.shape[1]) if sync_free else int(present.sum(1).max())
+    # at least one column: a moved view can leave a sample (or a whole group) with no target
+    longest = min(n, flat.shape[1]) if sync_free else max(1, int(present.sum(1).max()))
     idx = torch.where(present, torch.arange(n, device=flat.device), n).sort(1).values[:, :longest]
     pad = idx == n
     idx = idx.masked_fill(pad, 0)

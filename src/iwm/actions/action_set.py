@@ -12,7 +12,6 @@ from ..config import AugConfig, ConfigError
 from .family import ActionFamily, Params, build_family
 
 Transform = dict[str, Params]
-POINTS_PER_SIDE = 4  # points per patch side at which a target patch's pixels are traced back
 
 
 def take(t: Transform, idx: slice | torch.Tensor) -> Transform:
@@ -75,11 +74,15 @@ class ActionSet:
 
     # ------------------------------------------------------------------------------------------
 
-    def sample(self, batch: int, generator: torch.Generator, view: str, always: bool = False,
+    def sample(self, batch: int, generator: torch.Generator, view: str, always: bool | tuple[str, ...] = False,
                only: str | None = None) -> Transform:
         """``view``'s transformation for a batch, every family drawing in order from ``generator``.
-        ``only``: that family alone, the others the identity (and drawing nothing)."""
-        return {f.name: (f.sample(batch, generator, view, always) if only in (None, f.name) else f.identity(batch))
+        ``always``: every family forced on (True), or the families named. ``only``: that family
+        alone, the others the identity (and drawing nothing)."""
+        def forced(f: ActionFamily) -> bool:
+            return always if isinstance(always, bool) else f.name in always
+
+        return {f.name: (f.sample(batch, generator, view, forced(f)) if only in (None, f.name) else f.identity(batch))
                 for f in self.families}
 
     def sample_pair(self, batch: int, generator: torch.Generator) -> tuple[Transform, Transform]:
@@ -145,22 +148,30 @@ class ActionSet:
             pts = f.to_source(action[:, self.slices[f.name]].float(), pts)
         return pts
 
-    def overlap(self, action: torch.Tensor, grid: int) -> torch.Tensor | None:
+    def support(self, t: Transform, grid: int, image_size: int, chunk_values: int = 1 << 24) -> torch.Tensor | None:
         """(B, N, N) bool, N = grid * grid: [b, n, m] is True where y's patch n of sample b takes
-        pixels from x's patch m, as a_x->y (B, dim) says (None when no family moves pixels).
-        Each target patch is traced back at ``POINTS_PER_SIDE`` x ``POINTS_PER_SIDE`` points;
-        points that land outside x (black corners) count for no patch."""
-        k = POINTS_PER_SIDE
-        pts = self._trace(action, grid, k)
-        if pts is None:
+        any pixel weight from x's patch m under the target transformation ``t`` (None when no
+        family moves pixels). Found by pushing one indicator image per x patch through the
+        moving families' own ``apply``, in order, so bilinear neighbours, borders and
+        compositions are counted exactly as the views are made (a geometric family's ``apply``
+        must therefore take any number of channels). ``chunk_values`` bounds the floats held at once."""
+        moving = [f for f in self.families if f.geometric]
+        if not moving:
             return None
-        b, n = action.shape[0], grid * grid
-        inside = (pts.abs() < 1).all(-1)
-        cell = ((pts + 1) / 2 * grid).floor().long().clamp_(0, grid - 1)
-        src = torch.where(inside, cell[..., 1] * grid + cell[..., 0], n).view(b, n, k * k)
-        hit = torch.zeros(b, n, n + 1, dtype=torch.bool, device=action.device)
-        hit.scatter_(2, src, True)
-        return hit[..., :n]
+        n, p = grid * grid, image_size // grid
+        eye = torch.eye(n).view(n, grid, 1, grid, 1).expand(n, grid, p, grid, p).reshape(1, n, image_size, image_size)
+        b = length(t)
+        step = max(1, chunk_values // eye.numel())
+        out = []
+        for lo in range(0, b, step):
+            part = take(t, slice(lo, min(b, lo + step)))
+            img = eye.expand(length(part), -1, -1, -1)
+            for f in moving:
+                img = f.apply(img, {k: v.cpu() for k, v in part[f.name].items()})
+            # weight of x's patch m anywhere in y's patch n
+            w = img.reshape(-1, n, grid, p, grid, p).amax((3, 5)).flatten(2)
+            out.append(w.gt(0).transpose(1, 2))
+        return torch.cat(out)
 
     def source_positions(self, action: torch.Tensor, grid: int) -> torch.Tensor | None:
         """(B, N, 2): where the centre of each of y's patches comes from in x, as (row, column)

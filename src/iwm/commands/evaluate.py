@@ -36,12 +36,12 @@ def _mrr(args: argparse.Namespace) -> int:
     try:
         res = compute_mrr(run, num_images=args.images, bank_size=args.bank, seed=args.seed, device=args.device,
                           progress=not args.no_progress, aug=strength_aug(run, args.strength), source=args.source,
-                          families=args.family, strict_context=args.strict_context)
+                          families=args.family, context="shared" if args.shared_context else "leak-free")
     except ValueError as err:  # bad counts: a message, not a traceback
         print(f"iwm: error: {err}", file=sys.stderr)
         return 2
     print(format_table(res))
-    default = MRR_FILES[args.source].replace(".json", "_strict.json" if args.strict_context else ".json")
+    default = MRR_FILES[args.source].replace(".json", "_shared.json" if args.shared_context else ".json")
     out = Path(args.out) if args.out else results_dir(run) / default
     write_text(out, json.dumps(res, indent=2))
     print(f"wrote {out}")
@@ -80,11 +80,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="clean: the untouched image is the source (the paper's MRR, default); augmented: the "
                         "source is transformed as in training, scored per family (shows whether grayscale, blur "
                         "and solarisation are undone)")
-    p.add_argument("--strict-context", action="store_true",
-                   help="geometric families: keep the bank's one context off the pixels of every entry's targets "
-                        "(default: off the target positions only)")
+    p.add_argument("--shared-context", action="store_true",
+                   help="geometric families: the earlier protocol, every entry's targets at the blocks' own "
+                        "positions in y, whose pixels a moved entry can find in the context (LEAKS; default: each "
+                        "entry's targets are the y patches whose pixels all come from the hole in the context)")
     add_no_progress(p)
     p.add_argument("--out", default=None, help="JSON file to write the result into (default <run_dir>/mrr.json, "
-                                               "or mrr_augmented.json; _strict before .json with --strict-context)")
+                                               "or mrr_augmented.json; _shared before .json with --shared-context)")
     add_overrides(p, "the run's config for this evaluation, e.g. data.path=...")
     p.set_defaults(fn=_mrr)

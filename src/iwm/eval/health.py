@@ -116,9 +116,8 @@ class HealthMonitor:
         g = torch.Generator().manual_seed(seed + 2)
         self.actions = ActionSet.from_config(cfg.aug, cfg.data.image_size)
         self.source, self.target = self.actions.sample_pair(n, g)
-        grid = cfg.data.image_size // cfg.model.patch_size
-        self.masks = MultiBlockMasker(cfg.mask, grid)(
-            n, g, self.actions.overlap(self.actions.encode(self.source, self.target), grid))
+        self.masker = MultiBlockMasker(cfg.mask, cfg.data.image_size // cfg.model.patch_size)
+        self.mask_state = g.get_state()  # each family's masks are drawn from here: one context for all
         # identity transformations (I-JEPA) have no families to tell apart
         self.families = ("all", *self.actions.names) if cfg.aug.strength > 0 else ("all",)
         self.mrr_seed = seed + 3
@@ -169,8 +168,12 @@ class HealthMonitor:
                 res = compute_mrr(run, images=self.test[:e.health_mrr_images], bank_size=e.health_mrr_bank,
                                   seed=self.mrr_seed, device=self.device, source="clean")
                 rec["mrr"] = res["mrr"]  # None where the bank is all identities
+                if res["floor"] is not None:  # the bank moves pixels: what needs no learning, beside it
+                    rec["mrr_floor"] = res["floor"]
                 if len(res["families"]) > 1:  # each family the target's bank draws from, alone
                     rec.update({f"mrr_{f}": v["mrr"] for f, v in res["families"].items()})
+                    rec.update({f"mrr_{f}_floor": v["floor"] for f, v in res["families"].items()
+                                if v["floor"] is not None})
                 rec["mrr_chance"] = res["chance"]
         finally:
             for m, training in modes:
@@ -186,15 +189,20 @@ class HealthMonitor:
 
     def _family_losses(self, model: IWM) -> dict[str, float]:
         """The training loss on the fixed batch, with the transformation cut down to one family
-        at a time (``all``: as sampled; :meth:`iwm.actions.ActionSet.for_family`); the masks
-        stay the same."""
+        at a time (``all``: as sampled; :meth:`iwm.actions.ActionSet.for_family`); the context
+        stays the same, and a moved view's targets are the patches each block moves to."""
         model.eval()
         n = length(self.source)
         c = self.test[:n].to(self.device).float().div_(255.0)
-        masks = self.masks.to(self.device)
+        cfg = self.cfg
         losses = []
         for f in self.families:
-            source, target = (move(t, self.device) for t in self.actions.for_family(self.source, self.target, f))
+            source, target = self.actions.for_family(self.source, self.target, f)
+            g = torch.Generator()
+            g.set_state(self.mask_state)
+            masks = self.masker(n, g, self.actions.support(target, self.masker.grid, cfg.data.image_size))
+            masks = masks.to(self.device)
+            source, target = move(source, self.device), move(target, self.device)
             x, y = normalize(self.actions.apply(c, source)), normalize(self.actions.apply(c, target))
             with self._autocast():
                 losses.append(model(x, y, self.actions.encode(source, target), masks).float())
@@ -233,6 +241,7 @@ def plot_health(records: list[dict], path: str | Path, cfg: Config | None = None
     ax.set_title("kNN top-1 (%)")
     ax = axes[1]
     line(ax, "mrr", "world model")
+    line(ax, "mrr_floor", "floor (no learning)", ls=":", color="black")
     line(ax, "mrr_chance", "chance", ls="--", color="gray")
     ax.set_title("MRR")
     for ax, key, title, limit in ((axes[2], "feature_std", "feature std", "collapse_std"),

@@ -20,7 +20,7 @@ Truth = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # distinct target patch
 def _rows(truth: Truth, idx: torch.Tensor) -> Truth:
     """Some samples' share of ``truth``, without the padding columns none of them needs."""
     counts = truth[1][idx]
-    longest = int((counts > 0).sum(1).max())
+    longest = max(1, int((counts > 0).sum(1).max()))  # a group may have no target left (moved views)
     return truth[0][idx, :longest], counts[:, :longest], truth[2][idx, :longest]
 
 
@@ -61,24 +61,29 @@ class IWM(nn.Module):
         quarter of the step)."""
         # one pass: the target encoder runs once for the whole batch, each group takes its rows
         truth = None if self.per_block else self._distinct_truth(y, masks)
+        # a moved view's blocks differ in size: the loss is the mean over the batch's real entries
+        entries = None if masks.target_valid is None else masks.target_valid.sum().clamp(min=1)
         if self.length_groups > 1 and masks.context_valid is not None:
             order = masks.context_lengths().argsort(stable=True)
             total = x.new_zeros(())
             for idx in order.chunk(self.length_groups):
                 part = None if truth is None else _rows(truth, idx)
-                total = total + self._loss(x[idx], y[idx], action[idx], masks[idx].trimmed(), part) * len(idx)
+                share = None if entries is None else entries * len(idx) / x.shape[0]
+                total = total + self._loss(x[idx], y[idx], action[idx], masks[idx].trimmed(), part, share) * len(idx)
             return total / x.shape[0]
-        return self._loss(x, y, action, masks, truth)
+        return self._loss(x, y, action, masks, truth, entries)
 
     def _distinct_truth(self, y: torch.Tensor, masks: Masks) -> Truth:
         """The patches the target blocks cover, each once, with their counts and target tokens: a
         patch in several blocks is predicted once and its loss counted as often, the same loss as
         with every block's copy in the sequence (see Predictor.forward)."""
-        idx, counts = distinct_targets(masks.targets, self.encoder.num_patches)
+        idx, counts = distinct_targets(masks.targets, self.encoder.num_patches, valid=masks.target_valid)
         return idx, counts, self.targets(y, idx)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor, action: torch.Tensor, masks: Masks,
-              truth: Truth | None = None) -> torch.Tensor:
+              truth: Truth | None = None, entries: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of some samples; ``entries``: what the sum over their real target entries is
+        divided by (None: every entry is real, and it is their number)."""
         t = masks.targets.shape[1]
         valid = masks.context_valid
         context = self.encoder.tokens(x, masks.context, valid)
@@ -88,12 +93,18 @@ class IWM(nn.Module):
                 return None if z is None else z.repeat_interleave(t, 0)
 
             tidx = masks.targets.flatten(0, 1)
-            pred = self.predictor(rep(context), rep(masks.context), tidx, rep(action), rep(valid))
-            return self.loss(pred.float(), gather_tokens(rep(self.targets(y)), tidx).float())
+            real = None if masks.target_valid is None else masks.target_valid.flatten(0, 1)
+            pred = self.predictor(rep(context), rep(masks.context), tidx, rep(action), rep(valid),
+                                  target_counts=None if real is None else real.long())
+            truth_tokens = gather_tokens(rep(self.targets(y)), tidx).float()
+            if real is None:
+                return self.loss(pred.float(), truth_tokens)
+            per_token = self.loss(pred.float(), truth_tokens, reduction="none").mean(-1)
+            return (per_token * real).sum() / entries
         tidx, counts, tokens = truth
         pred = self.predictor(context, masks.context, tidx, action, valid, target_counts=counts)
         per_token = self.loss(pred.float(), tokens.float(), reduction="none").mean(-1)
-        return (per_token * counts).sum() / masks.targets.numel()
+        return (per_token * counts).sum() / (masks.targets.numel() if entries is None else entries)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

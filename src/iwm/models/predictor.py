@@ -15,7 +15,10 @@ Where a mask token sits when a geometric family moved y (``query_frame``): ``sou
 it at the position in x that its patch's pixels come from, as a_x->y says (sin-cos positions at
 fractional patch coordinates), so that the predictor need not learn the move's geometry, only
 what the moved patch looks like; ``target`` places it at its own position in y. Either way it
-predicts y's tokens at y's target blocks, and the two agree when nothing moves pixels.
+predicts y's tokens at y's target blocks, and the two agree when nothing moves pixels. A
+``none``-conditioned predictor places its queries at y's own positions in either frame: it sees
+nothing of a_x->y. ``query_coords`` places the queries by hand instead (the no-learning floor of
+:mod:`iwm.eval.mrr`: queries placed by the known geometry, the action zeroed).
 
 Its LayerNorms take ``norm_eps``: 1e-5 (PyTorch's default) for ours, 1e-6 for an imported
 I-JEPA predictor, which was trained with it.
@@ -69,18 +72,25 @@ class Predictor(nn.Module):
 
     def forward(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor,
                 action: torch.Tensor | None = None, context_valid: torch.Tensor | None = None,
-                prefix: torch.Tensor | None = None, target_counts: torch.Tensor | None = None) -> torch.Tensor:
+                prefix: torch.Tensor | None = None, target_counts: torch.Tensor | None = None,
+                query_coords: torch.Tensor | None = None) -> torch.Tensor:
         """context (B, Nc, D) encoder tokens at patches context_idx (B, Nc); target_idx (B, Nt);
         action a_x->y (B, action_dim); context_valid (B, Nc) False where the context is padding
         (None: no padding); prefix (B, K, width) tokens placed first in the sequence, with no
         position (the multi-task token of predictor tuning); target_counts (B, Nt) how many
         identical mask tokens each one stands for (0: padding): as a key it weighs that many
         times (log(count) added to its logits), which gives every token the outputs it would have
-        with the copies in the sequence. Returns predicted target tokens (B, Nt, D)."""
+        with the copies in the sequence; query_coords (B, Nt, 2) (row, column) in x's patch units
+        where the mask tokens sit, in place of the query frame's rule. Returns predicted target
+        tokens (B, Nt, D)."""
         b, nt = target_idx.shape
         pos = self.pos_embed.expand(b, -1, -1).to(context.dtype)
         x = self.embed(context) + gather_tokens(pos, context_idx)
-        m = self.mask_token.to(x.dtype) + self._query_positions(pos, target_idx, action).to(x.dtype)
+        if query_coords is not None:
+            where = sincos_at(query_coords, pos.shape[-1])
+        else:
+            where = self._query_positions(pos, target_idx, None if self.conditioning == "none" else action)
+        m = self.mask_token.to(x.dtype) + where.to(x.dtype)
         parts = [x, m]
         if self.conditioning != "none":
             if action is None:

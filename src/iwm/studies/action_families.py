@@ -14,7 +14,12 @@ Three pretrainings on CIFAR-10, the same but for ``aug.families`` and where the 
 
 Each is measured by MRR per family (the clean source, the paper's protocol, for every family
 that transforms the target, each with its own bank; the augmented source for those that
-transform the source), and on its frozen target encoder by kNN, a linear probe, an attentive
+transform the source), with the leak-free context, each geometric figure beside its floor: the
+same predictor, images, banks and masks with a_x->y zeroed and its queries placed by the bank's
+geometry (:mod:`iwm.eval.mrr`). The photometric run, and the shipped ``cifar10_equi``, which
+never saw a move, get that floor on the geometric banks too. A geometric family is read as
+learned only where the learned MRR beats its floor by more than two standard errors. Each run
+is also measured on its frozen target encoder by kNN, a linear probe, an attentive
 probe and predictor finetuning (:func:`iwm.studies.leverage.evaluate`), beside random init
 (the same architecture before its first step) and the raw pixels. The gap between predictor
 finetuning and the linear probe places a model on the paper's abstraction spectrum: a rich,
@@ -30,6 +35,8 @@ conclusion: a placeholder is left for whoever reads the numbers.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +47,7 @@ import torch
 from ..actions import DEFAULT_FAMILIES, GEOMETRIC
 from ..config import encoder_dims
 from ..downstream.probes import PIXELS
-from ..eval.mrr import chance_mrr, compute_mrr
+from ..eval.mrr import chance_mrr, compute_mrr, eval_images
 from ..files import write_text
 from ..train import resolve_device
 from ..version import code_version
@@ -60,26 +67,43 @@ GEOMETRIC_LABEL, Y_FRAME_LABEL = "photometric + geometric", "photometric + geome
 MODELS = {"photometric": PHOTOMETRIC_RUN, GEOMETRIC_LABEL: GEOMETRIC_RUN, Y_FRAME_LABEL: Y_FRAME_RUN}
 RANDOM = "random init"
 RANDOM_KINDS = ("knn", "linear", "attentive")  # predictor finetuning of a random predictor: not measured (time)
+SHIPPED = "shipped cifar10_equi (never saw a move)"
 STORE = "action_families.json"
-# 2: a family's own bank holds each transformation once; 3: the strict context too (stored
-# figures of an earlier protocol are measured again)
-MRR_PROTOCOL = 3
+# 2: a family's own bank holds each transformation once; 3: the strict context too; 4: the
+# leak-free masks, banks without repeats, the floor (stored figures of an earlier protocol are
+# measured again)
+MRR_PROTOCOL = 4
+SCORES = ("mrr", "mrr_se", "floor", "floor_se", "gain", "gain_se", "chance", "count")
 
 
-def _mrr(run, mrr_images: int, mrr_bank: int, device: torch.device) -> dict:
+def _scores(r: dict) -> dict:
+    return {k: r[k] for k in SCORES}
+
+
+def _mrr(run, mrr_images: int, mrr_bank: int, device: torch.device, moves) -> dict:
     """MRR per family by both protocols (``clean``: every target family's bank, then each
-    family's own; ``augmented``: ``all`` and each family that transforms the source), and the
-    clean one with the strict context (``clean_strict``: each family's own bank)."""
+    family's own; ``augmented``: ``all`` and each family that transforms the source), the
+    geometric ones beside their floors; a run that never learnt a move gets the floor of the
+    geometric families' own banks of ``moves`` (the geometric run's AugConfig) as well."""
+    images = eval_images(run, mrr_images, 0)
     out = {}
-    for name, source, strict in (("clean", "clean", False), ("augmented", "augmented", False),
-                                 ("clean_strict", "clean", True)):
-        r = compute_mrr(run, num_images=mrr_images, bank_size=mrr_bank, seed=0, device=device, source=source,
-                        strict_context=strict)
-        out[name] = {"mrr": r["mrr"], "mrr_action_zeroed": r["mrr_action_zeroed"],
-                     "families": {f: {k: v[k] for k in ("mrr", "mrr_action_zeroed", "chance")}
-                                  for f, v in r["families"].items()}}
+    for source in ("clean", "augmented"):
+        r = compute_mrr(run, images=images, bank_size=mrr_bank, seed=0, device=device, source=source)
+        out[source] = {**_scores(r), "families": {f: _scores(v) for f, v in r["families"].items()}}
+    if not run.actions.geometric:
+        out["geometric_floor"] = _geometric_floor(run, images, mrr_bank, device, moves)
     out["chance"] = chance_mrr(mrr_bank)
     return out
+
+
+def _aug_digest(aug) -> str:
+    return hashlib.sha256(json.dumps(dataclasses.asdict(aug), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _geometric_floor(run, images: torch.Tensor, mrr_bank: int, device: torch.device, moves) -> dict:
+    """The floor of a model that never learnt a move, on each geometric family's own bank."""
+    r = compute_mrr(run, images=images, bank_size=mrr_bank, seed=0, device=device, aug=moves, families=GEOMETRIC)
+    return {f: _scores(v) for f, v in r["families"].items()}
 
 
 def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_bank: int, extra_overrides: list[str],
@@ -122,6 +146,8 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
     if long_steps:
         models += longer(long_steps, steps)
     study["order"] = [label for label, _, _ in models]
+    moves = run_config(GEOMETRIC_RUN, runs_dir, steps, extra_overrides, device).aug
+    images = None
     for label, grid_run, n in models:
         cfg = run_config(grid_run, runs_dir, n, extra_overrides, device)
         ensure_trained(cfg, n)
@@ -131,10 +157,16 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
         digest = settings_digest(run, "mrr")
         measured(label, "mrr", {"mrr_images": mrr_images, "mrr_bank": mrr_bank, "step": run.step, "settings": digest,
                                 "protocol": MRR_PROTOCOL},
-                 lambda: _mrr(run, mrr_images, mrr_bank, dev))
+                 lambda: _mrr(run, mrr_images, mrr_bank, dev, moves))
         for kind in CLASSIFICATION:
             key = {**setting_key(kind, settings, run.step), "settings": settings_digest(run, kind)}
             measured(label, kind, key, lambda: evaluate(run, kind, settings, dev, progress))
+        images = eval_images(run, mrr_images, 0) if images is None else images
+    # the shipped photometric model, on the same images: what the given geometry scores unlearnt
+    shipped = load("pretrained:cifar10_equi", device=dev)
+    measured(SHIPPED, "geometric_floor", {"mrr_images": mrr_images, "mrr_bank": mrr_bank, "protocol": MRR_PROTOCOL,
+                                          "step": shipped.step, "moves": _aug_digest(moves)},
+             lambda: _geometric_floor(shipped, images, mrr_bank, dev, moves))
     # random init: the photometric run's architecture before its first step
     base = run_config(PHOTOMETRIC_RUN, runs_dir, steps, extra_overrides, device)
     rand = random_init(base, dev)
@@ -166,57 +198,102 @@ def longer(long_steps: int, steps: int) -> list[tuple[str, GridRun, int]]:
 # the page
 
 
+def reading(r: dict) -> str:
+    """The rule every geometric row is read by: beyond (or below) the floor where the paired
+    gap is more than two standard errors over images from zero, else not resolved."""
+    if r.get("mrr") is None:
+        return "floor only" if r.get("floor") is not None else "n/a"
+    if r.get("gain_se") is None:  # one image scored: no error to read the gap by
+        return "not resolved"
+    if r["gain"] > 2 * r["gain_se"]:
+        return "**beyond its floor**"
+    if r["gain"] < -2 * r["gain_se"]:
+        return "below its floor"
+    return "not resolved"
+
+
+def _se(v: float | None, se: float | None, signed: bool = False) -> str:
+    if v is None:
+        return "—"
+    text = f"{v:+.4f}" if signed else f"{v:.4f}"
+    return text if se is None else f"{text} ± {se:.4f}"
+
+
+def _floor_table(study: dict) -> list[str]:
+    """Every geometric bank of every model: learned, floor, their gap, chance, and the reading."""
+    order = [k for k in study.get("order", MODELS) if k in study["models"]]
+    rows = []
+    for label in [*order, SHIPPED]:
+        ev = study["models"].get(label, {}).get("evals", {})
+        mrr = ev.get("mrr", {})
+        fam = mrr.get("clean", {}).get("families", {}) if mrr else {}
+        floors = mrr.get("geometric_floor") or ev.get("geometric_floor") or {}
+        for f in GEOMETRIC:
+            r = fam.get(f) or floors.get(f)
+            if r is None:
+                continue
+            rows.append([label, f, _se(r["mrr"], r["mrr_se"]), _se(r["floor"], r["floor_se"]),
+                         _se(r["gain"], r["gain_se"], signed=True), fmt_mrr(r["chance"]), reading(r)])
+    s = study["settings"]
+    return ["## The geometric world model against its floor", "",
+            f"MRR by the paper's protocol (the clean image as the source), each geometric family's own bank (each "
+            f"move once, drawn as in training, up to {s['mrr_bank']} entries), leak-free context: each entry's "
+            "targets are the y patches whose pixels all come from the hole in the context, so no context patch "
+            "gives any weight to a target pixel, and the context is the same for every entry. **Floor**: the same "
+            "predictor, images, banks and masks, a_x->y zeroed and each query placed where the bank's geometry "
+            "brings its pixels from: what the geometry we give by hand scores with nothing of the move learnt. "
+            "Models that never learnt a move (the photometric run; the shipped `cifar10_equi`) have the floor "
+            "alone. ± one standard error over the test images (the paired gap's for learned - floor); one "
+            "training seed each, so the errors hold the images' noise, not the seeds'. Reading: beyond (below) "
+            "its floor where learned - floor is more than two standard errors above (below) zero; otherwise "
+            "not resolved.", "",
+            *table(["model", "bank", "learned MRR", "floor", "learned - floor", "chance", "reading"], rows), "",
+            *_summary(rows), ""]
+
+
+def _summary(rows: list[list[str]]) -> list[str]:
+    """The table's readings, gathered per model: which families were learnt beyond the floor."""
+    out = []
+    for label in dict.fromkeys(r[0] for r in rows):
+        mine = [r for r in rows if r[0] == label and r[-1] != "floor only"]
+        if not mine:
+            continue
+        beyond = [r[1] for r in mine if "beyond" in r[-1]]
+        below = [r[1] for r in mine if r[-1] == "below its floor"]
+        unresolved = [r[1] for r in mine if r[-1] == "not resolved"]
+        out.append(f"- {label}: beyond its floor: {', '.join(beyond) or 'none'}; not resolved: "
+                   f"{', '.join(unresolved) or 'none'}; below its floor: {', '.join(below) or 'none'}.")
+    return out
+
+
 def _mrr_tables(study: dict) -> list[str]:
     models = {k: study["models"][k] for k in study.get("order", MODELS)}
-    clean_families = list(dict.fromkeys(f for m in models.values() for f in m["evals"]["mrr"]["clean"]["families"]))
+    moved = [k for k, m in models.items() if any(f in GEOMETRIC for f in m["evals"]["mrr"]["clean"]["families"])]
     aug_families = list(dict.fromkeys(f for m in models.values() for f in m["evals"]["mrr"]["augmented"]["families"]))
 
     def clean_row(label: str, m: dict) -> list[str]:
         r = m["evals"]["mrr"]["clean"]
-        fam = r["families"]
-        cells = [_with_chance(fam[f]) if f in fam else "not learnt" for f in clean_families]
-        return [label, fmt_mrr(r["mrr"]), fmt_mrr(r["mrr_action_zeroed"]), *cells]
+        jitter = r["families"].get("jitter", r)
+        return [label, _se(r["mrr"], r["mrr_se"]), fmt_mrr(r["chance"]), _se(jitter["mrr"], jitter["mrr_se"]),
+                fmt_mrr(jitter["chance"])]
 
     def aug_row(label: str, m: dict) -> list[str]:
         r = m["evals"]["mrr"]["augmented"]
         return [label, *(fmt_mrr(r["families"][f]["mrr"]) if f in r["families"] else "n/a" for f in aug_families)]
 
-    chance = next(iter(models.values()))["evals"]["mrr"]["chance"]
     return [
-        "## MRR per family", "",
-        "The paper's protocol: the clean image is the source, ranked among a bank of targets. `all target "
-        "families` draws the bank from every family that transforms the target together, each forced on; a "
-        "family's column is a bank of that family's transformations alone, drawn as in training from its own "
-        "stream, each transformation once (so hflip's bank is the image and its mirror, rot90's its four "
-        f"turns). In brackets, chance (random ranks), which depends on the bank's size; the bank of every "
-        f"target family together has {study['settings']['mrr_bank']} entries, chance {fmt_mrr(chance)}. `a = 0` is "
-        "that bank ranked by the same predictor with the action zeroed (chance unless the action is ignored).",
-        "", *table(["model", "all target families", "a = 0", *clean_families],
-                   [clean_row(k, m) for k, m in models.items()]), "",
+        *_floor_table(study),
+        "## MRR of the banks that keep pixels still", "",
+        "The same protocol. `every target family` draws the bank from every family that transforms the target "
+        "together: the jitter forced on, the geometric families on and off as in training, each entry once"
+        + (f" (for {', '.join(moved)} it mixes moves, so its floor is in the table above only per family)" if moved
+           else "") + "; `jitter` is the jitter's own bank. A bank that moves no pixel has chance as its floor: the "
+        "zeroed predictor makes one prediction for every entry.", "",
+        *table(["model", "every target family", "chance", "jitter", "chance"],
+               [clean_row(k, m) for k, m in models.items()]), "",
         "The source transformed as in training, per family that transforms it (the view of the paper's "
-        "Figure 1), against the bank above:", "",
-        *table(["model", *aug_families], [aug_row(k, m) for k, m in models.items()]), "",
-        *_strict_table(models)]
-
-
-def _with_chance(score: dict) -> str:
-    """A family's MRR with its chance in brackets."""
-    return f"{fmt_mrr(score['mrr'])} ({fmt_mrr(score.get('chance'))})"
-
-
-def _strict_table(models: dict) -> list[str]:
-    """The geometric families' own banks again, with the strict context."""
-    moved = {k: m["evals"]["mrr"]["clean_strict"]["families"] for k, m in models.items()
-             if any(f in GEOMETRIC for f in m["evals"]["mrr"]["clean"]["families"])}
-    if not moved:
-        return []
-    rows = [[label, *(_with_chance(fam[f]) for f in GEOMETRIC)] for label, fam in moved.items()]
-    return ["The geometric families' own banks again, with the strict context (`iwm eval mrr RUN "
-            "--strict-context`): the bank's one context is kept off every x patch whose pixels any entry's "
-            "target blocks show, as training keeps it off its own entry's. Above, it is kept off the target "
-            "blocks' positions only, so an entry that moves the blocks can find its pixels in the context. The "
-            "strict context is smaller than training's (every entry moves the blocks elsewhere).", "",
-            *table(["model", *GEOMETRIC], rows), ""]
+        "Figure 1), against the bank above (chance as there):", "",
+        *table(["model", *aug_families], [aug_row(k, m) for k, m in models.items()]), ""]
 
 
 def _protocol_table(study: dict) -> list[str]:

@@ -34,7 +34,8 @@ class BatchMaker:
 
     def __init__(self, cfg: Config, rank: int, world: int, device: torch.device):
         self.seed, self.rank, self.world, self.device = cfg.run.seed, rank, world, device
-        self.grid = cfg.data.image_size // cfg.model.patch_size
+        self.size = cfg.data.image_size
+        self.grid = self.size // cfg.model.patch_size
         self.masker = MultiBlockMasker(cfg.mask, self.grid)
         self.actions = ActionSet.from_config(cfg.aug, cfg.data.image_size)
 
@@ -44,7 +45,7 @@ class BatchMaker:
         glob = b * self.world
         source, target = self.actions.sample_pair(glob, g)
         action = self.actions.encode(source, target)
-        masks = self.masker(glob, g, self.actions.overlap(action, self.grid))
+        masks = self.masker(glob, g, self.actions.support(target, self.grid, self.size))
         sl = slice(self.rank * b, (self.rank + 1) * b)
         # non-blocking: a blocking copy from the host waits for the GPU's queue to drain
         source = move(take(source, sl), self.device, non_blocking=True)

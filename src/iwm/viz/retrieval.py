@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..eval.mrr import (Probe, eval_images, image_generator, reciprocal_ranks, source_families,
-                        squared_distances, target_families)
+from ..eval.mrr import Probe, eval_images, image_generator, source_families, target_families
 from ..files import save_figure
 
 if TYPE_CHECKING:
@@ -84,8 +83,8 @@ def retrieval_figure(run: Run, out_path: str | Path, num_images: int = 4, num_ne
                 trial, s = shared, probe.edit(shared.source, family)
             actions = probe.action(trial, s)
             pred = probe.predict(trial, s, actions)  # all K, so the rank is the MRR's rank
-            rank = round(1.0 / reciprocal_ranks(pred, trial.bank_tokens)[0].item())
-            order = squared_distances(pred[:1], trial.bank_tokens)[0].argsort(stable=True)
+            rank = round(1.0 / trial.reciprocal_ranks(pred)[0].item())
+            order = trial.distances(pred)[0][0].argsort(stable=True)
             ax = axes[row]
             _show(ax[0], probe.source_view(trial, s)[0])
             ax[1].axis("off")
