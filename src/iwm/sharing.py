@@ -109,7 +109,7 @@ SCORE_FILES = ("knn.json", "demo_report.json", "mrr.json", "mrr_augmented.json",
 def collect_scores(run_dir: str | Path | None) -> dict[str, float]:
     """The measured scores in a run directory's evaluation files (``iwm eval``, ``iwm leverage``,
     the demo), as ``{name: value}``: knn_top1, mrr (clean source, the paper's protocol),
-    mrr_augmented_source, probe_<kind>_top1,
+    mrr_floor (its no-learning floor, where the bank moves pixels), mrr_augmented_source, probe_<kind>_top1,
     finetune_<protocol>_top1, segment_<source>_miou, multitask_<task>_top1."""
     if run_dir is None:
         return {}
@@ -134,6 +134,7 @@ def collect_scores(run_dir: str | Path | None) -> dict[str, float]:
         res = found[file] or {}
         if res.get("source") == "clean":  # the paper's protocol
             put("mrr", res.get("mrr"))
+            put("mrr_floor", res.get("floor"))  # where the bank moves pixels: what needs no learning
         elif res:  # the source transformed as in training (every mrr.json before the clean protocol)
             put("mrr_augmented_source", res.get("mrr", res.get("families", {}).get("all", {}).get("mrr")))
     for file, prefix, key, value in (("leverage_probe.json", "probe", "kind", "top1"),
@@ -183,6 +184,10 @@ def model_card(meta: dict[str, Any], name: str) -> str:
     mrr_note = (" `mrr` is the world model's mean reciprocal rank by the paper's protocol (the clean image as "
                 "the source); `mrr_augmented_source` the same with the source transformed as in training."
                 if "mrr_augmented_source" in scores else "")
+    if "mrr_floor" in scores:
+        mrr_note += (" `mrr_floor` is the same predictor with a_x->y zeroed and its queries placed by the bank's "
+                     "geometry: what the geometry given by hand scores with nothing of the moves learnt. A world "
+                     "model of the moves is only what `mrr` scores above it.")
     score_part = (f"| score | value |\n|---|---|\n{score_lines}\n\nRead from the run's evaluation files "
                   f"(`iwm eval knn`, `iwm eval mrr`, `iwm leverage ...`).{mrr_note}"
                   if scores else "No evaluation was recorded with these weights.")
