@@ -14,7 +14,7 @@ from . import config as config_mod
 from .data import find_cifar10
 from .eval import knn_eval
 from .files import write_text
-from .studies.page import RAW_NUMBERS, provenance, refresh_quote, table, write_page
+from .studies.page import RAW_NUMBERS, describe_data, provenance, refresh_quote, table, write_page
 from .train import build_model, pretrain, resolve_device
 
 DEMO_STEPS = 800  # about 2 epochs: sized so the whole demo stays inside 15 minutes on 2 CPU cores
@@ -31,9 +31,10 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
     cfg = config_mod.load(config_mod.resolve_config("cifar10_equi"), [
         *([f"data.path={data}"] if data else []), f"run.out_dir={out_dir}",
         f"optim.max_steps={steps or DEMO_STEPS}", "run.ckpt_every=100", *overrides])
-    source = cfg.data.dataset
+    source, found = cfg.data.dataset, cfg.data.path
     if cfg.data.dataset == "cifar10":  # found (or downloaded) now, before any training
-        source = f"CIFAR-10 from {find_cifar10(cfg.data.path, cfg.data.cache_dir)}"
+        found = str(find_cifar10(cfg.data.path, cfg.data.cache_dir))
+        source = f"CIFAR-10 from {found}"
     print(f"iwm demo: pretraining an IWM ({cfg.predictor.conditioning} conditioning, predictor depth "
           f"{cfg.predictor.depth}) for {cfg.optim.max_steps} steps of {cfg.data.batch_size} images of {source}")
     result = pretrain(cfg)
@@ -58,6 +59,7 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
         "knn": {k: v for k, v in knn_trained.items() if k not in ("top1", "pixels_top1")},
         "train_seconds": t_train, "total_seconds": total, "device": str(device), "batch_size": cfg.data.batch_size,
         "threads": torch.get_num_threads(), "reference_model": reference, "code": code,
+        "data": describe_data(cfg.data.dataset, found),
     }
     run_dir = Path(result.run_dir)
     write_text(run_dir / "demo_report.json", json.dumps(report, indent=2))

@@ -50,7 +50,7 @@ from ..viz.study_plots import protocol_spectrum
 from ..train import resolve_device
 from ..version import code_version
 from .grid import GridRun, device_name, ensure_trained, run_config, settings_digest
-from .page import RAW_NUMBERS, VERDICT, provenance, table
+from .page import RAW_NUMBERS, VERDICT, describe_data, provenance, table
 from .world_model import GRID
 
 
@@ -229,7 +229,8 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, settings: dict[str, Any]
     study["settings"].update(dataset=first.data.dataset, image_size=first.data.image_size,
                              patch_size=first.model.patch_size, batch_size=first.data.batch_size,
                              encoder={"embed_dim": dim, "depth": depth, "num_heads": heads})
-    study["mrr"] = _mrr_from_world_model_study(runs_dir, steps)
+    study["data"] = describe_data(first.data.dataset, first.data.path)
+    study["mrr"], study["mrr_protocol"] = _mrr_from_world_model_study(runs_dir, steps)
     _write(store, study, {})
     out_md.parent.mkdir(parents=True, exist_ok=True)
     _write(out_md.with_suffix(".json"), study, {})  # the raw numbers beside the page
@@ -245,17 +246,20 @@ def _write(path: Path, study: dict, previous: dict) -> None:
     write_json({**study, "models": {**previous, **study["models"]}}, path)
 
 
-def _mrr_from_world_model_study(runs_dir: Path, steps: int) -> dict[str, float]:
-    """MRR of the three runs where the world-model study measured them at the same steps."""
+def _mrr_from_world_model_study(runs_dir: Path, steps: int) -> tuple[dict[str, float], str | None]:
+    """MRR of the three runs where the world-model study measured them at the same steps, and its
+    protocol in words (None where there is none)."""
     path = runs_dir / "study.json"
     if not path.is_file():
-        return {}
+        return {}, None
     ws = json.loads(path.read_text())
     if ws["settings"]["steps"] != steps:
-        return {}
+        return {}, None
     # on the common strong bank where measured: comparable between the weak and strong runs
-    return {m.label: ws["runs"][m.run].get("mrr_strong_bank", ws["runs"][m.run]["mrr"])
-            for m in MODELS if m.run in ws["runs"]}
+    values = {m.label: ws["runs"][m.run].get("mrr_strong_bank", ws["runs"][m.run]["mrr"])
+              for m in MODELS if m.run in ws["runs"]}
+    return values, (f"clean source (the paper's protocol), {ws['settings']['mrr_images']} test images x "
+                    f"{ws['settings']['mrr_bank']}-entry bank")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,12 +283,12 @@ def _header(study: dict) -> list[str]:
         f"{enc['num_heads']} heads; the runs of the world-model study "
         + ", ".join(f"`{m.run}` ({m.label})" for m in MODELS),
         f"- classification: CIFAR-10, {train} train images (seeded subset), {test} test images, frozen EMA "
-        f"target encoder; kNN k=20; linear probe 100 epochs (lr x wd picked on a held-out part of the train "
-        f"set); attentive probe {s['attentive_epochs']} epochs; finetuning {s['finetune_epochs']} "
+        f"target encoder; kNN k=20 with these {train} train images as its bank; linear probe 100 epochs "
+        f"(lr x wd picked on a held-out part of the train set); attentive probe {s['attentive_epochs']} epochs; finetuning {s['finetune_epochs']} "
         f"epochs, batch {s['finetune_batch']}, lr {s['finetune_lr']:g}, random-resized-crop + flip; predictor "
         f"finetuning with an attentive head, the pretrained predictor at {s['predictor_lr_ratio']:g} x lr",
-        f"- segmentation: CamVid (`{s['seg_data']}`), resized to {s['image_size']} px, light decoder (LayerNorm "
-        f"+ linear per token), {s['seg_epochs']} epochs, batch {s['seg_batch']}, lr {s['seg_lr']:g}; mIoU on the "
+        f"- segmentation: CamVid (`{Path(s['seg_data']).name}`), resized to {s['image_size']} px, light decoder "
+        f"(LayerNorm + linear per token), {s['seg_epochs']} epochs, batch {s['seg_batch']}, lr {s['seg_lr']:g}; mIoU on the "
         "validation split at the labels' own resolution", RAW_NUMBERS, ""]
 
 
@@ -304,8 +308,9 @@ def _table8(study: dict) -> list[str]:
                      "the same probes on the images themselves: a representation has to beat this"])
     return ["## Table 8 analogue: one encoder, protocols of growing capacity", "",
             "Top-1 (%) on CIFAR-10, mIoU (%) on CamVid. MRR: the world-model study's measure of the same run, "
-            "ranked on the strong transformations.", "",
-            *table(["model", "MRR", "kNN", "linear", "attentive", "predictor FT", "CamVid mIoU, encoder",
+            f"ranked on the strong transformations; protocol: {study.get('mrr_protocol') or 'not recorded'}.",
+            "", *table(["model", "MRR, " + (study.get("mrr_protocol") or "protocol not recorded").split(" (")[0],
+                        "kNN", "linear", "attentive", "predictor FT", "CamVid mIoU, encoder",
                     "CamVid mIoU, predictor", "paper (qualitative)"], rows), "",
             "![top-1 by protocol, one line per model](leverage_spectrum.png)", "", VERDICT, ""]
 

@@ -4,6 +4,7 @@ that dict with these, so a page is re-rendered from its JSON alone."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -15,9 +16,40 @@ RAW_NUMBERS = "- raw numbers: the .json file of the same name beside this page"
 
 
 def provenance(study: dict) -> list[str]:
-    """The bullets every page opens with: where, when, by which code and command it was measured."""
+    """The bullets every page opens with: where, when, on which data, by which code and command it
+    was measured."""
+    code = study.get("code", "not recorded")
+    note = code_note([code])
     return [f"- device: {study['device']}", f"- date: {study['date']}",
-            f"- code: {study.get('code', 'not recorded')}", f"- command: `{study['command']}`"]
+            *([f"- data: {study['data']}"] if study.get("data") else []),
+            f"- code: {code}" + (f" ({note})" if note else ""), f"- command: `{study['command']}`"]
+
+
+def code_note(codes: Sequence[str]) -> str:
+    """What a reader must know about the code versions behind a page's numbers, in plain words: a
+    page stitched from several commits, or measured on a tree with uncommitted changes (git's
+    ``-dirty``), says so; one clean commit needs no note ("")."""
+    codes = list(dict.fromkeys(codes))
+    dirty = sum(c.endswith("-dirty") for c in codes)
+    if len(codes) > 1:
+        note = f"stitched from {len(codes)} code versions, not one commit's results"
+        return note + (f"; {dirty} of them with uncommitted changes (`-dirty`), not reproducible from their "
+                       "commits alone" if dirty else "")
+    return "a tree with uncommitted changes (`-dirty`), not reproducible from the commit alone" if dirty else ""
+
+
+def describe_data(dataset: str, path: str = "") -> str:
+    """The data a page was measured on, by name and never by a local path: for CIFAR-10, whether our
+    JPEG copy (quality 75, its pixels differ slightly from the standard files') or the standard one."""
+    if dataset != "cifar10":
+        return f"{dataset}" + (f" (`{Path(path).name}`)" if path else "")
+    name = Path(path or os.environ.get("IWM_CIFAR10", "")).name
+    if "jpg" in name or "jpeg" in name:
+        return (f"CIFAR-10, our JPEG copy at quality 75 (`{name}`; its pixels differ slightly from the "
+                "standard files')")
+    if name in ("", "cifar-10-python.tar.gz", "cifar-10-batches-py"):
+        return "CIFAR-10, the standard files (`cifar-10-python.tar.gz`)"
+    return f"CIFAR-10 from `{name}`"
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:

@@ -32,7 +32,7 @@ from ..files import write_text
 from ..viz.study_plots import mrr_by_depth
 from ..train import resolve_device
 from ..version import code_version
-from .page import RAW_NUMBERS, VERDICT, as_section, provenance, table, write_page
+from .page import RAW_NUMBERS, VERDICT, as_section, describe_data, provenance, table, write_page
 from .grid import GridRun, device_name, ensure_trained, run_config, steps_per_epoch
 
 STRENGTHS = {"weak": 0.5, "strong": 1.0}
@@ -161,6 +161,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int | None, mrr_images: int, 
     study = {
         "device": device_name(dev),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "data": describe_data(first.data.dataset, first.data.path),
         "code": code,
         "command": command or shlex.join([Path(sys.executable).name, *sys.argv]),
         "settings": {"steps": steps, "epochs": epochs, "batch_size": first.data.batch_size,
@@ -240,7 +241,8 @@ def _table1(study: dict) -> list[str]:
     if pixels is not None:
         rows.append(["raw pixels", "(no encoder)", "", "", "", fmt_pct(pixels), "the floor for kNN"])
     return ["## Table 1: conditioning of the predictor", "",
-            "Strong transformations (aug.strength=1.0), predictor depth 4.", "",
+            f"Strong transformations (aug.strength=1.0), predictor depth 4; MRR on a "
+            f"{study['settings']['mrr_bank']}-entry bank by both protocols.", "",
             *table(["conditioning", "run", "MRR, clean source", "chance (the floor: no bank entry moves pixels)",
                     "MRR, augmented source (all)", "kNN top-1", "paper (qualitative)"], rows), "",
             "Paper: without conditioning there is no world model (MRR ≈ 0); sequence and feature conditioning "
@@ -256,11 +258,13 @@ def _depth_table(study: dict, cell) -> list[str]:
 
 
 def _table2(study: dict, plot: str) -> list[str]:
+    bank = f"{study['settings']['mrr_bank']}-entry bank"
     lines = ["## Table 2: strength of the transformations x predictor depth", "",
-             "MRR, clean source (augmented source, family all, in brackets), feature conditioning, each run ranked "
-             "against its own transformations:", "", *_depth_table(study, lambda r: fmt_pair(r, "mrr")), "",
-             f"The same runs ranked against the strong transformations (strength {STRENGTHS['strong']}), one bank for "
-             "all: a weak bank holds views that differ less, which makes its ranking harder whatever the world model.",
+             f"MRR on a {bank}, clean source (augmented source, family all, in brackets), feature conditioning, "
+             "each run ranked against its own transformations:", "", *_depth_table(study, lambda r: fmt_pair(r, "mrr")),
+             "", f"MRR of the same runs by the same protocols (clean source; augmented source in brackets), ranked "
+             f"against the strong transformations (strength {STRENGTHS['strong']}), one {bank} for all: a weak bank "
+             "holds views that differ less, which makes its ranking harder whatever the world model.",
              "", *_depth_table(study, lambda r: fmt_pair(r, "mrr_strong_bank")), "",
              "kNN top-1 of the same runs:", "", *_depth_table(study, lambda r: fmt_pct(r["knn_top1"]))]
     if study.get("knn_pixels_top1") is not None:
@@ -278,11 +282,13 @@ def _references_and_families(study: dict) -> list[str]:
     families = [[name, *(fmt_mrr(r["families"][f]["mrr"]) for f in FAMILIES)] for name, r in runs.items()]
     return ["## Reference: I-JEPA", "",
             "Trained with the identity (aug.strength=0, no conditioning); its MRR is ranked against the strong "
-            "transformations (strength 1.0), since its own bank would be one image repeated.", "",
+            f"transformations (strength 1.0, a {study['settings']['mrr_bank']}-entry bank), since its own bank "
+            "would be one image repeated.", "",
             *table(["run", "MRR, clean source", "chance", "MRR, augmented source (all)", "kNN top-1"], ijepa), "",
             "## MRR per transformation family, augmented source", "",
-            "The source carries the family's transformation, as in training (the view of the paper's Figure 1): "
-            "grayscale, blur and solarisation must be undone as well as the jitter applied.", "",
+            f"MRR on a {study['settings']['mrr_bank']}-entry bank, augmented source: the source carries the "
+            "family's transformation, as in training (the view of the paper's Figure 1): grayscale, blur and "
+            "solarisation must be undone as well as the jitter applied.", "",
             *table(["run", *FAMILIES], families), ""]
 
 
