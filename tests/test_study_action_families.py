@@ -23,7 +23,9 @@ def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tm
     extra = [*EXTRA, f"data.cache_dir={tmp_path / 'cache'}"]
     study = run_study(out, runs, steps=2, mrr_images=2, mrr_bank=4, extra_overrides=extra, device="cpu",
                       settings=settings, progress=False, long_steps=4)
-    assert study["order"] == [*MODELS, *(f"{label}, 4 steps" for label in MODELS)]
+    # the longer runs geometric first: a study stopped before the end loses the photometric one
+    long = [f"{label}, 4 steps" for label in MODELS]
+    assert study["order"] == [*MODELS, *long[1:], long[0]]
     assert iwm.load(runs / "strong_d4_x2").step == 4
     assert iwm.load(runs / "strong_d4_geometric_source_x2").step == 4
     assert iwm.load(runs / "strong_d4_geometric_x2").config.predictor.query_frame == "target"
@@ -89,3 +91,27 @@ def test_raw_pixel_rows_are_reused_from_a_leverage_study_only_with_the_same_sett
     assert pixels["knn"]["top1"] == 0.123 and pixels["linear"]["top1"] == 0.5  # other settings: measured again
     assert ("knn", True) not in measured and ("linear", True) in measured
     assert "leverage.json`, measured with the same settings" in (tmp_path / "p.md").read_text()
+
+
+def test_a_study_stopped_midway_leaves_a_page_of_what_it_measured(tmp_path, monkeypatch):
+    settings = {**leverage.default_settings(), "train_size": 32, "test_size": 16, "attentive_epochs": 1,
+                "finetune_epochs": 1, "finetune_batch": 8}
+    extra = [*EXTRA, f"data.cache_dir={tmp_path / 'cache'}"]
+    monkeypatch.setattr(action_families, "evaluate", lambda *a, **k: {"top1": 0.5})
+    trained = []
+    real = action_families.ensure_trained
+
+    def stop_at_the_second(cfg, n):
+        if trained:
+            raise KeyboardInterrupt
+        trained.append(cfg.run.out_dir)
+        real(cfg, n)
+
+    monkeypatch.setattr(action_families, "ensure_trained", stop_at_the_second)
+    out = tmp_path / "page.md"
+    with pytest.raises(KeyboardInterrupt):
+        run_study(out, tmp_path / "runs", steps=1, mrr_images=2, mrr_bank=4, extra_overrides=extra, device="cpu",
+                  settings=settings, progress=False)
+    page = out.read_text()
+    assert "| photometric |" in page and "| photometric + geometric |" not in page
+    assert f"| {action_families.SHIPPED} |" in page  # the shipped model's floor, measured on the first run's images

@@ -145,9 +145,21 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
     models = [(label, grid_run, steps) for label, grid_run in MODELS.items()]
     if long_steps:
         models += longer(long_steps, steps)
-    study["order"] = [label for label, _, _ in models]
     moves = run_config(GEOMETRIC_RUN, runs_dir, steps, extra_overrides, device).aug
-    images = None
+    # random init (the photometric run's architecture before its first step) and the pixels first:
+    # the page is then written after every model, so a study stopped midway leaves a page of what it measured
+    base = run_config(PHOTOMETRIC_RUN, runs_dir, steps, extra_overrides, device)
+    rand = random_init(base, dev)
+    for kind in RANDOM_KINDS:
+        key = {**setting_key(kind, settings, 0), "settings": settings_digest(rand, kind)}
+        measured(RANDOM, kind, key, lambda: evaluate(rand, kind, settings, dev, progress))
+    for kind in PIXEL_KINDS:
+        measured(PIXELS, kind, setting_key(kind, settings, 0), lambda: evaluate(rand, kind, settings, dev, progress, True))
+    dim, depth, heads = encoder_dims(base.model)
+    study["settings"].update(dataset=base.data.dataset, image_size=base.data.image_size,
+                             patch_size=base.model.patch_size, batch_size=base.data.batch_size,
+                             encoder={"embed_dim": dim, "depth": depth, "num_heads": heads})
+    study["order"] = []
     for label, grid_run, n in models:
         cfg = run_config(grid_run, runs_dir, n, extra_overrides, device)
         ensure_trained(cfg, n)
@@ -161,37 +173,34 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
         for kind in CLASSIFICATION:
             key = {**setting_key(kind, settings, run.step), "settings": settings_digest(run, kind)}
             measured(label, kind, key, lambda: evaluate(run, kind, settings, dev, progress))
-        images = eval_images(run, mrr_images, 0) if images is None else images
-    # the shipped photometric model, on the same images: what the given geometry scores unlearnt
-    shipped = load("pretrained:cifar10_equi", device=dev)
-    measured(SHIPPED, "geometric_floor", {"mrr_images": mrr_images, "mrr_bank": mrr_bank, "protocol": MRR_PROTOCOL,
-                                          "step": shipped.step, "moves": _aug_digest(moves)},
-             lambda: _geometric_floor(shipped, images, mrr_bank, dev, moves))
-    # random init: the photometric run's architecture before its first step
-    base = run_config(PHOTOMETRIC_RUN, runs_dir, steps, extra_overrides, device)
-    rand = random_init(base, dev)
-    for kind in RANDOM_KINDS:
-        key = {**setting_key(kind, settings, 0), "settings": settings_digest(rand, kind)}
-        measured(RANDOM, kind, key, lambda: evaluate(rand, kind, settings, dev, progress))
-    for kind in PIXEL_KINDS:
-        measured(PIXELS, kind, setting_key(kind, settings, 0), lambda: evaluate(rand, kind, settings, dev, progress, True))
-    dim, depth, heads = encoder_dims(base.model)
-    study["settings"].update(dataset=base.data.dataset, image_size=base.data.image_size,
-                             patch_size=base.model.patch_size, batch_size=base.data.batch_size,
-                             encoder={"embed_dim": dim, "depth": depth, "num_heads": heads})
+        if SHIPPED not in study["models"]:  # the shipped photometric model, on the same images
+            shipped = load("pretrained:cifar10_equi", device=dev)
+            measured(SHIPPED, "geometric_floor", {"mrr_images": mrr_images, "mrr_bank": mrr_bank,
+                                                  "protocol": MRR_PROTOCOL, "step": shipped.step,
+                                                  "moves": _aug_digest(moves)},
+                     lambda: _geometric_floor(shipped, eval_images(run, mrr_images, 0), mrr_bank, dev, moves))
+        study["order"].append(label)
+        _publish(study, store, out_md)
+    return study
+
+
+def _publish(study: dict, store: Path, out_md: Path) -> None:
+    """The store, the page and its JSON, as measured so far."""
     study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     _write(store, study, {})
     out_md.parent.mkdir(parents=True, exist_ok=True)
     _write(out_md.with_suffix(".json"), study, {})
     write_text(out_md, render_markdown(study))
-    return study
 
 
 def longer(long_steps: int, steps: int) -> list[tuple[str, GridRun, int]]:
-    """(label, run, steps) of every run trained for ``long_steps``."""
+    """(label, run, steps) of every run trained for ``long_steps``, the geometric ones first (the
+    photometric run's longer training changes with no geometric measure: it is the one to lose
+    if a study is stopped)."""
     times = f"x{long_steps // steps}" if long_steps % steps == 0 else f"{long_steps}steps"
+    order = sorted(MODELS.items(), key=lambda item: item[1] is PHOTOMETRIC_RUN)
     return [(f"{label}, {long_steps} steps", GridRun(f"{r.name}_{times}", r.config, r.overrides, r.tables), long_steps)
-            for label, r in MODELS.items()]
+            for label, r in order]
 
 
 # ----------------------------------------------------------------------------------------------
