@@ -82,7 +82,7 @@ def test_a_page_header_names_the_data_and_says_when_code_was_not_one_clean_commi
     lines = provenance(study)
     assert "- data: CIFAR-10, our JPEG copy at quality 75 (`cifar10-jpg.tar.gz`; its pixels differ slightly from " \
            "the standard files')" in lines
-    assert any(line.startswith("- code: git abc1234-dirty (a tree with uncommitted changes") for line in lines)
+    assert any(line.startswith("- code: git abc1234-dirty (uncommitted changes, not reproducible") for line in lines)
     assert describe_data("cifar10", "/x/cifar-10-python.tar.gz") == \
         "CIFAR-10, the standard files (`cifar-10-python.tar.gz`)"
     assert code_note(["git abc1234"]) == ""

@@ -35,7 +35,7 @@ def code_note(codes: Sequence[str]) -> str:
         note = f"stitched from {len(codes)} code versions, not one commit's results"
         return note + (f"; {dirty} of them with uncommitted changes (`-dirty`), not reproducible from their "
                        "commits alone" if dirty else "")
-    return "a tree with uncommitted changes (`-dirty`), not reproducible from the commit alone" if dirty else ""
+    return "uncommitted changes, not reproducible from the commit alone" if dirty else ""
 
 
 def describe_data(dataset: str, path: str = "") -> str:

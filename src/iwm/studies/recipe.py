@@ -32,7 +32,7 @@ from ..eval.validation import VALIDATION_SEED, knn_validation, validation_sets
 from ..train import resolve_device
 from ..version import code_version
 from .grid import GridRun, device_name, ensure_trained, run_config
-from .page import replace_marked
+from .page import code_note, describe_data, replace_marked
 from ..files import write_text
 
 # (name, overrides on cifar10_equi, what it tests)
@@ -133,8 +133,9 @@ def run_study(out_md: Path | None, runs_dir: Path, steps: int, mrr_images: int, 
     chosen = choose(results)
     # the one read of the test split, after the choice is made
     test = measure_test(configs[chosen], dev) if score_test else None
+    data = next(iter(configs.values())).data
     study = {"device": device_name(dev), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-             "code": code, "command": command,
+             "code": code, "command": command, "data": describe_data(data.dataset, data.path),
              "settings": {"steps": steps, "val_images": val_images, "mrr_images": mrr_images, "mrr_bank": mrr_bank,
                           "extra_overrides": extra_overrides},
              "selection": "validation kNN top-1 (train images held out from the bank); test scored for the "
@@ -174,7 +175,9 @@ def render_table(study: dict) -> str:
     what = {n: w for n, _, w in VARIANTS}
     base = study["runs"].get("base")
     first = next(iter(study["runs"].values()))
-    lines = [f"Measured on {study['device']}, {study['date']}, {study['code']}: `{study['command']}` "
+    note = code_note([study["code"]])
+    lines = [f"Measured on {study['device']}, {study['date']}, {study['code']}{f' ({note})' if note else ''}, "
+             f"on {study.get('data', 'data not recorded')}: `{study['command']}` "
              f"({study['settings']['steps']} steps of 128 images per run; validation: "
              f"{first['val_queries']} train images held out from a kNN bank of {first['val_bank']} other train "
              f"images; MRR on {study['settings']['mrr_images']} of those validation images x "
