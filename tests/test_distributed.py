@@ -115,3 +115,56 @@ def test_leaving_closes_the_process_group(tmp_path):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@needs_gloo
+def test_a_stop_signal_under_torchrun_checkpoints_within_a_step_and_the_launcher_exits_75(tmp_path, tiny_overrides):
+    """The README's launch line, signalled as a scheduler does (the whole process group), with
+    run.log_every far above the steps done: the processes agree on the stop a step after the
+    signal at most, checkpoint, and `python -m iwm.launch` exits 75 where torchrun exits 1."""
+    import re
+    import signal
+    import time
+
+    from iwm.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    args = [*_base(tiny_overrides), "data.batch_size=4", "data.num_workers=1", "eval.every=0", "run.ckpt_every=2",
+            "run.log_every=1000", "optim.max_steps=1000", f"run.out_dir={run}"]
+    launch = [sys.executable, "-m", "iwm.launch", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    proc = subprocess.Popen([*launch, f"--master_port={_free_port()}", "-m", "iwm.cli", "pretrain", *args],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        while not (run / "checkpoints" / "step-00000002.pt.json").exists():  # training has begun
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)  # a guard against a hang, not a bound
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 75, err[-3000:]
+    said = re.findall(r"iwm: stopped by signal SIGTERM after step (\d+)(?: \(the signal came during step (\d+)\))?; "
+                      "checkpoint written", err)
+    assert len(said) == 2, err[-3000:]  # one line from each process
+    stop, came = int(said[0][0]), int(said[0][1] or said[0][0])
+    assert stop - came <= 1 and stop < 1000
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == stop
+
+    # the same command resumes; done, the launcher exits 0
+    args = [a for a in args if not a.startswith("optim.max_steps")] + [f"optim.max_steps={stop + 2}"]
+    done = subprocess.run([*launch, f"--master_port={_free_port()}", "-m", "iwm.cli", "pretrain", *args],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming run in {run}" in done.stderr
+
+
+def test_the_launcher_exits_with_the_status_its_workers_agree_on():
+    from iwm.launch import launcher_status
+
+    assert launcher_status(1, {75}) == 75  # torchrun signalled, every worker checkpointed and stopped
+    assert launcher_status(1, {3}) == 3  # every worker stopped on non-finite training
+    assert launcher_status(1, {75, 1}) == 1  # they disagree: torchrun's
+    assert launcher_status(1, set()) == 1  # none said anything (killed, or a traceback)
+    assert launcher_status(0, {0}) == 0
+    assert launcher_status(-9, set()) == 137  # torchrun itself killed

@@ -258,3 +258,122 @@ def test_stop_signal_during_start_up_exits_with_one_line(tmp_path, tiny_override
     assert "Traceback" not in err and len(_said(err)) == 1
     assert f"stopped by signal {sig.name} during start-up" in _said(err)[0]
     assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
+# Runs `iwm pretrain` on an image folder whose reads stall after argv[1] images, as on a hung NFS
+# mount: each later read says so on stderr, then never returns.
+_STALLING_READS = """
+import sys, time
+import iwm.data.datasets as datasets
+
+read, done = datasets.read_rgb, [0]
+
+def stalling(*args, **kwargs):
+    done[0] += 1
+    if done[0] > int(sys.argv[1]):
+        print("read stalled", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+    return read(*args, **kwargs)
+
+datasets.read_rgb = stalling
+from iwm.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _image_folder(root, n=32):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(root / f"{i:02d}.png")
+    return root
+
+
+def _session(sid):
+    """The processes still alive in session ``sid`` (a run started with start_new_session)."""
+    alive = []
+    for stat in os.listdir("/proc"):
+        try:
+            fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # field 6 of stat: the session id
+            alive.append(int(stat))
+    return alive
+
+
+def _wait_for_line(proc, text):
+    seen = []
+    while text not in (line := proc.stderr.readline()):
+        assert line, f"run ended early: {''.join(seen)[-2000:]}"
+        seen.append(line)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_stop_signal_while_a_read_stalls_saves_the_last_step_and_leaves_no_worker(tmp_path, tiny_overrides, workers):
+    # 2 batches of 8 read, then every read hangs: the loop waits for batch 3 after step 2
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = [*tiny_overrides, "data.dataset=folder", f"data.path={_image_folder(tmp_path / 'imgs')}",
+            f"data.num_workers={workers}", "eval.every=0", "optim.max_steps=100", "run.ckpt_every=100"]
+    proc = subprocess.Popen([sys.executable, "-c", _STALLING_READS, "16", "pretrain", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_line(proc, "read stalled")
+        _poll(lambda: (run / "metrics.jsonl").is_file() and len(_losses(run)) == 2, proc)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)  # a guard against a hang, not a bound
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
+    assert "Traceback" not in err and _said(err) == [
+        "iwm: stopped by signal SIGTERM after step 2; checkpoint written, run the same command to resume"]
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
+    assert _session(proc.pid) == []  # the worker stuck in its read was ended too
+
+
+_HELD_STEP = """
+import sys, time
+import iwm.train.loop, iwm.train.signals
+
+iwm.train.signals.REPEAT_GRACE_S = 0  # the test's two signals come at once: the second is not a repeat
+step = iwm.train.loop.Trainer.train_step
+
+def held(self, crops):
+    loss = step(self, crops)
+    if self.step == 3:
+        print("held in step 3", file=sys.stderr, flush=True)
+        while True:  # short sleeps: a signal the kernel gave another thread is handled at the next one
+            time.sleep(0.05)
+    return loss
+
+iwm.train.loop.Trainer.train_step = held
+from iwm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_second_stop_signal_ends_a_step_that_does_not_finish(tmp_path, tiny_overrides):
+    # a step that hangs (a stuck collective, a slow save) holds the first signal; Ctrl-C again ends it
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _HELD_STEP, "pretrain", *tiny_overrides, "eval.every=0",
+                             "optim.max_steps=100", "run.ckpt_every=2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_line(proc, "held in step 3")
+        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)  # a guard against a hang, not a bound
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
+    assert "Traceback" not in err and len(_said(err)) == 1
+    line = _said(err)[0]
+    assert "stopped at once by a second signal" in line and "without saving the step in flight" in line
+    assert f"{run / 'checkpoints' / 'step-00000002.pt'} (step 2) is intact" in line
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
+

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from . import sharing
+from . import launch, sharing
 from .api import RUN_HELP, hub_repo
 from .checkpoint import CheckpointError, intact_note
 from .commands import evaluate, figures, leverage, studies
@@ -265,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the hub unless a run comes from it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(build_parser(), argv)
+    status = _command(args)
+    launch.report(status)  # under python -m iwm.launch, which passes it on where torchrun would not
+    return status
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the command; an error users can act on becomes one line and its exit status."""
     try:
         return args.fn(args)
     except Preempted as stop:  # pretrain, and the commands that pretrain (demo, studies)

@@ -10,16 +10,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import LATEST
+from ..checkpoint import LATEST, intact_note
 from ..config import Config
 from .parts import RunParts
 from .records import Records, losses_since_log
-from .signals import Preempted, StopSignals
+from .signals import Preempted, StopNow, StopSignals, end_workers
 
 
 @dataclass
@@ -29,6 +29,14 @@ class TrainResult:
     final_loss: float
     losses: list[tuple[int, float]]
     seconds: float
+
+
+@dataclass
+class LogWindow:
+    """The steps since the last log: when it was, its step, and their losses still on the device."""
+    start: float
+    step: int
+    pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
 
 class Trainer(RunParts):
@@ -62,6 +70,7 @@ class Trainer(RunParts):
                                                      self.steps_per_epoch, first_health, self.postfix))
             if first_health:
                 self._check_health(records)  # the random initialisation: the baseline
+            self.stops.join(self.world)
             self.stops.defer()  # from here a signal lets the step in flight finish and checkpoint
             t_start = time.perf_counter()
             self._loop(stop, records)
@@ -79,8 +88,7 @@ class Trainer(RunParts):
     def _loop(self, stop: int, records: Records | None) -> None:
         """The training steps up to ``stop``, with their logs, health checks and checkpoints."""
         cfg = self.cfg
-        t_log, step_log = time.perf_counter(), self.step
-        pending: list[tuple[int, torch.Tensor]] = []
+        window = LogWindow(time.perf_counter(), self.step)
         while self.step < stop:
             epoch, start = divmod(self.step, self.steps_per_epoch)
             self.sampler.set_epoch(epoch, start)
@@ -88,27 +96,40 @@ class Trainer(RunParts):
             batches = self._crops()
             try:
                 for crops in batches:
-                    pending.append((self.step, self.train_step(crops)))
-                    at_log = self.step % cfg.run.log_every == 0 or self.step == stop
-                    if at_log:
-                        now = time.perf_counter()
-                        rate = (self.step - step_log) * cfg.data.batch_size * self.world / (now - t_log)
-                        self.losses += losses_since_log(pending, self.world, self.device)
-                        if records is not None:
-                            records.train(self.step, self.losses[-1][1], rate, int(self.skipped.item()))
-                        pending, t_log, step_log = [], now, self.step
-                        self._check_finite()
-                    if self.health is not None and (self.step % cfg.eval.every == 0 or self.step == self.total_steps):
-                        t_log += self._check_health(records)  # not counted in images/s
-                    if self.stops.agreed(self.world, at_log, self.device):
+                    window.pending.append((self.step, self.train_step(crops)))
+                    stopping = self.stops.agreed(self.step)
+                    if self.step % cfg.run.log_every == 0 or self.step == stop or stopping:
+                        self._log(window, records)  # a stop records the steps since the last log too
+                    if stopping:
                         self.save(periodic=False)
-                        raise Preempted(self.stops.signum, self.step)
+                        raise Preempted(self.stops.signum, self.step, self.stops.came)
+                    if self.health is not None and (self.step % cfg.eval.every == 0 or self.step == self.total_steps):
+                        window.start += self._check_health(records)  # not counted in images/s
                     if self.step % cfg.run.ckpt_every == 0 and self.step < stop:
                         self.save(periodic=True)
                     if self.step >= stop:
                         break
+            except StopNow as now:
+                if not now.between_steps:  # a second signal mid-step: the step's state is not whole
+                    raise Preempted(now.signum, None, text=f"{now}; {intact_note(self.ckpt_dir)}") from None
+                if window.pending:
+                    self._log(window, records)
+                self.save(periodic=False)  # the loop waited for data: the last finished step is whole
+                raise Preempted(now.signum, self.step) from None
             finally:
                 batches.close()  # the loader's workers end here, before a stop goes further up
+        self.stops.settle()
+
+    def _log(self, window: LogWindow, records: Records | None) -> None:
+        """The losses of the steps since the last log (the loop's only sync), their record, and the
+        check for too many non-finite steps."""
+        now = time.perf_counter()
+        rate = (self.step - window.step) * self.cfg.data.batch_size * self.world / (now - window.start)
+        self.losses += losses_since_log(window.pending, self.world, self.device)
+        if records is not None:
+            records.train(self.step, self.losses[-1][1], rate, int(self.skipped.item()))
+        window.pending, window.start, window.step = [], now, self.step
+        self._check_finite()
 
     def _crops(self) -> Iterator[torch.Tensor]:
         """This process's uint8 crops, one batch per step left in the epoch: from the loader's
@@ -116,16 +137,24 @@ class Trainer(RunParts):
         if self.on_device is None:
             with self.stops.held():  # the workers start here (see ignore_stop_signals)
                 batches = iter(self.loader)
-            for crops, _ in batches:
-                yield crops
-            return
+            try:
+                while True:
+                    with self.stops.waiting(alone=self.world == 1):  # a read may stall (a hung NFS mount)
+                        item = next(batches, None)
+                    if item is None:
+                        return
+                    yield item[0]
+            finally:
+                end_workers(batches)
         for glob in self.sampler.global_batches():
             yield self.on_device.crops(glob, self.step, self.rank, self.world)
 
     def _check_finite(self) -> None:
         error = self.update.too_many_skips(self.cfg.run.max_skips, self.step, self.ckpt_dir / LATEST)
         if error is not None:
-            self.save(periodic=False)  # skipped steps never touched the weights: this state is sound
+            # skipped steps never touched the weights; should an earlier, finite step have made them
+            # overflow, the save refuses them and says which checkpoint is sound
+            self.save(periodic=False)
             raise error
 
     def _check_health(self, records: Records | None) -> float:
