@@ -377,3 +377,44 @@ def test_a_second_stop_signal_ends_a_step_that_does_not_finish(tmp_path, tiny_ov
     assert f"{run / 'checkpoints' / 'step-00000002.pt'} (step 2) is intact" in line
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
 
+
+def test_weights_that_overflow_are_never_checkpointed(tmp_path):
+    # the run: every loss and gradient finite, but lr=1e39 makes the first update infinite
+    run = tmp_path / "run"
+    args = ["--config", "cifar10_equi", "data.dataset=synthetic", "data.synthetic_size=64", "data.batch_size=16",
+            "eval.knn=false", "run.progress=false", "eval.every=0", "optim.max_steps=30", "optim.lr=1e39",
+            "run.ckpt_every=5", "run.log_every=5", "run.max_skips=3", "data.num_workers=0", f"run.out_dir={run}"]
+    proc = _cli(args)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 3, err[-2000:]
+    assert "Traceback" not in err and len(_said(err)) == 1
+    assert "hold NaN or infinite values, so they were not saved" in _said(err)[0]
+    assert "no checkpoint of this run had been written yet" in _said(err)[0]
+    assert not list((run / "checkpoints").glob("*.pt"))
+    # as the message says: run again with a lower lr, which starts afresh
+    again = _cli([a for a in args if not a.startswith(("optim.lr", "optim.max_steps"))] + ["optim.max_steps=5"])
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-2000:]
+
+
+def test_a_checkpoint_named_after_an_overflow_is_finite_and_resumes(tiny_overrides):
+    t = Trainer(config.from_dict(None, tiny_overrides + ["optim.max_steps=20", "run.ckpt_every=2", "eval.every=0"]))
+    step = t.train_step
+
+    def overflow_at_3(crops):  # step 3 leaves an infinite weight behind, with a finite loss
+        loss = step(crops)
+        if t.step == 3:
+            with torch.no_grad():
+                next(t.model.encoder.parameters()).view(-1)[0] = float("inf")
+        return loss
+
+    t.train_step = overflow_at_3
+    with pytest.raises(NonFiniteError, match=r"step-00000002.pt \(step 2\) is intact"):
+        t.fit()
+    for path in t.ckpt_dir.glob("*.pt"):
+        state = load_checkpoint(path)
+        assert state["step"] == 2
+        assert all(torch.isfinite(v).all() for part in ("encoder", "predictor", "target_encoder")
+                   for v in state[part].values())
+    resumed = Trainer(config.from_dict(None, tiny_overrides + ["optim.max_steps=4", "eval.every=0"]))
+    assert resumed.fit().steps == 4

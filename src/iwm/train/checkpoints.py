@@ -9,12 +9,29 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import load_newest_sound, save_checkpoint
+from ..checkpoint import intact_note, load_newest_sound, save_checkpoint
 from ..config import Config
 from ..models import IWM
 from ..parallel import load_model_state, load_optimizer_state, model_state, optimizer_state
+from .step import NonFiniteError
 
 Losses = list[tuple[int, float]]
+WEIGHTS = ("encoder", "predictor", "target_encoder", "optimizer")  # the parts of a state a NaN would ruin
+
+
+def non_finite_parts(state: dict[str, Any]) -> list[str]:
+    """The parts of a checkpoint's state (``WEIGHTS``) that hold a NaN or an infinity."""
+    return [part for part in WEIGHTS if not _finite(state[part])]
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return True
 
 
 class Checkpoints:
@@ -55,8 +72,21 @@ class Checkpoints:
         return step, losses
 
     def save(self, step: int, losses: Losses, periodic: bool) -> None:
+        """Write the state after ``step``; refuse (:class:`NonFiniteError`) weights or optimizer
+        state that hold a NaN or an infinity: a finite loss and gradient can still make an update
+        overflow (optim.lr=1e39), and such a checkpoint could never resume."""
         # gathering sharded weights is a collective: every process takes part, rank 0 writes
         state = self.state_dict(step, losses) if self.rank == 0 or self.sharded else None
+        bad = non_finite_parts(state) if self.rank == 0 else []
+        if self.world > 1:  # rank 0 alone holds the full state: it tells the others
+            flag = torch.tensor(float(bool(bad)), device=next(self.model.parameters()).device)
+            dist.broadcast(flag, 0)
+            bad = bad or (["weights"] if flag.item() else [])
+        if bad:
+            raise NonFiniteError(
+                f"after step {step} the {', '.join(bad)} hold NaN or infinite values, so they were not saved; "
+                f"{intact_note(self.dir)}. Run again with a lower optim.lr, optim.clip_grad set or "
+                "run.precision=fp32 (a run without a checkpoint starts afresh), or check the data.")
         if self.rank == 0:
             save_checkpoint(state, self.dir, step, self.cfg.run.keep, periodic)
         if self.world > 1:
