@@ -8,6 +8,7 @@ SIGINT or SIGUSR1 (checkpointed if training had begun: run the same command to r
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -281,6 +282,10 @@ def _command(args: argparse.Namespace) -> int:
         print(f"iwm: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:  # a path built from a long run.out_dir or --out
+            print(f"iwm: error: a name in this path is longer than the filesystem allows: {err.filename}",
+                  file=sys.stderr)
+            return 2
         if not is_disk_full(err):
             raise
         print(f"iwm: error: {err}", file=sys.stderr)

@@ -376,6 +376,9 @@ def _check_optim(o: OptimConfig, d: DataConfig) -> None:
            f"must be >= 1 and divide data.batch_size ({d.batch_size})")
 
 
+NAME_MAX = 255  # the longest file or folder name, in bytes, of Linux, macOS and Windows filesystems
+
+
 def _check_run(r: RunConfig) -> None:
     _check(r.log_every >= 1, "run.log_every", "must be at least 1")
     _check(r.ckpt_every >= 1, "run.ckpt_every", "must be at least 1")
@@ -384,6 +387,9 @@ def _check_run(r: RunConfig) -> None:
     _check(r.device == "auto" or r.device.split(":")[0] in ("cpu", "cuda", "mps"), "run.device",
            "allowed values are auto, cpu, cuda, cuda:N, mps")
     _check(bool(r.out_dir), "run.out_dir", "set a directory for the run")
+    longest = max(Path(r.out_dir).parts, key=lambda part: len(part.encode()))
+    _check(len(longest.encode()) <= NAME_MAX, "run.out_dir",
+           f"a folder name of {len(longest.encode())} bytes; filesystems take at most {NAME_MAX}")
 
 
 def _check_eval(e: EvalConfig) -> None:

@@ -4,11 +4,13 @@ MRR; each prints its result and writes it as JSON into the run directory."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
 
 from ..api import RUN_HELP, results_dir
+from ..config import Config, ConfigError, validate
 from ..files import write_text
 from .options import add_device, add_no_progress, add_overrides, load_run
 
@@ -33,6 +35,7 @@ def _mrr(args: argparse.Namespace) -> int:
     from ..eval.mrr import MRR_FILES, compute_mrr, format_table, strength_aug
 
     run = load_run(args, args.device)
+    _check_strength(run.config, args.strength)
     try:
         res = compute_mrr(run, num_images=args.images, bank_size=args.bank, seed=args.seed, device=args.device,
                           progress=not args.no_progress, aug=strength_aug(run, args.strength), source=args.source,
@@ -46,6 +49,19 @@ def _mrr(args: argparse.Namespace) -> int:
     write_text(out, json.dumps(res, indent=2))
     print(f"wrote {out}")
     return 0
+
+
+def _check_strength(cfg: Config, strength: float | None) -> None:
+    """--strength under the rules pretraining applies to aug.strength (NaN, -1 and 5 are refused):
+    the MRR code takes the value as given."""
+    if strength is None:
+        return
+    at = copy.deepcopy(cfg)
+    at.aug.strength = strength
+    try:
+        validate(at)
+    except ConfigError as err:
+        raise ConfigError(f"--strength {strength:g}: {err}") from None
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

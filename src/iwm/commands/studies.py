@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import shlex
 import sys
 from collections.abc import Callable
@@ -31,6 +32,22 @@ def one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argpa
             print(f"iwm: error: {err}", file=sys.stderr)
             return 2
     return guarded
+
+
+def checked_store(path: Path) -> Path:
+    """A study's store of earlier results (its JSON), checked before the study reads it: a file
+    that is not a JSON object (cut short, or something else written there) stops the study with
+    one line naming it."""
+    if not path.is_file():
+        return path
+    try:
+        held = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); move it aside to measure afresh") from None
+    if not isinstance(held, dict):
+        raise ValueError(f"{path} holds a JSON {type(held).__name__}, not the object a study stores; move it aside "
+                         "to measure afresh")
+    return path
 
 
 def _only(args: argparse.Namespace) -> list[str]:
@@ -121,6 +138,7 @@ def _leverage(args: argparse.Namespace) -> int:
                           *(["--only", args.only] if args.only else ["--out", args.out]),
                           "--device", args.device, *args.overrides])
     only = _only(args)
+    checked_store(Path(args.runs_dir) / "leverage.json")
     leverage.run_study(Path(args.out), Path(args.runs_dir), args.steps, settings, args.overrides, args.device,
                        table4=args.table4, multitask=args.multitask, command=command, progress=not args.no_progress,
                        only=only)
@@ -214,6 +232,7 @@ def _reference(args: argparse.Namespace) -> int:
                         *(["--epochs", str(args.epochs)] if args.epochs != reference.DEFAULT_EPOCHS else []),
                         *(["--runs-dir", args.runs_dir] if args.runs_dir != reference.DEFAULT_RUNS_DIR else []),
                         *([] if args.no_page else ["--out", args.out]), *args.overrides])
+    checked_store(Path(args.runs_dir) / "reference.json")
     reference.run_study(None if args.no_page else Path(args.out), Path(args.runs_dir), args.epochs, settings, names,
                         train=args.train, random=not args.no_random, device=args.device, command=command,
                         overrides=args.overrides, progress=not args.no_progress, update_shipped=args.update_shipped,
@@ -265,6 +284,9 @@ def _action_families(args: argparse.Namespace) -> int:
                           *(["--pixels-from", args.pixels_from] if args.pixels_from else []),
                           *(["--long-steps", str(args.long_steps)] if args.long_steps else []),
                           "--runs-dir", args.runs_dir, "--out", args.out, "--device", args.device, *args.overrides])
+    checked_store(Path(args.runs_dir) / action_families.STORE)
+    if args.pixels_from:
+        checked_store(Path(args.pixels_from))
     action_families.run_study(Path(args.out), Path(args.runs_dir), args.steps, args.mrr_images, args.mrr_bank,
                               args.overrides, args.device, command=command, settings=settings,
                               progress=not args.no_progress,

@@ -12,12 +12,14 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from ..config import ConfigError
+
 
 class ResumableSampler(Sampler[int]):
     def __init__(self, n: int, batch: int, seed: int = 0, rank: int = 0, world: int = 1):
         if n < batch * world:
-            raise ValueError(f"data: {n} images cannot fill one global batch of {batch * world}; "
-                             "lower data.batch_size")
+            raise ConfigError(f"data.batch_size: {n} images cannot fill one global batch of {batch * world}; "
+                              "lower data.batch_size")
         self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
         self.epoch, self.start = 0, 0
 

@@ -13,7 +13,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from .. import config as config_mod
-from ..config import Config, EvalConfig
+from ..actions import ActionFamily, build_family
+from ..config import Config, ConfigError, EvalConfig
 from ..data import ResumableSampler, build_dataset
 from ..data.device_crops import DeviceImages, device_images
 from ..eval.features import subset
@@ -76,6 +77,9 @@ class TrainData:
 
 def build_data(cfg: Config, rank: int, world: int, device: torch.device) -> TrainData:
     dataset = build_dataset(cfg.data, cfg.run.seed, "train")
+    if cfg.data.subset > len(dataset):
+        raise ConfigError(f"data.subset: {cfg.data.subset} images asked for, but the data set has {len(dataset)}; "
+                          "lower it, or 0 for all of them")
     source: Dataset = dataset
     if 0 < cfg.data.subset < len(dataset):  # a seeded random subset, not the first files
         source = subset(dataset, cfg.data.subset, cfg.run.seed)
@@ -85,6 +89,45 @@ def build_data(cfg: Config, rank: int, world: int, device: torch.device) -> Trai
                         worker_init_fn=ignore_stop_signals)
     on_device = device_images(source, cfg.data, cfg.run.seed, device) if cfg.data.on_device else None
     return TrainData(dataset, sampler, loader, on_device)
+
+
+PROBE_BATCH = 2  # images each action family transforms once at start-up (check_families)
+
+
+def check_families(cfg: Config) -> None:
+    """Build each action family of ``aug.families`` and try it once on a few random images, so
+    that a family that fails (at import, in ``sample``, ``apply`` or ``encode``) or whose output
+    is not what it declares stops the run before its first step, with one line naming it."""
+    size = cfg.data.image_size
+    images = torch.rand(PROBE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+    for name in cfg.aug.families:
+        try:
+            family = build_family(name, cfg.aug, size)
+        except ConfigError:
+            raise
+        except Exception as err:  # a module that raises on import: a SyntaxError, a ZeroDivisionError, ...
+            raise ConfigError(f"aug.families: building {name} raised {type(err).__name__}: {err}") from None
+        _try_family(family, images)
+
+
+def _try_family(family: ActionFamily, images: torch.Tensor) -> None:
+    g, what = torch.Generator().manual_seed(0), "sample"
+    try:
+        source = family.sample(len(images), g, "source", True)
+        target = family.sample(len(images), g, "target", True)
+        what = "apply"
+        outputs = [family.apply(images, source), family.apply(images, target)]
+        what = "encode"
+        action = family.encode(source, target)
+    except Exception as err:
+        raise ConfigError(f"aug.families: {family.name}.{what} raised {type(err).__name__}: {err}") from None
+    for out in outputs:
+        if tuple(out.shape) != tuple(images.shape):
+            raise ConfigError(f"aug.families: {family.name}.apply returned a tensor of shape {tuple(out.shape)} for "
+                              f"images of {tuple(images.shape)}; it must return the images' shape (B, 3, H, W)")
+    if tuple(action.shape) != (len(images), family.dim):
+        raise ConfigError(f"aug.families: {family.name}.encode returned a tensor of shape {tuple(action.shape)}; it "
+                          f"must be (B, {family.dim}), one number for each of its values ({', '.join(family.values)})")
 
 
 def build_model(cfg: Config) -> IWM:

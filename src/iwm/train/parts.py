@@ -13,8 +13,8 @@ from .. import runlock
 from ..checkpoint import LATEST
 from ..config import Config
 from ..warmstart import warm_start
-from .build import (build_data, build_health, build_model, build_optimizer, describe_precision, dist_info,
-                    half_on_cpu_warning, resolve_device, resolve_precision, wrap_model)
+from .build import (build_data, build_health, build_model, build_optimizer, check_families, describe_precision,
+                    dist_info, half_on_cpu_warning, resolve_device, resolve_precision, wrap_model)
 from .checkpoints import Checkpoints
 from .step import Batch, BatchMaker, WeightUpdate
 
@@ -37,6 +37,7 @@ class RunParts:
         self.run_dir = Path(cfg.run.out_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
 
+        check_families(cfg)  # a family that fails says so in one line, before the data is read
         data = build_data(cfg, self.rank, self.world, self.device)
         self.dataset, self.sampler, self.loader = data.dataset, data.sampler, data.loader
         self.on_device = data.on_device  # data.on_device: the images live on the device, the loader is idle

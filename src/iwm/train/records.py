@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +31,18 @@ def losses_since_log(pending: list[tuple[int, torch.Tensor]], world: int,
         dist.all_reduce(t)
         values = (t / world).tolist()
     return [(s + 1, v) for (s, _), v in zip(pending, values)]
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` (a record) with null for each NaN or infinite number in it (a skipped step's
+    loss): bare NaN is not JSON, and strict readers (jq, JavaScript) refuse the whole file for it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def open_metrics(path: Path, step: int, redo_first_health: bool) -> IO[str]:
@@ -81,7 +94,7 @@ class Records:
         self.close()
 
     def _write(self, rec: dict[str, Any]) -> None:
-        self.metrics.write(json.dumps(rec) + "\n")
+        self.metrics.write(json.dumps(finite_or_null(rec), allow_nan=False) + "\n")
         self.metrics.flush()
 
     def train(self, step: int, loss: float, rate: float, skipped: int) -> None:
