@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .train.signals import STOP_SIGNALS
+from .train.signals import PREEMPTED_EXIT_CODE, STOP_SIGNALS
 
 STATUS_DIR = "IWM_LAUNCH_STATUS_DIR"  # where each worker leaves its exit status for the launcher
 # torchrun forwards only the signals it handles; the default list lacks SIGUSR1 (SLURM's --signal),
@@ -45,16 +45,29 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not any(a.startswith(("--signals_to_handle", "--signals-to-handle")) for a in args):
         args = [HANDLED, *args]
+    torchrun: subprocess.Popen | None = None
+    early: list[int] = []  # signals that came before torchrun could be told
+
+    def forward(signum: int, frame: object) -> None:
+        if torchrun is None:
+            early.append(signum)
+        else:
+            torchrun.send_signal(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, forward)
     with tempfile.TemporaryDirectory(prefix="iwm-launch-") as folder:
         # torchrun in a session of its own: a signal to this process's group (a terminal's Ctrl-C,
         # `timeout`) then reaches it once, passed on from here, as one sent to this process alone
         # (a container's stop) does; torchrun passes it to its workers, which checkpoint and exit 75
         torchrun = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args],
                                     env={**os.environ, STATUS_DIR: folder}, start_new_session=True)
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, lambda signum, frame: torchrun.send_signal(signum))
+        for signum in early:
+            torchrun.send_signal(signum)
         code = torchrun.wait()
         workers = {int(p.read_text()) for p in Path(folder).glob("rank-*")}
+    if -code in STOP_SIGNALS:  # a stop that came before torchrun handled signals: nothing had started
+        return PREEMPTED_EXIT_CODE
     return launcher_status(code, workers)
 
 

@@ -93,7 +93,8 @@ class Trainer(RunParts):
             epoch, start = divmod(self.step, self.steps_per_epoch)
             self.sampler.set_epoch(epoch, start)
             self.dataset.set_epoch(epoch)
-            batches = self._crops()
+            loader = self._open_loader()
+            batches = self._crops(loader)
             try:
                 for crops in batches:
                     window.pending.append((self.step, self.train_step(crops)))
@@ -117,7 +118,8 @@ class Trainer(RunParts):
                 self.save(periodic=False)  # the loop waited for data: the last finished step is whole
                 raise Preempted(now.signum, self.step) from None
             finally:
-                batches.close()  # the loader's workers end here, before a stop goes further up
+                batches.close()
+                end_workers(loader)  # after any save: ending a hung worker takes PyTorch 5 s
         self.stops.settle()
 
     def _log(self, window: LogWindow, records: Records | None) -> None:
@@ -131,21 +133,24 @@ class Trainer(RunParts):
         window.pending, window.start, window.step = [], now, self.step
         self._check_finite()
 
-    def _crops(self) -> Iterator[torch.Tensor]:
+    def _open_loader(self) -> Iterator | None:
+        """The loader's iterator over this epoch (its workers start here), or None where the crops
+        are cut on the device."""
+        if self.on_device is not None:
+            return None
+        with self.stops.held():  # see ignore_stop_signals
+            return iter(self.loader)
+
+    def _crops(self, loader: Iterator | None) -> Iterator[torch.Tensor]:
         """This process's uint8 crops, one batch per step left in the epoch: from the loader's
         workers, or cut on the device (drawn lazily, so that each batch knows its step)."""
-        if self.on_device is None:
-            with self.stops.held():  # the workers start here (see ignore_stop_signals)
-                batches = iter(self.loader)
-            try:
-                while True:
-                    with self.stops.waiting(alone=self.world == 1):  # a read may stall (a hung NFS mount)
-                        item = next(batches, None)
-                    if item is None:
-                        return
-                    yield item[0]
-            finally:
-                end_workers(batches)
+        if loader is not None:
+            while True:
+                with self.stops.waiting(alone=self.world == 1):  # a read may stall (a hung NFS mount)
+                    item = next(loader, None)
+                if item is None:
+                    return
+                yield item[0]
         for glob in self.sampler.global_batches():
             yield self.on_device.crops(glob, self.step, self.rank, self.world)
 

@@ -169,16 +169,23 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
-def end_workers(batches: object) -> None:
-    """End the workers of a DataLoader iterator left mid-epoch (a stop), a hung one included.
-    PyTorch's shutdown waits up to 5 s for each worker, then sends SIGTERM, which ours ignore; a
-    worker stuck in a read would outlive the run, and multiprocessing's exit-time join would wait
-    for it forever. So what is still alive after that shutdown is killed."""
-    shutdown = getattr(batches, "_shutdown_workers", None)  # private, but PyTorch has no public way
-    if shutdown is None:  # no workers (data.num_workers=0)
+def end_workers(loader: object) -> None:
+    """End the workers of a DataLoader iterator left mid-epoch (a stop, the last step) at once, a
+    hung one included. They ignore the stop signals, so PyTorch's own shutdown would wait 5 s for
+    each, send a SIGTERM they ignore, wait 5 s more and leave them running, and multiprocessing's
+    exit-time join would then wait forever. They are killed first: the batches they were preparing
+    are not needed; then PyTorch's shutdown joins them and closes the queues at once."""
+    shutdown = getattr(loader, "_shutdown_workers", None)  # private, but PyTorch has no public way
+    if shutdown is None:  # no workers (data.num_workers=0, or the crops are cut on the device)
         return
-    shutdown()
-    for worker in batches._workers:
-        if worker.is_alive():
-            worker.kill()
-            worker.join()
+    main = threading.current_thread() is threading.main_thread()
+    # PyTorch's SIGCHLD handler would report the killed workers as failed, raising here
+    old = signal.signal(signal.SIGCHLD, signal.SIG_DFL) if main else None
+    try:
+        for worker in loader._workers:
+            if worker.is_alive():
+                worker.kill()
+        shutdown()
+    finally:
+        if main:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL if old is None else old)
