@@ -168,3 +168,14 @@ def test_the_launcher_exits_with_the_status_its_workers_agree_on():
     assert launcher_status(1, set()) == 1  # none said anything (killed, or a traceback)
     assert launcher_status(0, {0}) == 0
     assert launcher_status(-9, set()) == 137  # torchrun itself killed
+
+
+def test_the_readme_slurm_recipe_launches_through_the_launcher_and_requeues_on_75():
+    """The recipe's exit status is the launcher's (tested above), not torchrun's 1."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    recipe = readme[readme.index("#SBATCH --nodes"):]
+    recipe = recipe[:recipe.index("```")]
+    assert "srun python -m iwm.launch --nnodes" in recipe and "srun torchrun" not in recipe
+    assert 'if [ "$status" -eq 75 ]; then scontrol requeue "$SLURM_JOB_ID"; fi' in recipe
