@@ -119,7 +119,7 @@ def test_leaving_closes_the_process_group(tmp_path):
 
 @needs_gloo
 def test_a_stop_signal_under_torchrun_checkpoints_within_a_step_and_the_launcher_exits_75(tmp_path, tiny_overrides):
-    """The README's launch line, signalled as a scheduler does (the whole process group), with
+    """The SLURM recipe's launch line (docs/scaling.md), signalled as a scheduler does (the whole process group), with
     run.log_every far above the steps done: the processes agree on the stop a step after the
     signal at most, checkpoint, and `python -m iwm.launch` exits 75 where torchrun exits 1."""
     import re
@@ -170,12 +170,12 @@ def test_the_launcher_exits_with_the_status_its_workers_agree_on():
     assert launcher_status(-9, set()) == 137  # torchrun itself killed
 
 
-def test_the_readme_slurm_recipe_launches_through_the_launcher_and_requeues_on_75():
+def test_the_slurm_recipe_launches_through_the_launcher_and_requeues_on_75():
     """The recipe's exit status is the launcher's (tested above), not torchrun's 1."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    recipe = readme[readme.index("#SBATCH --nodes"):]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "scaling.md").read_text()
+    recipe = page[page.index("#SBATCH --nodes"):]
     recipe = recipe[:recipe.index("```")]
     assert "srun python -m iwm.launch --nnodes" in recipe and "srun torchrun" not in recipe
     assert 'if [ "$status" -eq 75 ]; then scontrol requeue "$SLURM_JOB_ID"; fi' in recipe
