@@ -79,7 +79,8 @@ def families_here(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("family,said", [
     ("divides_by_zero:Fam", "aug.families: building divides_by_zero:Fam raised ZeroDivisionError: division by zero"),
-    ("bad_syntax:Fam", "aug.families: building bad_syntax:Fam raised SyntaxError: invalid syntax (bad_syntax.py, line 1)"),
+    ("bad_syntax:Fam", "aug.families: building bad_syntax:Fam raised SyntaxError: invalid syntax "
+                       "(bad_syntax.py, line 1)"),
     ("my_families:RaisesInSample", "aug.families: raises_in_sample.sample raised RuntimeError: no parameters today"),
     ("my_families:RaisesInApply", "aug.families: raises_in_apply.apply raised KeyError: 'strength'"),
     ("my_families:WideEncode", "aug.families: wide_encode.encode returned a tensor of shape (2, 3); it must be "

@@ -36,7 +36,8 @@ class Preempted(BaseException):
         elif text is None:
             # several processes agree on the stop a step after the signal: say when it came
             when = f" (the signal came during step {came})" if came is not None and came != step else ""
-            text = f"stopped by signal {name} after step {step}{when}; checkpoint written, run the same command to resume"
+            text = (f"stopped by signal {name} after step {step}{when}; checkpoint written, run the same command "
+                    "to resume")
         super().__init__(text)
         self.signum, self.step = signum, step
 
