@@ -3,6 +3,7 @@
 >>> import iwm
 >>> run = iwm.load("runs/cifar10_equi")          # run dir, checkpoint, exported folder, pretrained:NAME, hf:REPO
 >>> tokens = run.encode(images)                    # (B, N, D) patch tokens, target encoder
+>>> z = run.embed(images)                          # (B, D) the tokens mean-pooled, as kNN reads them
 >>> x, params = run.corrupt(images, seed=0)        # a source view, as in training
 >>> pred = run.predict(context, ctx_idx, tgt_idx, run.actions.encode(params, run.actions.identity(len(x))))
 >>> run.save_pretrained("shared/cifar10_equi")     # weights, config and model card, as the Hub shares them
@@ -88,6 +89,13 @@ class Run:
         ``target`` picks the EMA target encoder (the one I-JEPA evaluates) over the context one."""
         enc = self.target_encoder if target else self.encoder
         return enc.tokens(self._input(images), keep)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, target: bool = True) -> torch.Tensor:
+        """Images (B, 3, H, W), uint8 or float in [0, 1] -> one vector per image (B, D): the mean
+        of the patch tokens (``Encoder.pooled``, what kNN and the probes read)."""
+        enc = self.target_encoder if target else self.encoder
+        return enc.pooled(self._input(images))
 
     @torch.no_grad()
     def predict(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor,
