@@ -1,4 +1,5 @@
-"""The README's examples do what they say, for a user who cloned only the repository."""
+"""The examples of the README and of the docs/ pages it links do what they say, for a user who
+cloned only the repository."""
 
 import re
 from pathlib import Path
@@ -6,24 +7,28 @@ from pathlib import Path
 import pytest
 import torch
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _block(heading: str, lang: str = "python") -> str:
-    text = README.read_text()
+def _block(heading: str, lang: str = "python", page: Path = README) -> str:
+    """The first ``lang`` code block after ``heading`` on ``page``."""
+    text = page.read_text()
     part = text[text.index(heading):]
     return re.search(rf"```{lang}\n(.*?)```", part, re.S).group(1)
 
 
 def test_the_python_api_example_gives_the_shapes_its_comments_state():
-    code = _block("## Python API").replace('"runs/demo"', '"pretrained:cifar10_equi"')  # the demo's config
+    code = _block("## Python API", page=DOCS / "interop.md")
+    code = code.replace('"runs/demo"', '"pretrained:cifar10_equi"')  # the demo's config
     scope: dict = {}
     torch.manual_seed(0)
     exec(compile(code, "README.md", "exec"), scope)
     said = {name: tuple(int(n) for n in shape.split(", ")) for name, shape in
             re.findall(r"^(\w+) = .*# \(([\d, ]+)\)", code, re.M)}
-    assert set(said) >= {"tokens", "pred"}
+    assert set(said) >= {"tokens", "pooled", "pred"}
     for name, shape in said.items():
         value = scope[name]
         assert tuple(value.shape) == shape, f"README says {name} is {shape}, it is {tuple(value.shape)}"
@@ -33,16 +38,17 @@ def test_the_timm_example_names_the_demo_runs_sizes():
     from iwm import config
     from iwm.config import SHIPPED, encoder_dims
 
-    code = _block("**timm.**")
+    code = _block("**timm.**", page=DOCS / "interop.md")
     cfg = config.load(SHIPPED / "cifar10_equi.yaml")
     dim, depth, heads = encoder_dims(cfg.model)
     assert f"embed_dim={dim}, depth={depth}, num_heads={heads}" in code
     assert f"img_size={cfg.data.image_size}, patch_size={cfg.model.patch_size}" in code
 
 
-def test_the_readme_names_nothing_a_user_does_not_have():
+@pytest.mark.parametrize("page", [README, *sorted(DOCS.glob("*.md"))], ids=lambda p: p.name)
+def test_the_readme_and_docs_name_nothing_a_user_does_not_have(page):
     # ../shared exists beside the project's own checkouts only
-    assert "../shared" not in README.read_text() and "/work/" not in README.read_text()
+    assert "../shared" not in page.read_text() and "/work/" not in page.read_text()
 
 
 def test_the_readme_quotes_the_reference_summary_as_the_page_has_it():
@@ -94,7 +100,7 @@ def test_the_user_family_example_trains_and_its_family_is_reported(tmp_path):
     from conftest import TINY
     from iwm.eval.mrr import compute_mrr
 
-    code = _block("**Your own family**")
+    code = _block("**Your own family**", page=DOCS / "world_models.md")
     out = tmp_path / "posterize"
     tiny = ", ".join(repr(o) for o in [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "optim.max_steps=2"])
     assert '"run.out_dir=runs/posterize"]' in code

@@ -1,5 +1,5 @@
 """What a researcher looks for before adopting the library: a licence, a citation, the
-repository's address, and a README that says how long the shipped config trains."""
+repository's address, and a README (and training page) that says how long the shipped config trains."""
 
 import re
 import tomllib
@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 CITATION = yaml.safe_load((ROOT / "CITATION.cff").read_text())
 README = (ROOT / "README.md").read_text()
+TRAINING = (ROOT / "docs" / "training.md").read_text()
 
 
 def test_the_license_file_is_the_licence_pyproject_declares():
@@ -41,6 +42,7 @@ def test_the_package_metadata_names_the_repository():
 
 def test_the_readme_says_how_many_epochs_the_shipped_config_trains():
     epochs = config.load(config.resolve_config("cifar10_equi")).optim.epochs
-    line = next(x for x in README.splitlines() if x.startswith("iwm pretrain --config cifar10_equi  "))
+    line = next(x for x in TRAINING.splitlines() if x.startswith("iwm pretrain --config cifar10_equi  "))
     assert line.endswith(f"# shipped config by name: {epochs} epochs")
-    assert re.search(rf"config trains its own `optim.epochs: {epochs}`", README)
+    for page in (README, TRAINING):
+        assert re.search(rf"config trains its own `optim.epochs: {epochs}`", page)

@@ -72,7 +72,7 @@ def seg_root(path: str | Path, cache_dir: str | Path | None = None) -> Path:
     if not path:
         raise FileNotFoundError("segmentation data: none given; pass --seg-data or set $IWM_CAMVID to an ADE20K-layout "
                                 "folder or tarball (images/<split>/*.jpg, annotations/<split>/*.png), such as "
-                                "ADE20K's ADEChallengeData2016/ (README, Segmentation data)")
+                                "ADE20K's ADEChallengeData2016/ (docs/data.md, Segmentation data)")
     src = Path(path)
     if not src.exists():
         raise FileNotFoundError(f"segmentation data: {str(src)!r} does not exist")
