@@ -53,7 +53,7 @@ from ..train import resolve_device
 from ..version import code_version
 from .grid import GridRun, device_name, ensure_trained, run_config, settings_digest
 from .leverage import CLASSIFICATION, LABELS, PIXEL_KINDS, _pct, _write, default_settings, evaluate, setting_key
-from .page import RAW_NUMBERS, VERDICT, provenance, table
+from .page import RAW_NUMBERS, VERDICT, describe_data, provenance, table
 from .reference import random_init
 from .world_model import GRID, fmt_mrr
 
@@ -156,6 +156,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
     for kind in PIXEL_KINDS:
         measured(PIXELS, kind, setting_key(kind, settings, 0), lambda: evaluate(rand, kind, settings, dev, progress, True))
     dim, depth, heads = encoder_dims(base.model)
+    study["data"] = describe_data(base.data.dataset, base.data.path)
     study["settings"].update(dataset=base.data.dataset, image_size=base.data.image_size,
                              patch_size=base.model.patch_size, batch_size=base.data.batch_size,
                              encoder={"embed_dim": dim, "depth": depth, "num_heads": heads})
