@@ -3,6 +3,7 @@ action families that fail, paths and sizes that cannot work, eval and study argu
 range; and metrics.jsonl stays strict JSON when a loss is not finite."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -75,6 +76,9 @@ def families_here(tmp_path, monkeypatch):
     (tmp_path / "bad_syntax.py").write_text("def sample(:\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
+    # another test's my_families (a module of the same name, elsewhere) may be imported already
+    for name in ("my_families", "divides_by_zero", "bad_syntax"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
 
 
 @pytest.mark.parametrize("family,said", [

@@ -13,9 +13,7 @@ from iwm.studies.page import code_note, describe_data, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
-# action_families.md is re-written by its study (iwm study action-families) with a floor table
-SKIPPED = {"action_families.md"}
-PAGES = sorted(p for p in RESULTS.glob("*.md") if p.name not in SKIPPED)
+PAGES = sorted(RESULTS.glob("*.md"))
 
 ISSUE = re.compile(r"\bissues?\s*#?\d+", re.IGNORECASE)
 SHARED = re.compile(r"\.\./shared|/work/shared")

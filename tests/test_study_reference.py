@@ -133,12 +133,12 @@ def test_study_measures_finished_runs_lists_the_others_and_feeds_ship(tmp_path, 
     assert all(strong["random"][k] == equi["random"][k] for k in KINDS if not k.startswith("mrr"))
 
 
-def test_a_difference_one_seed_cannot_tell_is_called_a_tie():
+def test_a_difference_one_seed_cannot_tell_is_not_resolved():
     assert verdict("linear", 0.5433, 0.5398) == verdict("linear", 0.5398, 0.5433) \
-        == "a tie (within 1 point, which one seed cannot tell apart)"
+        == "not resolved (within 1 point, one seed)"
     assert verdict("linear", 0.5433, 0.5300) == "holds" and verdict("linear", 0.5300, 0.5433) == "does not hold"
-    assert verdict("mrr", 0.0705, 0.0488) == "holds" and verdict("mrr", 0.0705, 0.0690).startswith("a tie")
-    assert verdict("encoder", 0.50, 0.505, tie_holds=True).startswith("holds: a tie")
+    assert verdict("mrr", 0.0705, 0.0488) == "holds" and verdict("mrr", 0.0705, 0.0690).startswith("not resolved")
+    assert verdict("encoder", 0.50, 0.505, tie_holds=True).startswith("holds: not resolved")
 
 
 def test_unknown_model_is_refused_in_one_line(capsys):

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .files import write_text
 from .train.signals import PREEMPTED_EXIT_CODE, STOP_SIGNALS
 
 STATUS_DIR = "IWM_LAUNCH_STATUS_DIR"  # where each worker leaves its exit status for the launcher
@@ -29,7 +30,7 @@ def report(status: int) -> None:
     """Under the launcher, leave this process's exit status where the launcher reads it."""
     folder = os.environ.get(STATUS_DIR)
     if folder and Path(folder).is_dir():
-        Path(folder, f"rank-{os.environ.get('RANK', '0')}").write_text(f"{status}\n")
+        write_text(Path(folder, f"rank-{os.environ.get('RANK', '0')}"), f"{status}\n")
 
 
 def launcher_status(torchrun: int, workers: set[int]) -> int:
