@@ -181,14 +181,15 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
                                                   "moves": _aug_digest(moves)},
                      lambda: _geometric_floor(shipped, eval_images(run, mrr_images, 0), mrr_bank, dev, moves))
         study["order"].append(label)
-        _publish(study, store, out_md)
+        _publish(study, store, out_md, previous)
     return study
 
 
-def _publish(study: dict, store: Path, out_md: Path) -> None:
-    """The store, the page and its JSON, as measured so far."""
+def _publish(study: dict, store: Path, out_md: Path, previous: dict) -> None:
+    """The store (with what ``previous`` holds of models not reached yet), the page and its JSON,
+    as measured so far."""
     study["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    _write(store, study, {})
+    _write(store, study, previous)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     _write(out_md.with_suffix(".json"), study, {})
     write_text(out_md, render_markdown(study))
