@@ -322,16 +322,27 @@ def test_stop_signal_while_a_read_stalls_saves_the_last_step_and_leaves_no_worke
     try:
         _wait_for_line(proc, "read stalled")
         _poll(lambda: (run / "metrics.jsonl").is_file() and len(_losses(run)) == 2, proc)
-        os.killpg(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)  # a guard against a hang, not a bound
+        err = _signal_group(proc, signal.SIGTERM)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _end(proc)
     assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
     assert "Traceback" not in err and _said(err) == [
         "iwm: stopped by signal SIGTERM after step 2; checkpoint written, run the same command to resume"]
     assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 2
     assert _session(proc.pid) == []  # the worker stuck in its read was ended too
+
+
+def _signal_group(proc: subprocess.Popen, *signals: int) -> str:
+    """Send the signals to the run's process group, then its stderr once it exits."""
+    for sig in signals:
+        os.killpg(proc.pid, sig)
+    return proc.communicate(timeout=120)[1]  # a guard against a hang, not a bound
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """Whatever happened, leave no process of the run behind."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 _HELD_STEP = """
@@ -364,12 +375,9 @@ def test_a_second_stop_signal_ends_a_step_that_does_not_finish(tmp_path, tiny_ov
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for_line(proc, "held in step 3")
-        os.killpg(proc.pid, signal.SIGTERM)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)  # a guard against a hang, not a bound
+        err = _signal_group(proc, signal.SIGTERM, signal.SIGINT)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _end(proc)
     assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
     assert "Traceback" not in err and len(_said(err)) == 1
     line = _said(err)[0]
