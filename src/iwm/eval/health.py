@@ -116,10 +116,17 @@ class HealthMonitor:
         g = torch.Generator().manual_seed(seed + 2)
         self.actions = ActionSet.from_config(cfg.aug, cfg.data.image_size)
         self.source, self.target = self.actions.sample_pair(n, g)
-        self.masker = MultiBlockMasker(cfg.mask, cfg.data.image_size // cfg.model.patch_size)
-        self.mask_state = g.get_state()  # each family's masks are drawn from here: one context for all
         # identity transformations (I-JEPA) have no families to tell apart
         self.families = ("all", *self.actions.names) if cfg.aug.strength > 0 else ("all",)
+        # each family's masks, drawn once from the same state: one context for all, and a moved
+        # view's targets where that family's move brings each block
+        masker, state = MultiBlockMasker(cfg.mask, cfg.data.image_size // cfg.model.patch_size), g.get_state()
+        self.masks = {}
+        for f in self.families:
+            draw = torch.Generator()
+            draw.set_state(state)
+            target = self.actions.for_family(self.source, self.target, f)[1]
+            self.masks[f] = masker(n, draw, self.actions.support(target, masker.grid, cfg.data.image_size))
         self.mrr_seed = seed + 3
         if verbose:
             log.info("health checks every %d steps on %d held-out images%s; loss per family on %d, MRR on %d x %d",
@@ -194,15 +201,10 @@ class HealthMonitor:
         model.eval()
         n = length(self.source)
         c = self.test[:n].to(self.device).float().div_(255.0)
-        cfg = self.cfg
         losses = []
         for f in self.families:
-            source, target = self.actions.for_family(self.source, self.target, f)
-            g = torch.Generator()
-            g.set_state(self.mask_state)
-            masks = self.masker(n, g, self.actions.support(target, self.masker.grid, cfg.data.image_size))
-            masks = masks.to(self.device)
-            source, target = move(source, self.device), move(target, self.device)
+            source, target = (move(t, self.device) for t in self.actions.for_family(self.source, self.target, f))
+            masks = self.masks[f].to(self.device)
             x, y = normalize(self.actions.apply(c, source)), normalize(self.actions.apply(c, target))
             with self._autocast():
                 losses.append(model(x, y, self.actions.encode(source, target), masks).float())
