@@ -10,7 +10,7 @@ import iwm
 from conftest import TINY
 from iwm.actions import GEOMETRIC
 from iwm.studies import action_families, leverage
-from iwm.studies.action_families import MODELS, RANDOM, run_study
+from iwm.studies.action_families import MODELS, RANDOM, STRONGER, run_study
 
 EXTRA = TINY + ["data.dataset=synthetic", "eval.knn_train=32", "eval.knn_test=16"]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,9 +23,14 @@ def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tm
     extra = [*EXTRA, f"data.cache_dir={tmp_path / 'cache'}"]
     study = run_study(out, runs, steps=2, mrr_images=2, mrr_bank=4, extra_overrides=extra, device="cpu",
                       settings=settings, progress=False, long_steps=4)
-    # the longer runs geometric first: a study stopped before the end loses the photometric one
+    # the longer runs geometric first, then the stronger predictors: a study stopped before the end
+    # loses the photometric one
     long = [f"{label}, 4 steps" for label in MODELS]
-    assert study["order"] == [*MODELS, *long[1:], long[0]]
+    assert study["order"] == [*MODELS, *long[1:], *STRONGER, long[0]]
+    for label, frame in zip(STRONGER, ("source", "target")):
+        cfg = iwm.load(runs / STRONGER[label].name).config
+        assert (cfg.predictor.conditioning, cfg.predictor.depth, cfg.predictor.query_frame) == ("sequence", 8, frame)
+        assert set(study["models"][label]["evals"]) == {"mrr"}  # the world model's question only
     assert iwm.load(runs / "strong_d4_x2").step == 4
     assert iwm.load(runs / "strong_d4_geometric_source_x2").step == 4
     assert iwm.load(runs / "strong_d4_geometric_x2").config.predictor.query_frame == "target"
@@ -42,9 +47,9 @@ def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tm
     floors = md.split("## The geometric world model against its floor")[1].split("\n\n")[2].splitlines()
     assert floors[0].split("|")[1:-1] == [" model ", " bank ", " learned MRR ", " floor ", " learned - floor ",
                                           " chance ", " reading "]
-    # every geometric family of the two geometric runs at both lengths, and the floor alone of the
-    # photometric runs and the shipped model
-    assert len(floors) == 2 + 4 * 4 + 2 * 4 + 4
+    # every geometric family of the two geometric runs at both lengths and of the two stronger
+    # predictors, and the floor alone of the photometric runs and the shipped model
+    assert len(floors) == 2 + 6 * 4 + 2 * 4 + 4
     shipped = [row for row in floors if row.startswith(f"| {action_families.SHIPPED} |")]
     assert len(shipped) == 4 and all(row.endswith("| floor only |") for row in shipped)
     learnt = [row for row in floors if row.startswith("| photometric + geometric |")]
@@ -53,6 +58,7 @@ def test_study_measures_every_family_and_protocol_writes_the_page_and_resumes(tm
     geo_floor = study["models"]["photometric"]["evals"]["mrr"]["geometric_floor"]
     assert set(geo_floor) == set(GEOMETRIC) and all(v["mrr"] is None and v["floor"] > 0 for v in geo_floor.values())
     assert "predictor FT - linear probe" in md and "random init" in md
+    assert not any(line.startswith(f"| {label} | not measured") for label in STRONGER for line in md.splitlines())
     assert "| photometric + geometric, 4 steps |" in md and "| photometric + geometric, queries in y's frame |" in md
     assert json.loads(out.with_suffix(".json").read_text())["models"].keys() == study["models"].keys()
 

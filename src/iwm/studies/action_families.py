@@ -1,7 +1,7 @@
 """The action-families study: does a world model of geometric transformations, learnt beside
 the paper's photometric one, change what the world model and the representation learn?
 
-Three pretrainings on CIFAR-10, the same but for ``aug.families`` and where the mask tokens sit:
+Pretrainings on CIFAR-10, the same but for ``aug.families``, where the mask tokens sit and the predictor:
 
 - ``photometric``: the paper's families (jitter, grayscale, blur, solarize): the world-model
   study's ``strong_d4`` run (feature conditioning, strength 1, a 4-block predictor), so a runs
@@ -10,7 +10,11 @@ Three pretrainings on CIFAR-10, the same but for ``aug.families`` and where the 
   moved; ``iwm.actions.geometric``), each mask token placed where its pixels come from in x
   (``predictor.query_frame=source``, the default);
 - the same with the mask tokens at their own positions in y (``query_frame=target``), so that
-  the predictor must learn the move's geometry from a_x->y alone.
+  the predictor must learn the move's geometry from a_x->y alone;
+- both geometric runs again with the strongest predictor a CPU affords (sequence conditioning,
+  8 blocks), measured by MRR only: does a learned move take a stronger predictor?
+
+With ``long_steps``, the first three are trained for longer as well.
 
 Each is measured by MRR per family (the clean source, the paper's protocol, for every family
 that transforms the target, each with its own bank; the augmented source for those that
@@ -65,6 +69,14 @@ Y_FRAME_RUN = GridRun("strong_d4_geometric", PHOTOMETRIC_RUN.config,
                       (*_WITH_GEOMETRIC, "predictor.query_frame=target"), ("action_families",))
 GEOMETRIC_LABEL, Y_FRAME_LABEL = "photometric + geometric", "photometric + geometric, queries in y's frame"
 MODELS = {"photometric": PHOTOMETRIC_RUN, GEOMETRIC_LABEL: GEOMETRIC_RUN, Y_FRAME_LABEL: Y_FRAME_RUN}
+# what a learned move might take: the strongest predictor a CPU affords (twice as deep, a_x->y as
+# tokens of its own, the conditioning that ranked highest in the world-model study), in each
+# frame; measured by MRR only, the question they answer
+STRONGER_OVERRIDES = ("predictor.conditioning=sequence", "predictor.depth=8")
+STRONGER_SUFFIX = "sequence conditioning, 8-block predictor"
+STRONGER = {f"{label}, {STRONGER_SUFFIX}": GridRun(f"{r.name}_seq_d8", r.config, (*r.overrides, *STRONGER_OVERRIDES),
+                                                   r.tables)
+            for label, r in ((GEOMETRIC_LABEL, GEOMETRIC_RUN), (Y_FRAME_LABEL, Y_FRAME_RUN))}
 RANDOM = "random init"
 RANDOM_KINDS = ("knn", "linear", "attentive")  # predictor finetuning of a random predictor: not measured (time)
 SHIPPED = "shipped cifar10_equi (never saw a move)"
@@ -143,8 +155,10 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
         return result
 
     models = [(label, grid_run, steps) for label, grid_run in MODELS.items()]
-    if long_steps:
-        models += longer(long_steps, steps)
+    stronger = [(label, grid_run, steps) for label, grid_run in STRONGER.items()]
+    long = longer(long_steps, steps) if long_steps else []
+    # the photometric run's longer training last: it is the one to lose if the study is stopped
+    models += long[:-1] + stronger + long[-1:]
     moves = run_config(GEOMETRIC_RUN, runs_dir, steps, extra_overrides, device).aug
     # random init (the photometric run's architecture before its first step) and the pixels first:
     # the page is then written after every model, so a study stopped midway leaves a page of what it measured
@@ -171,7 +185,7 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, mrr_images: int, mrr_ban
         measured(label, "mrr", {"mrr_images": mrr_images, "mrr_bank": mrr_bank, "step": run.step, "settings": digest,
                                 "protocol": MRR_PROTOCOL},
                  lambda: _mrr(run, mrr_images, mrr_bank, dev, moves))
-        for kind in CLASSIFICATION:
+        for kind in (() if label in STRONGER else CLASSIFICATION):
             key = {**setting_key(kind, settings, run.step), "settings": settings_digest(run, kind)}
             measured(label, kind, key, lambda: evaluate(run, kind, settings, dev, progress))
         if SHIPPED not in study["models"]:  # the shipped photometric model, on the same images
@@ -316,7 +330,8 @@ def _protocol_table(study: dict) -> list[str]:
         ev = models.get(label, {}).get("evals", {}).get(kind)
         return "not measured" if ev is None else _pct(ev)
 
-    rows = [[label, *(cell(label, k) for k in CLASSIFICATION)] for label in order if label in models]
+    rows = [[label, *(cell(label, k) for k in CLASSIFICATION)] for label in order
+            if label in models and label not in STRONGER]
     gap = []
     for label in pretrained:
         ev = models[label]["evals"]
@@ -346,7 +361,10 @@ def render_markdown(study: dict) -> str:
         f"and once more with them at their own positions in y (`{Y_FRAME_RUN.name}`, "
         f"`predictor.query_frame=target`: the predictor must learn the move's geometry from a_x->y)"
         + "".join(f"; `{label}` is `{label.rsplit(', ', 1)[0]}` trained for longer"
-                  for label in study.get("order", [])[len(MODELS):]),
+                  for label in study.get("order", []) if label not in MODELS and label not in STRONGER)
+        + (f"; a label ending in `{STRONGER_SUFFIX}` is the run it starts with, trained with "
+           f"`{' '.join(STRONGER_OVERRIDES)}` and measured by MRR only"
+           if any(label in STRONGER for label in study.get("order", [])) else ""),
         f"- MRR: {s['mrr_images']} test images x {s['mrr_bank']} bank entries, seed 0",
         f"- classification: {s['train_size']:,} train images (seeded subset), the whole test split; kNN k=20, "
         f"linear probe, attentive probe {s['attentive_epochs']} epochs, predictor finetuning "
