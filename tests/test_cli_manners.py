@@ -95,8 +95,8 @@ def _run(words):
     return ["RUN"] if words[0] in ("eval", "viz", "leverage") else []
 
 
-# export, ship and import-ijepa copy weights as they are: no config to override
-CONFIGURED = [w for w in LEAVES if w[0] not in ("export", "ship", "import-ijepa")]
+# export, ship and import-ijepa copy weights as they are, data pack copies images: no config to override
+CONFIGURED = [w for w in LEAVES if w[0] not in ("export", "ship", "import-ijepa", "data")]
 PROGRESS = [w for w in CONFIGURED if w[0] != "viz"]  # viz draws no bars
 
 

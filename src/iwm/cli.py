@@ -18,7 +18,7 @@ from . import config as config_mod
 from . import launch, sharing
 from .api import RUN_HELP, hub_repo
 from .checkpoint import CheckpointError, intact_note
-from .commands import evaluate, figures, leverage, studies
+from .commands import data, evaluate, figures, leverage, studies
 from .commands.options import Parser, add_no_progress, add_overrides
 from .config import ConfigError, parse_override, resolve_config
 from .files import DISK_FULL_EXIT_CODE, DiskFullError, is_disk_full
@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_import_ijepa)
     figures.add_cli(sub)
     leverage.add_cli(sub)
+    data.add_cli(sub)
     studies.add_cli(sub)
     return ap
 

@@ -22,10 +22,22 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: Literal["cifar10", "folder", "synthetic"] = "cifar10"
+    # a registered format (iwm.data.formats): cifar10, folder, synthetic, webdataset, hf, or yours
+    dataset: str = "cifar10"
     # cifar10: "" = $IWM_CIFAR10, else the cache folder, else downloaded there (iwm.data.cifar10),
-    # or a path to it in any usual form; folder: the dataset root (train/ beside val/) or a folder of classes
+    # or a path to it in any usual form; folder: the dataset root (train/ beside val/) or a folder of
+    # classes; webdataset: shards (brace form, glob, or their folder: iwm.data.shards); hf: a
+    # save_to_disk folder, parquet files, or a Hub name read from the local cache (iwm.data.hf)
     path: str = ""
+    # webdataset: the held-out shards ("" = the val-*/validation-*/test-* shards of data.path's folder)
+    eval_path: str = ""
+    shuffle_buffer: int = 1000  # webdataset: samples each stream shuffles among
+    bad_shards: Literal["stop", "skip"] = "stop"  # webdataset: a corrupt shard stops the run, or is skipped
+    # hf: the columns, and the splits by name ("" = validation, else test)
+    image_column: str = "image"
+    label_column: str = "label"
+    split: str = "train"
+    eval_split: str = ""
     image_size: int = 32
     crop_scale: tuple[float, float] = (0.3, 1.0)
     hflip: bool = True
@@ -301,7 +313,9 @@ def _check_data(d: DataConfig) -> None:
     _check(d.subset >= 0, "data.subset", "must be 0 (all images) or a positive count")
     _check(d.synthetic_size > 0, "data.synthetic_size", "must be at least 1")
     _check_range("data.crop_scale", d.crop_scale, 1e-3, 1.0)
-    _check(d.dataset != "folder" or bool(d.path), "data.path", "set it to the image folder (data.dataset=folder)")
+    _check(d.dataset not in ("folder", "webdataset", "hf") or bool(d.path), "data.path",
+           f"set it to where the images are (data.dataset={d.dataset})")
+    _check(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be at least 1 (1 = no shuffling within a stream)")
 
 
 def _check_aug(a: AugConfig) -> None:

@@ -1,5 +1,6 @@
 """One writer per run directory: an exclusive ``flock`` on ``<run>/.lock``, which records who holds
-it; the kernel drops the lock when its process dies, so even ``kill -9`` never blocks the next run."""
+it; the kernel drops the lock when its process dies, so even ``kill -9`` never blocks the next run
+(its forked loader workers let go of it at the fork)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,24 @@ from .config import ConfigError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _drop_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the lock's open file; should the parent be
+    killed with ``kill -9``, the child would hold the flock until it noticed, and the next run
+    would be refused. The child points its copies of the descriptors at /dev/null instead (it
+    must not unlock: that would unlock the parent too)."""
+    if not _HELD:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in _HELD:
+        os.dup2(null, fd)
+    os.close(null)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
 
 
 class RunLocked(ConfigError):
@@ -67,10 +86,12 @@ class RunLock:
                             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}) + "\n")
         f.flush()
         self.file = f
+        _HELD.add(f.fileno())
         return self
 
     def release(self) -> None:
         if self.file is not None:
+            _HELD.discard(self.file.fileno())
             self.file.close()  # closing the descriptor drops the flock
             self.file = None
 

@@ -1,5 +1,6 @@
-"""Image sources: an ImageFolder (class sub-folders or a flat folder; its train and held-out
-splits), CIFAR-10 (read by :mod:`.cifar10`), and a small synthetic set for tests.
+"""Image sources held as files or arrays: an ImageFolder (class sub-folders or a flat folder; its
+train and held-out splits), CIFAR-10 (read by :mod:`.cifar10`), and a small synthetic set for
+tests, each registered as a format (:mod:`.formats`).
 
 Each dataset yields ``(view, label)``: the target view y as a uint8 (3, S, S) tensor and an
 integer label (-1 where there is none). Photometric work happens later, batched, on the
@@ -17,10 +18,10 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig
 from .folders import IMAGE_EXTENSIONS, folder_split, images_in, read_rgb
+from .formats import DataFormat, get_format, register_format
 from .views import center_view, sample_generator, target_view
 
 log = logging.getLogger(__name__)
-
 
 
 class ViewDataset(Dataset):
@@ -134,16 +135,44 @@ def build_dataset(cfg: DataConfig, seed: int, split: str = "train", augment: boo
     split. Views are random crops for training (``augment``, the default on the train split)
     and centred, unaugmented images otherwise."""
     train = split == "train"
-    kw = dict(scale=cfg.crop_scale, hflip=cfg.hflip, seed=seed, train=train if augment is None else augment)
-    if cfg.dataset == "synthetic":
+    return get_format(cfg.dataset).dataset(cfg, seed, train, train if augment is None else augment)
+
+
+def view_options(cfg: DataConfig, seed: int, augment: bool) -> dict:
+    """The keywords every :class:`ViewDataset` takes from the config."""
+    return dict(scale=cfg.crop_scale, hflip=cfg.hflip, seed=seed, train=augment)
+
+
+@register_format
+class Synthetic(DataFormat):
+    """Generated gratings, for tests and first tries: nothing to download."""
+    name = "synthetic"
+
+    def dataset(self, cfg: DataConfig, seed: int, train: bool, augment: bool) -> ViewDataset:
         images, labels = synthetic_images(cfg.synthetic_size, cfg.image_size, seed=seed + (0 if train else 1))
-        return ArrayDataset(images, labels, cfg.image_size, **kw)
-    if cfg.dataset == "cifar10":
+        return ArrayDataset(images, labels, cfg.image_size, **view_options(cfg, seed, augment))
+
+
+@register_format
+class Cifar10(DataFormat):
+    """CIFAR-10 in any of its usual forms (:mod:`.cifar10`), held in memory."""
+    name = "cifar10"
+
+    def dataset(self, cfg: DataConfig, seed: int, train: bool, augment: bool) -> ViewDataset:
         from .cifar10 import CIFAR10_CLASSES, load_cifar10
 
         arrays = load_cifar10(cfg.path, cfg.cache_dir)
         part = "train" if train else "test"
-        ds = ArrayDataset(arrays[f"{part}_x"], arrays[f"{part}_y"], cfg.image_size, **kw)
+        ds = ArrayDataset(arrays[f"{part}_x"], arrays[f"{part}_y"], cfg.image_size,
+                          **view_options(cfg, seed, augment))
         ds.classes = list(CIFAR10_CLASSES)
         return ds
-    return ImageFolder(folder_split(cfg.path, train), cfg.image_size, **kw)
+
+
+@register_format
+class Folder(DataFormat):
+    """A folder of images: class sub-folders (ImageNet's layout, train/ beside val/) or flat."""
+    name = "folder"
+
+    def dataset(self, cfg: DataConfig, seed: int, train: bool, augment: bool) -> ViewDataset:
+        return ImageFolder(folder_split(cfg.path, train), cfg.image_size, **view_options(cfg, seed, augment))

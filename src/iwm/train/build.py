@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import config as config_mod
 from ..actions import ActionFamily, build_family
 from ..config import Config, ConfigError, EvalConfig
-from ..data import ResumableSampler, build_dataset
+from ..data import ResumableSampler, ShardStream, build_dataset, get_format
 from ..data.device_crops import DeviceImages, device_images
 from ..eval.features import subset
 from ..eval.health import HealthMonitor
@@ -70,12 +70,15 @@ def dist_info() -> tuple[int, int]:
 class TrainData:
     """The training images as one process reads them."""
     dataset: Dataset
-    sampler: ResumableSampler
+    sampler: ResumableSampler | ShardStream  # where each epoch starts; the stream is its own sampler
     loader: DataLoader
     on_device: DeviceImages | None  # data.on_device: the images live on the device, the loader is not used
 
 
 def build_data(cfg: Config, rank: int, world: int, device: torch.device) -> TrainData:
+    stream = get_format(cfg.data.dataset).stream(cfg.data, cfg.run.seed, rank, world)
+    if stream is not None:
+        return _stream_data(cfg, stream, rank, device)
     dataset = build_dataset(cfg.data, cfg.run.seed, "train")
     if cfg.data.subset > len(dataset):
         raise ConfigError(f"data.subset: {cfg.data.subset} images asked for, but the data set has {len(dataset)}; "
@@ -89,6 +92,23 @@ def build_data(cfg: Config, rank: int, world: int, device: torch.device) -> Trai
                         worker_init_fn=ignore_stop_signals)
     on_device = device_images(source, cfg.data, cfg.run.seed, device) if cfg.data.on_device else None
     return TrainData(dataset, sampler, loader, on_device)
+
+
+def _stream_data(cfg: Config, stream: ShardStream, rank: int, device: torch.device) -> TrainData:
+    """A streamed format: the workers cut whole batches (iwm.data.stream)."""
+    for key, refused in (("data.on_device", cfg.data.on_device), ("data.subset", cfg.data.subset)):
+        if refused:
+            raise ConfigError(f"{key}: not for a streamed data set (data.dataset={cfg.data.dataset}); leave it at "
+                              "its default, or pack fewer images")
+    if rank == 0:
+        total = sum(stream.counts)
+        log.info("%s: %d shards, %d samples, %d streams (%d per process); an epoch is %d steps and leaves out %d "
+                 "samples (%.1f %%), the streams' uneven ends", cfg.data.dataset, len(stream.shards), total,
+                 stream.streams, stream.per_rank, stream.batches_per_epoch, stream.left_out,
+                 100 * stream.left_out / total)
+    loader = DataLoader(stream, batch_size=None, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False, worker_init_fn=ignore_stop_signals)
+    return TrainData(stream, stream, loader, None)
 
 
 PROBE_BATCH = 2  # images each action family transforms once at start-up (check_families)

@@ -48,6 +48,8 @@ class Trainer(RunParts):
         # stops the run cleanly, as one in the loop does
         self.stops = stops if stops is not None else StopSignals()
         self.postfix: dict[str, str] = {}  # the progress bar's latest figures
+        # samples a streamed data set could not read since this process started (None: not streamed)
+        self.bad_samples: int | None = None
         with self.stops:
             super().__init__(cfg)
 
@@ -128,10 +130,19 @@ class Trainer(RunParts):
         now = time.perf_counter()
         rate = (self.step - window.step) * self.cfg.data.batch_size * self.world / (now - window.start)
         self.losses += losses_since_log(window.pending, self.world, self.device)
+        bad = self._bad_samples()  # every process takes part in the sum
         if records is not None:
-            records.train(self.step, self.losses[-1][1], rate, int(self.skipped.item()))
+            records.train(self.step, self.losses[-1][1], rate, int(self.skipped.item()), bad)
         window.pending, window.start, window.step = [], now, self.step
         self._check_finite()
+
+    def _bad_samples(self) -> int | None:
+        """Unreadable samples so far, over all processes (each reads its own streams)."""
+        if self.bad_samples is None or self.world == 1:
+            return self.bad_samples
+        count = torch.tensor([self.bad_samples], device=self.device)
+        torch.distributed.all_reduce(count)
+        return int(count.item())
 
     def _open_loader(self) -> Iterator | None:
         """The loader's iterator over this epoch (its workers start here), or None where the crops
@@ -150,6 +161,8 @@ class Trainer(RunParts):
                     item = next(loader, None)
                 if item is None:
                     return
+                if len(item) > 2:  # a streamed batch says how many of its samples were unreadable
+                    self.bad_samples = (self.bad_samples or 0) + int(item[2])
                 yield item[0]
         for glob in self.sampler.global_batches():
             yield self.on_device.crops(glob, self.step, self.rank, self.world)

@@ -97,13 +97,16 @@ class Records:
         self.metrics.write(json.dumps(finite_or_null(rec), allow_nan=False) + "\n")
         self.metrics.flush()
 
-    def train(self, step: int, loss: float, rate: float, skipped: int) -> None:
+    def train(self, step: int, loss: float, rate: float, skipped: int, bad_samples: int | None = None) -> None:
         """The training record after ``step`` steps: its line, its TensorBoard scalars, the bar
-        moved to it. ``rate``: images per second; ``skipped``: non-finite steps so far."""
+        moved to it. ``rate``: images per second; ``skipped``: non-finite steps so far;
+        ``bad_samples``: a streamed data set's unreadable samples since the process started."""
         o, total, done = self.cfg.optim, self.total_steps, step - 1  # the schedules of the step just taken
         rec = {"kind": "train", "step": step, "epoch": step / self.steps_per_epoch, "loss": loss,
                "lr": learning_rate(o, done, total), "wd": weight_decay(o, done, total),
                "momentum": ema_momentum(o, done, total), "images_per_s": rate, "skipped_steps": skipped}
+        if bad_samples is not None:
+            rec["bad_samples"] = bad_samples
         self._write(rec)
         for k in ("loss", "lr", "wd", "momentum", "images_per_s"):
             self.writer.add_scalar(f"train/{k}", rec[k], step)
