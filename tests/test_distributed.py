@@ -66,11 +66,17 @@ def _torchrun(*args):
     return two.stderr
 
 
+# SIGReg's statistic is the global batch's: its sums are all-reduced, with their gradient
+SIGREG = ("optim.target=online", "optim.regularizer=sigreg", "optim.reg_embeddings=tokens", "optim.reg_weight=0.5")
+
+
 @needs_gloo
-@pytest.mark.parametrize("parallel,accum,on_device", [("ddp", 1, False), ("fsdp", 2, False),  # FSDP with accumulation
-                                                      ("ddp", 1, True)])  # crops cut on the device
-def test_two_processes_match_one(tmp_path, tiny_overrides, parallel, accum, on_device):
-    base = _base(tiny_overrides) + [f"data.on_device={str(on_device).lower()}"]
+@pytest.mark.parametrize("parallel,accum,on_device,extra", [
+    ("ddp", 1, False, ()), ("fsdp", 2, False, ()),  # FSDP with accumulation
+    ("ddp", 1, True, ()),  # crops cut on the device
+    ("ddp", 1, False, SIGREG)], ids=["ddp", "fsdp-accum", "ddp-on-device", "ddp-sigreg"])
+def test_two_processes_match_one(tmp_path, tiny_overrides, parallel, accum, on_device, extra):
+    base = _base(tiny_overrides) + [f"data.on_device={str(on_device).lower()}", *extra]
     a = _one_process(base, tmp_path / "one")
     log = _torchrun("-m", "iwm.cli", "pretrain", *base, "data.batch_size=4", f"run.parallel={parallel}",
                     f"optim.accum_steps={accum}", f"run.out_dir={tmp_path / 'two'}")

@@ -151,6 +151,17 @@ class OptimConfig:
     accum_steps: int = 1  # split each batch into this many micro-batches (same result, less memory)
     # the regression loss on the target tokens: squared L2 (I-JEPA, the paper) or smooth L1
     loss: Literal["l2", "smooth_l1"] = "l2"
+    # what the predictor regresses: the EMA target encoder's tokens of y (I-JEPA, the paper), or the
+    # encoder's own, with their gradient and no teacher (LeJEPA's way: give it a regularizer)
+    target: Literal["ema", "online"] = "ema"
+    # a term on the embeddings (iwm.models.regularizers): "" (none) or sigreg; loss =
+    # (1 - reg_weight) x prediction + reg_weight x regularizer, on the context encoder's tokens
+    # (each one) or their mean per image (pooled)
+    regularizer: str = ""
+    reg_weight: float = 0.05
+    reg_embeddings: Literal["pooled", "tokens"] = "pooled"
+    sigreg_directions: int = 1024  # random 1-D projections, drawn afresh each step
+    sigreg_points: int = 17  # points of t on [0, 3] for the Epps-Pulley integral
 
 
 @dataclass
@@ -388,6 +399,9 @@ def _check_optim(o: OptimConfig, d: DataConfig) -> None:
     _check(o.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 = off)")
     _check(o.accum_steps >= 1 and d.batch_size % o.accum_steps == 0, "optim.accum_steps",
            f"must be >= 1 and divide data.batch_size ({d.batch_size})")
+    _check(0 <= o.reg_weight < 1, "optim.reg_weight", "λ must lie in [0, 1): loss = (1 - λ) prediction + λ regularizer")
+    _check(o.sigreg_directions >= 1, "optim.sigreg_directions", "must be at least 1")
+    _check(o.sigreg_points >= 2, "optim.sigreg_points", "the trapezoid rule needs at least 2 points")
 
 
 NAME_MAX = 255  # the longest file or folder name, in bytes, of Linux, macOS and Windows filesystems

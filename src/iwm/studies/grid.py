@@ -19,7 +19,14 @@ from ..train import pretrain
 
 # settings added after runs were stored, at the value every earlier run had: left out of what
 # decides the weights, so that the stored runs and measurements keep their digests
-LATER_DEFAULTS = {("predictor", "norm_eps"): 1e-5, **config_mod.STORED_BEFORE}
+# keys added after runs were measured, at the value those runs had (a digest must not change with them)
+LATER_DEFAULTS = {("predictor", "norm_eps"): 1e-5, **config_mod.STORED_BEFORE,
+                  **{("data", k): v for k, v in (("eval_path", ""), ("shuffle_buffer", 1000), ("bad_shards", "stop"),
+                                                 ("image_column", "image"), ("label_column", "label"),
+                                                 ("split", "train"), ("eval_split", ""))},
+                  **{("optim", k): v for k, v in (("target", "ema"), ("regularizer", ""), ("reg_weight", 0.05),
+                                                  ("reg_embeddings", "pooled"), ("sigreg_directions", 1024),
+                                                  ("sigreg_points", 17))}}
 
 
 class GridRun(NamedTuple):

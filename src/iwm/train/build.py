@@ -20,6 +20,7 @@ from ..data.device_crops import DeviceImages, device_images
 from ..eval.features import subset
 from ..eval.health import HealthMonitor
 from ..models import IWM, build_encoder, build_predictor
+from ..models.regularizers import build_regularizer
 from ..parallel import shard
 from .signals import ignore_stop_signals
 
@@ -152,8 +153,9 @@ def _try_family(family: ActionFamily, images: torch.Tensor) -> None:
 
 def build_model(cfg: Config) -> IWM:
     torch.manual_seed(cfg.run.seed)  # the same seed gives the same initial weights
-    return IWM(build_encoder(cfg), build_predictor(cfg), cfg.predictor.per_block, cfg.optim.loss,
-               cfg.mask.length_groups)
+    o = cfg.optim
+    return IWM(build_encoder(cfg), build_predictor(cfg), cfg.predictor.per_block, o.loss, cfg.mask.length_groups,
+               o.target == "online", build_regularizer(o), o.reg_weight, o.reg_embeddings)
 
 
 def wrap_model(model: IWM, cfg: Config, world: int, device: torch.device,

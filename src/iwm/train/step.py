@@ -82,7 +82,7 @@ class WeightUpdate:
             group["lr"] = lr
             if group["apply_wd"]:
                 group["weight_decay"] = wd
-        loss = self._forward_backward(batch, amp_dtype)
+        loss = self._forward_backward(batch, amp_dtype, step)
         self.scaler.unscale_(self.optimizer)  # a no-op unless fp16
         clip = o.clip_grad if o.clip_grad > 0 else float("inf")
         norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.params, clip))  # sharded: the global norm
@@ -102,7 +102,7 @@ class WeightUpdate:
         self.model.update_target(ema_momentum(o, step, total))
         return loss.detach()
 
-    def _forward_backward(self, batch: Batch, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    def _forward_backward(self, batch: Batch, amp_dtype: torch.dtype | None, step: int = 0) -> torch.Tensor:
         """Gradient accumulation: micro-batches of the same batch, one optimizer step; DDP and
         FSDP reduce gradients on the last micro-batch only."""
         x, y, action, masks = batch
@@ -116,7 +116,7 @@ class WeightUpdate:
             if self.sharded:
                 self.model.set_requires_gradient_sync(sync_now)
             with autocast, (nullcontext() if sync_now or self.sharded else self.net.no_sync()):
-                part = self.net(x[sl], y[sl], action[sl], masks[sl]) / n
+                part = self.net(x[sl], y[sl], action[sl], masks[sl], step=step) / n
             self.scaler.scale(part).backward()
             loss += part.detach()
         return loss
