@@ -1,4 +1,4 @@
-"""``iwm study {world-model,leverage,recipe,reference,action-families}``: each parses its options, runs its study
+"""``iwm study {world-model,leverage,recipe,reference,action-families,efficiency}``: each parses its options, runs its study
 (:mod:`iwm.studies`), which measures and writes the page, and says where the results went.
 
 A page goes under runs/results/ unless ``--out`` names another file: run from a clone, a study
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import ConfigError
-from ..studies import action_families, leverage, recipe, reference, world_model
+from ..studies import action_families, efficiency, leverage, recipe, reference, world_model
 from .options import add_device, add_no_progress, add_overrides
 
 RESULTS = "runs/results"  # where a study's page goes unless --out says otherwise
@@ -63,6 +63,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     _add_recipe(studies)
     _add_reference(studies)
     _add_action_families(studies)
+    _add_efficiency(studies)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,3 +318,43 @@ def _add_action_families(studies: argparse._SubParsersAction) -> None:
     add_no_progress(p)
     add_overrides(p, "for every pretraining, e.g. data.path=...")
     p.set_defaults(fn=_action_families)
+
+
+# ----------------------------------------------------------------------------------------------
+# iwm study efficiency
+
+
+@one_line_errors
+def _efficiency(args: argparse.Namespace) -> int:
+    for name in ("steps", "every", "queries", "seeds"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.steps % args.every:
+        raise ValueError(f"--every ({args.every}) must divide --steps ({args.steps})")
+    command = shlex.join(["iwm", "study", "efficiency", "--steps", str(args.steps), "--every", str(args.every),
+                          "--queries", str(args.queries), "--seeds", str(args.seeds), "--finalists",
+                          str(args.finalists), "--runs-dir", args.runs_dir, "--out", args.out, "--device",
+                          args.device, *args.overrides])
+    checked_store(Path(args.runs_dir) / efficiency.STORE)
+    efficiency.run_study(Path(args.out), Path(args.runs_dir), args.steps, args.every, args.queries, args.overrides,
+                         args.device, command=command, seeds=args.seeds, finalists=args.finalists)
+    print(f"wrote {args.out}, its plot and {Path(args.runs_dir) / efficiency.STORE}")
+    return 0
+
+
+def _add_efficiency(studies: argparse._SubParsersAction) -> None:
+    """Register ``iwm study efficiency``."""
+    p = studies.add_parser("efficiency", help="which recipe learns most per CPU minute: validation kNN against "
+                                              "training minutes, beside the raw pixels, and MRR at the end")
+    p.add_argument("--steps", type=int, default=800, help="training steps per run (default 800, the demo's)")
+    p.add_argument("--every", type=int, default=200, help="steps between the scored checkpoints (default 200)")
+    p.add_argument("--queries", type=int, default=2000,
+                   help="validation images held out of the train split as kNN queries (default 2000)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds the finalists are trained on (default 2)")
+    p.add_argument("--finalists", type=int, default=2, help="recipes trained again on other seeds (default 2)")
+    p.add_argument("--runs-dir", default="runs/efficiency", help="one directory per run (default runs/efficiency)")
+    p.add_argument("--out", default=f"{RESULTS}/efficiency.md", help=PAGE_HELP)
+    add_device(p, "auto")
+    add_no_progress(p)
+    add_overrides(p, "for every run, e.g. data.path=...")
+    p.set_defaults(fn=_efficiency)

@@ -85,3 +85,20 @@ def health_by_epoch(path: Path, curves: dict[str, list[dict]]) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def knn_by_minutes(path: Path, curves: dict[str, list[tuple[float, float]]], pixels: float) -> None:
+    """Validation kNN top-1 (%) against training minutes, one line per recipe, the raw pixels'
+    score as a dashed line: where a line crosses it, that recipe has learned more than its input."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    for label, points in curves.items():
+        ax.plot([0.0, *(m for m, _ in points)], [None, *(100 * k for _, k in points)], marker="o", ms=3, label=label)
+    ax.axhline(100 * pixels, color="gray", ls="--", lw=1, label="raw pixels")
+    ax.set_xlabel("training minutes (CPU)")
+    ax.set_ylabel("kNN top-1 on validation (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
