@@ -197,6 +197,8 @@ def test_a_corrupt_shard_is_skipped_with_a_log_line_when_asked(tmp_path, tiny_ov
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     assert "train-000001.tar is corrupt at byte" in err and "skipped (data.bad_shards=skip)" in err
+    # the one stream, short of its 24 samples, reads its shards again to fill the epoch
+    assert "reads its shards again (read 2) to fill its quota" in err
 
 
 @pytest.mark.parametrize("path,said", [("{here}/none-{{000..003}}.tar", "4 of its 4 shards do not exist"),

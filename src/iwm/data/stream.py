@@ -28,6 +28,7 @@ short by a skipped shard reads its shards again from the start to fill its quota
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -46,6 +47,9 @@ Batch = tuple[torch.Tensor, torch.Tensor, int]  # uint8 views (B, 3, S, S), labe
 
 
 class ShardStream(IterableDataset):
+    """This process's batches of an epoch, laid out as the module's text says; it is its own
+    sampler (``batches_per_epoch``, ``set_epoch(epoch, start_batch)``) for the training loop."""
+
     def __init__(self, shards: list[str], counts: list[int], size: int, batch: int, seed: int = 0, rank: int = 0,
                  world: int = 1, workers: int = 0, buffer: int = 1000, bad_shards: str = "stop",
                  scale: tuple[float, float] = (0.3, 1.0), hflip: bool = True,
@@ -112,10 +116,10 @@ class ShardStream(IterableDataset):
             yield self._cut([next(raw) for _ in range(self.batch)], (q * self.per_rank + t) * self.batch)
 
     def _shuffled(self, g: int) -> Iterator[dict]:
-        """Stream ``g``'s samples through its seeded buffer; again from its first shard (a new
-        order) should a skipped shard leave it short of its quota."""
+        """Stream ``g``'s samples through its seeded buffer; read again from its first shard
+        (the buffer's draws going on) should a skipped shard leave it short of its quota."""
         rng = random.Random(self._seed(g))
-        for again in range(1_000_000):
+        for read in itertools.count(1):
             buf, given = [], 0
             for sample in self._samples(self.stream_shards(g)):
                 if len(buf) < self.buffer:
@@ -130,8 +134,8 @@ class ShardStream(IterableDataset):
             yield from buf
             if given == 0:
                 raise ShardError(f"data.path: no readable sample in the shards of stream {g}")
-            log.warning("stream %d of epoch %d read its shards again (pass %d) to fill its quota", g, self.epoch,
-                        again + 2)
+            log.warning("stream %d of epoch %d reads its shards again (read %d) to fill its quota", g, self.epoch,
+                        read + 1)
 
     def _samples(self, shards: list[str]) -> Iterator[dict]:
         expected = dict(zip(self.shards, self.counts))
