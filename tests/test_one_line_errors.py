@@ -160,7 +160,8 @@ def test_a_damaged_study_store_is_one_line_naming_it(tmp_path, capsys, held, sai
 def test_metrics_write_null_for_a_loss_that_is_not_finite(tiny_overrides):
     t = Trainer(config.from_dict(None, tiny_overrides + ["optim.max_steps=3", "eval.every=0"]))
     forward = t.model.forward
-    t.model.forward = lambda *a: forward(*a) * float("nan") if t.step == 1 else forward(*a)  # step 2's loss
+    # step 2's loss
+    t.model.forward = lambda *a, **k: forward(*a, **k) * float("nan") if t.step == 1 else forward(*a, **k)
     t.fit()
 
     def strict(constant):

@@ -82,9 +82,9 @@ def _nan_at(trainer, bad_calls):
     assert trainer.health is None, "set eval.every=0: health checks would shift the count"
     forward, calls = trainer.model.forward, {"n": 0}
 
-    def flaky(*args):
+    def flaky(*args, **kwargs):
         calls["n"] += 1
-        loss = forward(*args)
+        loss = forward(*args, **kwargs)
         return loss * float("nan") if calls["n"] in bad_calls else loss
 
     trainer.model.forward = flaky
