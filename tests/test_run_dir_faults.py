@@ -370,3 +370,30 @@ def test_read_only_checkpoint_folder_is_refused_at_start(tiny_overrides):
             Trainer(_cfg(tiny_overrides, "optim.max_steps=2"))
     finally:
         ckpt.chmod(0o755)
+
+
+def test_a_lock_dropped_without_release_leaves_a_forked_child_its_files(tmp_path):
+    """A lock let go of by garbage collection (a Trainer built and dropped, never fitted) has closed
+    its descriptor, whose number the next open file may take: a worker forked later must still
+    read that file, not /dev/null."""
+    import gc
+
+    lock = RunLock(tmp_path).acquire()
+    number = lock.file.fileno()
+    del lock
+    gc.collect()
+    read, write = os.pipe()
+    if read != number:  # the lock's old number now reads a pipe, as a loader worker's queue would
+        os.dup2(read, number)
+        os.close(read)
+    child = os.fork()
+    if child == 0:  # the worker: exit 0 only if it reads what the parent sends
+        try:
+            os._exit(0 if os.read(number, 5) == b"index" else 1)
+        finally:
+            os._exit(2)
+    os.write(write, b"index")
+    _, status = os.waitpid(child, 0)
+    os.close(write)
+    os.close(number)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -52,7 +52,7 @@ def data_cfg(path, *more):
 def epoch(stream, epoch_=0, start=0):
     stream.set_epoch(epoch_, start)
     workers = stream.per_rank if stream.per_rank > 1 else 0
-    # a worker that hangs (seen once in a full CI run, not reproduced) fails the test, not the whole suite
+    # a worker that never answers fails the test, not the whole suite
     loader = DataLoader(stream, batch_size=None, num_workers=workers, timeout=300 if workers else 0)
     return [b for b in loader]
 

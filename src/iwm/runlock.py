@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import time
+import weakref
 from pathlib import Path
 
 from .config import ConfigError
@@ -17,21 +18,23 @@ from .config import ConfigError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-_HELD: set[int] = set()  # descriptors of the locks this process holds
+_HELD: "weakref.WeakSet[RunLock]" = weakref.WeakSet()  # the locks this process holds now
 
 
 def _drop_in_child() -> None:
     """A forked child (a DataLoader worker) shares the lock's open file; should the parent be
     killed with ``kill -9``, the child would hold the flock until it noticed, and the next run
-    would be refused. The child points its copies of the descriptors at /dev/null instead (it
-    must not unlock: that would unlock the parent too)."""
-    if not _HELD:
+    would be refused. The child points its copy of each held lock's descriptor at /dev/null
+    instead (it must not unlock: that would unlock the parent too). Only locks still held: a
+    lock dropped without ``release`` has closed its file, and its descriptor's number may belong
+    to anything by now (a worker's queue)."""
+    files = [lock.file for lock in list(_HELD) if lock.file is not None and not lock.file.closed]
+    if not files:
         return
     null = os.open(os.devnull, os.O_RDWR)
-    for fd in _HELD:
-        os.dup2(null, fd)
+    for f in files:
+        os.dup2(null, f.fileno())
     os.close(null)
-    _HELD.clear()
 
 
 os.register_at_fork(after_in_child=_drop_in_child)
@@ -86,12 +89,12 @@ class RunLock:
                             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}) + "\n")
         f.flush()
         self.file = f
-        _HELD.add(f.fileno())
+        _HELD.add(self)
         return self
 
     def release(self) -> None:
         if self.file is not None:
-            _HELD.discard(self.file.fileno())
+            _HELD.discard(self)
             self.file.close()  # closing the descriptor drops the flock
             self.file = None
 
