@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable, Hashable
 
 import numpy as np
 import torch
@@ -33,12 +34,32 @@ class ViewDataset(Dataset):
                  seed: int = 0, train: bool = True):
         self.size, self.scale, self.hflip, self.seed, self.train = size, scale, hflip, seed, train
         self.epoch = 0
+        self.skipped: dict[Hashable, str] = {}  # images that did not decode here (first_readable)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def load(self, i: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def first_readable(self, i: int, read: Callable[[int], torch.Tensor], where: Callable[[int], Hashable]
+                       ) -> torch.Tensor:
+        """``read(i)``, or where image i does not decode, the next image that does: a broken file
+        is skipped, not fatal. Each failure is logged once and remembered in ``skipped``
+        (``where(j)``, the image's file or place -> why), per process: each loader worker keeps
+        its own."""
+        n = len(self)
+        for k in range(n):
+            j = (i + k) % n
+            if where(j) in self.skipped:
+                continue
+            try:
+                return read(j)
+            except Exception as err:  # noqa: BLE001 - any undecodable image is skipped, not fatal
+                self.skipped[where(j)] = f"{type(err).__name__}: {err}"
+                log.warning("skipping unreadable image %s (%s); %d skipped so far in this process", where(j),
+                            self.skipped[where(j)], len(self.skipped))
+        raise RuntimeError(f"no readable image among the {n} of the data set")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -88,20 +109,9 @@ class ImageFolder(ViewDataset):
             raise FileNotFoundError(f"data.path: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
         self.files = files
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.skipped: dict[Path, str] = {}  # path -> why, in this process (each worker keeps its own)
 
     def load(self, i: int) -> torch.Tensor:
-        for k in range(len(self.files)):  # a broken file hands over to the next one
-            path = self.files[(i + k) % len(self.files)]
-            if path in self.skipped:
-                continue
-            try:
-                return read_rgb(path, self.size)
-            except Exception as err:  # noqa: BLE001 - any undecodable file is skipped, not fatal
-                self.skipped[path] = f"{type(err).__name__}: {err}"
-                log.warning("skipping unreadable image %s (%s); %d skipped so far in this process",
-                            path, self.skipped[path], len(self.skipped))
-        raise RuntimeError(f"no readable image among the {len(self.files)} files of the data set")
+        return self.first_readable(i, lambda j: read_rgb(self.files[j], self.size), self.files.__getitem__)
 
 
 # ----------------------------------------------------------------------------------------------

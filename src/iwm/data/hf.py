@@ -13,7 +13,6 @@ exactly as tar shards do; evaluation reads rows by index.
 from __future__ import annotations
 
 import io
-import logging
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,7 +25,6 @@ from .folders import read_rgb
 from .formats import DataFormat, register_format, require
 from .stream import ShardStream
 
-log = logging.getLogger(__name__)
 
 SHARD_ROWS = 1000  # rows a streamed shard holds, fewer where the streams would go short of shards
 HELD_OUT = ("validation", "test")
@@ -117,7 +115,7 @@ def parse_row(sample: dict) -> tuple[bytes | None, int | None]:
 
 class HFViews(ViewDataset):
     """Rows of a split read by index (evaluation, probes). An image that does not decode hands
-    over to the next row."""
+    over to the next row (:meth:`ViewDataset.first_readable`)."""
 
     def __init__(self, ds: Any, cfg: DataConfig, **kw):
         super().__init__(cfg.image_size, **kw)
@@ -127,22 +125,15 @@ class HFViews(ViewDataset):
         self.labels = np.asarray([-1 if v is None else v for v in labels], dtype=np.int64)
         if hasattr(ds.features.get(cfg.label_column), "names"):
             self.classes = list(ds.features[cfg.label_column].names)
-        self.skipped: set[int] = set()
 
     def load(self, i: int) -> torch.Tensor:
-        for k in range(len(self.ds)):
-            j = (i + k) % len(self.ds)
-            if j in self.skipped:
-                continue
-            raw = image_bytes(self.ds[j][self.column])
-            try:
-                if raw is None:
-                    raise ValueError("no image")
-                return read_rgb(io.BytesIO(raw), self.size)
-            except Exception as err:  # noqa: BLE001 - an unreadable row is skipped, not fatal
-                self.skipped.add(j)
-                log.warning("skipping row %d of %s (%s: %s)", j, self.ds.split, type(err).__name__, err)
-        raise RuntimeError(f"no readable image in the {len(self.ds)} rows of the split")
+        return self.first_readable(i, self._read, lambda j: f"row {j} of {self.ds.split}")
+
+    def _read(self, j: int) -> torch.Tensor:
+        raw = image_bytes(self.ds[j][self.column])
+        if raw is None:
+            raise ValueError("no image")
+        return read_rgb(io.BytesIO(raw), self.size)
 
 
 @register_format

@@ -228,7 +228,8 @@ def decode(image: bytes, size: int) -> torch.Tensor:
 
 class TarDataset(ViewDataset):
     """Random access to the samples of some shards (the held-out split; the probes' train split),
-    by seeking to each image's bytes. An image that does not decode hands over to the next one."""
+    by seeking to each image's bytes. An image that does not decode hands over to the next one
+    (:meth:`ViewDataset.first_readable`)."""
 
     def __init__(self, shards: list[str], size: int, bad_shards: str = "stop", **kw):
         super().__init__(size, **kw)
@@ -241,21 +242,15 @@ class TarDataset(ViewDataset):
             log.warning("skipping %d samples without an image in %d shards", len(every) - len(index), len(shards))
         self.where = [(i, m.offset, m.size) for i, m in index]
         self.labels = np.asarray([m.label for _, m in index], dtype=np.int64)
-        self.skipped: set[int] = set()
 
     def load(self, i: int) -> torch.Tensor:
-        for k in range(len(self.where)):
-            j = (i + k) % len(self.where)
-            if j in self.skipped:
-                continue
-            shard, offset, size = self.where[j]
-            with open(self.shards[shard], "rb") as f:
-                f.seek(offset)
-                raw = f.read(size)
-            try:
-                return decode(raw, self.size)
-            except Exception as err:  # noqa: BLE001 - an undecodable image is skipped, not fatal
-                self.skipped.add(j)
-                log.warning("skipping an undecodable image in %s at byte %d (%s: %s)", self.shards[shard], offset,
-                            type(err).__name__, err)
-        raise RuntimeError(f"no decodable image in the {len(self.where)} samples of the shards")
+        return self.first_readable(i, self._read, self._where)
+
+    def _read(self, j: int) -> torch.Tensor:
+        shard, offset, size = self.where[j]
+        with open(self.shards[shard], "rb") as f:
+            f.seek(offset)
+            return decode(f.read(size), self.size)
+
+    def _where(self, j: int) -> str:
+        return f"in {self.shards[self.where[j][0]]} at byte {self.where[j][1]}"
