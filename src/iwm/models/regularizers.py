@@ -27,6 +27,11 @@ class Regularizer(nn.Module):
 
     name: ClassVar[str] = ""
 
+    @classmethod
+    def from_config(cls, optim: OptimConfig) -> "Regularizer":
+        """The regularizer ``optim`` asks for (a subclass with settings reads them here)."""
+        return cls()
+
     def forward(self, z: torch.Tensor, step: int) -> torch.Tensor:
         raise NotImplementedError
 
@@ -39,7 +44,7 @@ def register_regularizer(cls: type[Regularizer]) -> type[Regularizer]:
     ``cls.from_config(optim)`` builds it."""
     if not (isinstance(cls, type) and issubclass(cls, Regularizer)) or not cls.name:
         raise TypeError(f"register_regularizer takes a Regularizer subclass with a name, got {cls!r}")
-    _REGISTRY[cls.name] = cls.from_config  # type: ignore[attr-defined]
+    _REGISTRY[cls.name] = cls.from_config
     return cls
 
 

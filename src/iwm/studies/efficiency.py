@@ -19,11 +19,13 @@ next call, so the study resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from ..eval.mrr import chance_mrr, compute_mrr, eval_images
 from ..eval.pixels import RawPixels
@@ -35,7 +37,7 @@ from ..version import code_version
 from ..viz.study_plots import knn_by_minutes
 from .grid import GridRun, device_name, ensure_trained, run_config, settings_digest
 from .page import RAW_NUMBERS, VERDICT, describe_data, provenance, table
-from .reference import read_metrics
+from .reference import read_metrics, training_minutes
 
 BASE = "cifar10_equi"
 
@@ -62,30 +64,19 @@ RECIPES: dict[str, GridRun] = {
 STORE = "efficiency.json"
 
 
-def curve(run_dir: Path, cfg, every: int, steps: int, queries: int, device: torch.device) -> list[dict]:
-    """kNN on validation at each checkpoint (``every`` steps), with the training minutes to it."""
+def curve(run_dir: Path, cfg, every: int, steps: int, bank: Dataset, query: Dataset,
+          device: torch.device) -> list[dict]:
+    """kNN on the validation ``query`` images against ``bank`` (:func:`validation_sets`) at each
+    checkpoint (``every`` steps), with the training minutes to it."""
     from ..api import load
 
     minutes = training_minutes(read_metrics(run_dir), cfg.data.batch_size)
-    bank, query = validation_sets(cfg, queries)
     points = []
     for step in range(every, steps + 1, every):
         run = load(run_dir / "checkpoints" / f"step-{step:08d}.pt", device=device)
         r = knn_validation(run.target_encoder, bank, query, run.config, device)
         points.append({"step": step, "minutes": minutes.get(step), "knn": r["top1"]})
     return points
-
-
-def training_minutes(records: list[dict], batch_size: int) -> dict[int, float]:
-    """Training minutes up to each logged step, from the rates the run logged (health checks and
-    the time a stopped run lost before resuming not counted)."""
-    out, seconds, last = {}, 0.0, 0
-    for r in records:
-        if r.get("kind") == "train" and r.get("images_per_s"):
-            seconds += max(0, r["step"] - last) * batch_size / r["images_per_s"]
-            last = r["step"]
-            out[r["step"]] = seconds / 60
-    return out
 
 
 def minutes_to_pass(points: list[dict], pixels: float) -> float | None:
@@ -132,8 +123,8 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, every: int, queries: int
         done = previous.get(name)
         if done is None or done.get("key") != key:
             r = compute_mrr(final, images=eval_images(final, mrr_images, 0), bank_size=mrr_bank, seed=0, device=dev)
-            done = {"key": key, "label": label, "seed": seed, "curve": curve(Path(cfg.run.out_dir), cfg, every, steps,
-                                                                              queries, dev),
+            done = {"key": key, "label": label, "seed": seed, "curve": curve(Path(cfg.run.out_dir), cfg, every, steps, bank,
+                                                                              query, dev),
                     "mrr": r["mrr"], "mrr_chance": chance_mrr(mrr_bank), "images": cfg.data.batch_size}
         study["runs"][name] = done
         write_json({**study, "runs": {**previous, **study["runs"]}}, store)  # a finished run survives a stop
@@ -157,8 +148,6 @@ def run_study(out_md: Path, runs_dir: Path, steps: int, every: int, queries: int
 
 
 def _read(store: Path) -> dict:
-    import json
-
     return json.loads(store.read_text())["runs"] if store.is_file() else {}
 
 

@@ -18,15 +18,15 @@ from ..config import SHIPPED, Config, ConfigError
 from ..train import pretrain
 
 # settings added after runs were stored, at the value every earlier run had: left out of what
-# decides the weights, so that the stored runs and measurements keep their digests
-# keys added after runs were measured, at the value those runs had (a digest must not change with them)
+# decides the weights, so that the stored runs and measurements keep their digests (those below at
+# today's default: should one of those defaults change, pin its old value here instead)
+_ADDED_AT_DEFAULT = {"data": ("eval_path", "shuffle_buffer", "bad_shards", "image_column", "label_column", "split",
+                              "eval_split"),
+                     "optim": ("target", "regularizer", "reg_weight", "reg_embeddings", "sigreg_directions",
+                               "sigreg_points")}
 LATER_DEFAULTS = {("predictor", "norm_eps"): 1e-5, **config_mod.STORED_BEFORE,
-                  **{("data", k): v for k, v in (("eval_path", ""), ("shuffle_buffer", 1000), ("bad_shards", "stop"),
-                                                 ("image_column", "image"), ("label_column", "label"),
-                                                 ("split", "train"), ("eval_split", ""))},
-                  **{("optim", k): v for k, v in (("target", "ema"), ("regularizer", ""), ("reg_weight", 0.05),
-                                                  ("reg_embeddings", "pooled"), ("sigreg_directions", 1024),
-                                                  ("sigreg_points", 17))}}
+                  **{(section, key): getattr(getattr(config_mod.Config(), section), key)
+                     for section, keys in _ADDED_AT_DEFAULT.items() for key in keys}}
 
 
 class GridRun(NamedTuple):

@@ -367,19 +367,26 @@ def health_curves(records: list[dict], per_epoch: int) -> list[dict]:
             if r.get("kind") == "health"]
 
 
+def training_minutes(records: list[dict], batch_size: int) -> dict[int, float]:
+    """Training minutes up to each logged step, from the rates the run logged (health checks and
+    the time a stopped run lost before resuming not counted)."""
+    out, seconds, last = {}, 0.0, 0
+    for r in records:
+        if r.get("kind") == "train" and r.get("images_per_s"):
+            seconds += max(0, r["step"] - last) * batch_size / r["images_per_s"]
+            last = r["step"]
+            out[r["step"]] = seconds / 60
+    return out
+
+
 def training_hours(records: list[dict], batch_size: int) -> float | None:
     """Hours a one-process run spent training, from the rates it logged (health checks included;
     the time a stopped run lost before resuming is not)."""
     if not records:
         return None
-    seconds, last = 0.0, 0
-    for r in records:
-        if r.get("kind") == "health":
-            seconds += r.get("seconds", 0.0)
-        elif r.get("kind") == "train" and r.get("images_per_s"):
-            seconds += max(0, r["step"] - last) * batch_size / r["images_per_s"]
-            last = r["step"]
-    return seconds / 3600
+    minutes = training_minutes(records, batch_size)
+    health = sum(r.get("seconds", 0.0) for r in records if r.get("kind") == "health")
+    return (max(minutes.values(), default=0.0) * 60 + health) / 3600
 
 
 # ----------------------------------------------------------------------------------------------
