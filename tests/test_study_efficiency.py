@@ -21,6 +21,7 @@ def test_study_scores_checkpoints_on_validation_writes_the_page_and_resumes(tmp_
         assert [p["step"] for p in r["curve"]] == [2, 4]
         assert 0 < r["curve"][0]["minutes"] < r["curve"][1]["minutes"]
         assert 0 <= r["curve"][-1]["knn"] <= 1 and r["mrr"] > 0 and r["mrr_chance"] == pytest.approx(0.5208, abs=1e-4)
+        assert 0 <= r["random_init"] <= 1  # the floor each recipe starts from, on the same images
     assert 0 < study["pixels"] <= 1
     md = out.read_text()
     assert "| shipped recipe | 1 |" in md and "| SIGReg, no teacher |" in md and "validation split" in md
