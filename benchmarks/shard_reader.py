@@ -112,7 +112,7 @@ def main() -> None:
         f"### Shard reader against folder reader, {platform.machine()} CPU, {torch.get_num_threads()} thread(s) in "
         f"the main process, {workers} loader workers (torch {torch.__version__}, "
         f"{datetime.now(timezone.utc):%Y-%m-%d})", "",
-        f"Command: `python benchmarks/shard_reader.py --photos {args.photos} --images {args.images} --batch "
+        f"Command: `python benchmarks/shard_reader.py --photos {args.photos.name} --images {args.images} --batch "
         f"{args.batch} --shard-size {args.shard_size} --repeats {args.repeats}`", "",
         f"{args.images} JPEGs of 500 x 375 (quality 90), random resized crops to {cfg.data.image_size} px, batch "
         f"{args.batch}; shards of {args.shard_size}; best of {args.repeats} passes each (all passes: folder "
