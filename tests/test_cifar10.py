@@ -259,20 +259,43 @@ def test_demo_reports_pixels_random_init_and_the_shipped_reference_model(tmp_pat
     expected = knn_eval(pretrained("cifar10_equi").target_encoder, cfg)["top1"]
     assert report["reference_model"] == {"name": "cifar10_equi", "step": 2, "knn_top1": expected}
     out = capsys.readouterr().out
+    (run,) = report["runs"]
     assert f"shipped reference model          {100 * expected:.2f} %   (pretrained:cifar10_equi: " in out
-    assert f"raw pixels (the bar to beat)     {100 * report['knn_top1_raw_pixels']:.2f} %" in out
+    assert f"raw pixels (the bar to beat)     {100 * run['knn_top1_raw_pixels']:.2f} %" in out
+    assert json.loads((tmp_path / "fresh" / "demo_report.json").read_text())["knn_top1_pretrained"] == \
+        run["knn_top1_pretrained"]
 
-    # --page: the report as a results page, and the README's quote of its table refreshed
+
+def test_demo_on_two_seeds_writes_a_page_that_the_readme_quotes(tmp_path, batches, tiny_overrides, capsys, no_env,
+                                                                 monkeypatch):
+    from iwm import registry
+    from iwm.api import load
+    from iwm.cli import main
     from iwm.demo import PAGE_TABLE, README_QUOTE, demo_table
     from iwm.studies.page import marked
 
+    tarball = write_standard(tmp_path / TARBALL, batches)
+    overrides = [o for o in tiny_overrides if not o.startswith("run.out_dir")] + ["data.dataset=cifar10",
+                                                                                 "eval.knn_train=0"]
+    monkeypatch.setenv(registry.ROOT_ENV, str(tmp_path / "weights"))
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{README_QUOTE[0]}\nstale\n{README_QUOTE[1]}\nafter\n")
-    report = run_demo(str(tarball), str(tmp_path / "paged"), steps=2, overrides=[*overrides, "run.seed=2"],
-                      page=tmp_path / "docs" / "demo.md", readme=readme, command="iwm demo --page docs/demo.md")
-    page = (tmp_path / "docs" / "demo.md").read_text()
-    assert json.loads((tmp_path / "docs" / "demo.json").read_text()) == json.loads(json.dumps(report))
-    assert marked(page, *PAGE_TABLE) == demo_table(report) == marked(readme.read_text(), *README_QUOTE)
-    assert f"| pretrained, EMA target encoder | {100 * report['knn_top1_pretrained']:.2f} % |" in page
-    assert "- command: `iwm demo --page docs/demo.md`" in page
+    page = tmp_path / "docs" / "demo.md"
+    assert main(["demo", "--data", str(tarball), "--out", str(tmp_path / "paged"), "--steps", "2", "--seeds", "2",
+                 "--page", str(page), "--readme", str(readme), *overrides]) == 0
+    report = json.loads(page.with_suffix(".json").read_text())
+    runs = report["runs"]
+    # each seed is its own run, trained from its own initialisation
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert [load(tmp_path / "paged" / f"seed-{s}").config.run.seed for s in (0, 1)] == [0, 1]
+    assert runs[0]["knn_top1_random_init"] != runs[1]["knn_top1_random_init"] or \
+        runs[0]["final_loss"] != runs[1]["final_loss"]
+    text = page.read_text()
+    assert marked(text, *PAGE_TABLE) == demo_table(report) == marked(readme.read_text(), *README_QUOTE)
+    trained = " / ".join(f"{100 * r['knn_top1_pretrained']:.2f} %" for r in runs)
+    assert f"| pretrained, EMA target encoder | {trained} |" in text
+    assert "seed 0 / 1)" in text and "| seed 1: 2 steps of" in text
+    assert f"- command: `iwm demo --steps 2 --seeds 2 --page {page}`" in text
     assert readme.read_text().startswith("before\n") and readme.read_text().endswith("after\n")
+    assert main(["demo", "--seeds", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--seeds must be at least 1, got 0")

@@ -22,7 +22,7 @@ def _block(heading: str, lang: str = "python", page: Path = README) -> str:
 
 def test_the_python_api_example_gives_the_shapes_its_comments_state():
     code = _block("## Python API", page=DOCS / "interop.md")
-    code = code.replace('"runs/demo"', '"pretrained:cifar10_equi"')  # the demo's config
+    code = code.replace('"runs/demo"', '"pretrained:cifar10_equi"')  # the demo's encoder, trained long
     scope: dict = {}
     torch.manual_seed(0)
     exec(compile(code, "README.md", "exec"), scope)
@@ -36,10 +36,11 @@ def test_the_python_api_example_gives_the_shapes_its_comments_state():
 
 def test_the_timm_example_names_the_demo_runs_sizes():
     from iwm import config
-    from iwm.config import SHIPPED, encoder_dims
+    from iwm.config import encoder_dims, resolve_config
+    from iwm.demo import DEMO_CONFIG
 
     code = _block("**timm.**", page=DOCS / "interop.md")
-    cfg = config.load(SHIPPED / "cifar10_equi.yaml")
+    cfg = config.load(resolve_config(DEMO_CONFIG))
     dim, depth, heads = encoder_dims(cfg.model)
     assert f"embed_dim={dim}, depth={depth}, num_heads={heads}" in code
     assert f"img_size={cfg.data.image_size}, patch_size={cfg.model.patch_size}" in code

@@ -112,11 +112,14 @@ def _leave_distributed(finished: bool) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
     command = " ".join(["iwm demo", *(["--steps", str(args.steps)] if args.steps else []),
+                        *(["--seeds", str(args.seeds)] if args.seeds != 1 else []),
                         *(["--page", args.page] if args.page else [])])
     run_demo(data=args.data, out_dir=args.out, steps=args.steps, overrides=args.overrides,
              page=Path(args.page) if args.page else None, readme=Path(args.readme) if args.readme else None,
-             command=command)
+             command=command, seeds=args.seeds)
     return 0
 
 
@@ -180,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "tree (default: $IWM_CIFAR10, else ~/.cache/iwm, else downloaded there, about 170 MB)")
     p.add_argument("--out", default="runs/demo", help="run folder the demo trains into (checkpoints, metrics)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's CPU budget)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train this many runs, on seeds 0 .. N-1, each in OUT/seed-N (default 1: one run in OUT)")
     p.add_argument("--page", default=None, help="also write the report as a results page, a markdown file "
                                                 "(e.g. docs/results/demo.md; default: none)")
     p.add_argument("--readme", default="README.md",

@@ -17,26 +17,54 @@ from .files import write_text
 from .studies.page import RAW_NUMBERS, describe_data, provenance, refresh_quote, table, write_page
 from .train import build_model, pretrain, resolve_device
 
+DEMO_CONFIG = "cifar10_equi_fast"  # the recipe the demo trains (chosen by `iwm study efficiency`)
 DEMO_STEPS = 800  # about 2 epochs: sized so the whole demo stays inside 15 minutes on 2 CPU cores
 
 
 def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | None = None,
              overrides: list[str] | tuple[str, ...] = (), page: Path | None = None,
-             readme: Path | None = None, command: str = "iwm demo") -> dict:
+             readme: Path | None = None, command: str = "iwm demo", seeds: int = 1) -> dict:
     """``data``: CIFAR-10 in any form :mod:`iwm.data.cifar10` reads; None finds (or downloads) it.
-    ``page``: also write the report as a results page (``readme``: whose quote of it to refresh)."""
+    ``seeds``: how many runs to train, on seeds 0 .. seeds - 1 (each in ``out_dir/seed-N``; one
+    run trains in ``out_dir`` on the config's seed). ``page``: also write the report as a results
+    page (``readme``: whose quote of it to refresh). The report holds one entry per run in ``runs``."""
     from .version import code_version
 
-    t0, code = time.perf_counter(), code_version()  # the code that trains, before the checkout may change
-    cfg = config_mod.load(config_mod.resolve_config("cifar10_equi"), [
-        *([f"data.path={data}"] if data else []), f"run.out_dir={out_dir}",
-        f"optim.max_steps={steps or DEMO_STEPS}", "run.ckpt_every=100", *overrides])
+    code = code_version()  # the code that trains, before the checkout may change
+    per_seed = [[]] if seeds == 1 else [[f"run.seed={s}"] for s in range(seeds)]
+    runs, reference = [], None
+    for i, seed_override in enumerate(per_seed):
+        run_dir = out_dir if seeds == 1 else str(Path(out_dir) / f"seed-{i}")
+        cfg = config_mod.load(config_mod.resolve_config(DEMO_CONFIG), [
+            *([f"data.path={data}"] if data else []), f"run.out_dir={run_dir}",
+            f"optim.max_steps={steps or DEMO_STEPS}", "run.ckpt_every=100", *overrides, *seed_override])
+        run, found = _train_and_score(cfg)
+        if i == 0:  # the shipped model is the same whatever the seed: measured once
+            reference = _reference_knn(cfg, resolve_device(cfg.run.device))
+        _print_run(run, reference)
+        runs.append(run)
+    first = runs[0]
+    report = {"config": DEMO_CONFIG, "runs": runs, "knn": first.pop("knn_protocol"), "device": first["device"],
+              "batch_size": first["batch_size"], "threads": torch.get_num_threads(), "reference_model": reference,
+              "code": code, "data": describe_data(cfg.data.dataset, found)}
+    for run in runs[1:]:
+        run.pop("knn_protocol")
+    if page is not None:
+        write_demo_page(report, Path(page), command, readme)
+    return report
+
+
+def _train_and_score(cfg: config_mod.Config) -> tuple[dict, str]:
+    """Pretrain one run of the demo and score it: its encoders, its random initialisation and the
+    raw pixels, by kNN on the CIFAR-10 test split; also written to the run's ``demo_report.json``."""
+    t0 = time.perf_counter()
     source, found = cfg.data.dataset, cfg.data.path
     if cfg.data.dataset == "cifar10":  # found (or downloaded) now, before any training
         found = str(find_cifar10(cfg.data.path, cfg.data.cache_dir))
         source = f"CIFAR-10 from {found}"
-    print(f"iwm demo: pretraining an IWM ({cfg.predictor.conditioning} conditioning, predictor depth "
-          f"{cfg.predictor.depth}) for {cfg.optim.max_steps} steps of {cfg.data.batch_size} images of {source}")
+    print(f"iwm demo: pretraining an IWM ({DEMO_CONFIG}, seed {cfg.run.seed}: {cfg.predictor.conditioning} "
+          f"conditioning, predictor depth {cfg.predictor.depth}) for {cfg.optim.max_steps} steps of "
+          f"{cfg.data.batch_size} images of {source}")
     result = pretrain(cfg)
     t_train = time.perf_counter() - t0
 
@@ -45,44 +73,46 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
     random_encoder = build_model(cfg).target_encoder.to(device)
     from .api import load
 
-    run = load(result.run_dir, device)
+    trained = load(result.run_dir, device)
     print("iwm demo: kNN evaluation on the CIFAR-10 test split")
-    knn_trained = knn_eval(run.target_encoder, cfg, device, progress=cfg.run.progress, pixels=True)
-    knn_context = knn_eval(run.encoder, cfg, device, progress=cfg.run.progress)
+    knn_trained = knn_eval(trained.target_encoder, cfg, device, progress=cfg.run.progress, pixels=True)
+    knn_context = knn_eval(trained.encoder, cfg, device, progress=cfg.run.progress)
     knn_random = knn_eval(random_encoder, cfg, device, progress=cfg.run.progress)
-    reference = _reference_knn(cfg, device)
-    total = time.perf_counter() - t0
-    report = {
-        "steps": result.steps, "final_loss": result.final_loss, "first_loss": result.losses[0][1],
-        "knn_top1_pretrained": knn_trained["top1"], "knn_top1_pretrained_context_encoder": knn_context["top1"],
-        "knn_top1_random_init": knn_random["top1"], "knn_top1_raw_pixels": knn_trained["pixels_top1"],
-        "knn": {k: v for k, v in knn_trained.items() if k not in ("top1", "pixels_top1")},
-        "train_seconds": t_train, "total_seconds": total, "device": str(device), "batch_size": cfg.data.batch_size,
-        "threads": torch.get_num_threads(), "reference_model": reference, "code": code,
-        "data": describe_data(cfg.data.dataset, found),
+    run = {
+        "seed": cfg.run.seed, "steps": result.steps, "final_loss": result.final_loss,
+        "first_loss": result.losses[0][1], "knn_top1_pretrained": knn_trained["top1"],
+        "knn_top1_pretrained_context_encoder": knn_context["top1"], "knn_top1_random_init": knn_random["top1"],
+        "knn_top1_raw_pixels": knn_trained["pixels_top1"], "train_seconds": t_train,
+        "total_seconds": time.perf_counter() - t0, "device": str(device), "batch_size": cfg.data.batch_size,
+        "run_dir": str(result.run_dir),
+        "knn_protocol": {k: v for k, v in knn_trained.items() if k not in ("top1", "pixels_top1")},
     }
-    run_dir = Path(result.run_dir)
-    write_text(run_dir / "demo_report.json", json.dumps(report, indent=2))
-    if page is not None:
-        write_demo_page(report, Path(page), command, readme)
-    best = max(report["knn_top1_pretrained"], report["knn_top1_pretrained_context_encoder"])
-    if best > report["knn_top1_raw_pixels"]:
+    write_text(Path(result.run_dir) / "demo_report.json", json.dumps(run, indent=2))
+    return run, found
+
+
+def _print_run(run: dict, reference: dict | None) -> None:
+    best = max(run["knn_top1_pretrained"], run["knn_top1_pretrained_context_encoder"])
+    if best > run["knn_top1_raw_pixels"]:
         verdict = "beats the raw pixels: its features hold more than the images they came from"
-    elif best > report["knn_top1_random_init"]:
+    elif best > run["knn_top1_random_init"]:
         verdict = "beats its random initialisation but NOT the raw pixels yet (train longer: --steps)"
     else:
         verdict = "did NOT beat its random initialisation (train longer: --steps)"
-    losses = f"{report['first_loss']:.4f} -> {result.final_loss:.4f}"
-    protocol = f"k={knn_trained['k']}, bank {knn_trained['bank']} train images, {knn_trained['test']} test images"
-    took = f"{total / 60:.1f} min ({t_train / 60:.1f} training) on {device}, {torch.get_num_threads()} threads"
+    k = run["knn_protocol"]
+    run_dir = Path(run["run_dir"])
+    losses = f"{run['first_loss']:.4f} -> {run['final_loss']:.4f}"
+    protocol = f"k={k['k']}, bank {k['bank']} train images, {k['test']} test images"
+    took = (f"{run['total_seconds'] / 60:.1f} min ({run['train_seconds'] / 60:.1f} training) on {run['device']}, "
+            f"{torch.get_num_threads()} threads")
     print(f"""
 ==================== iwm demo report ====================
-  steps                    {result.steps} (batch {cfg.data.batch_size}), loss {losses}
+  steps                    {run['steps']} (batch {run['batch_size']}, seed {run['seed']}), loss {losses}
   kNN top-1, CIFAR-10 test ({protocol})
-    pretrained, EMA target encoder   {100 * report['knn_top1_pretrained']:.2f} %
-    pretrained, context encoder      {100 * report['knn_top1_pretrained_context_encoder']:.2f} %
-    raw pixels (the bar to beat)     {100 * report['knn_top1_raw_pixels']:.2f} %
-    same encoder at random init      {100 * report['knn_top1_random_init']:.2f} %
+    pretrained, EMA target encoder   {100 * run['knn_top1_pretrained']:.2f} %
+    pretrained, context encoder      {100 * run['knn_top1_pretrained_context_encoder']:.2f} %
+    raw pixels (the bar to beat)     {100 * run['knn_top1_raw_pixels']:.2f} %
+    same encoder at random init      {100 * run['knn_top1_random_init']:.2f} %
     {_reference_line(reference)}
   verdict                  the IWM {verdict}
   time                     {took}
@@ -91,7 +121,6 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
   loss curve / health      {run_dir / 'loss.png'}  /  {run_dir / 'health.png'}
   report                   {run_dir / 'demo_report.json'}
 =========================================================""")
-    return report
 
 
 PAGE_TABLE = ("<!-- demo: table -->", "<!-- end of the demo table -->")
@@ -99,43 +128,56 @@ PAGE_TABLE = ("<!-- demo: table -->", "<!-- end of the demo table -->")
 README_QUOTE = ("<!-- quoted from docs/results/demo.md: table -->", "<!-- end of the quote -->")
 
 
+def _per_seed(values: list[float]) -> str:
+    """One figure per seed, separated by / (one figure where every seed measured the same)."""
+    shown = [f"{100 * v:.2f} %" for v in values]
+    return shown[0] if len(set(shown)) == 1 else " / ".join(shown)
+
+
 def demo_table(report: dict) -> str:
-    """What one demo run measured, as markdown: kNN beside its bars, then the run itself."""
+    """What the demo measured, as markdown: kNN beside its bars (a figure per seed), then the runs."""
+    runs = report["runs"]
+    rows = [["pretrained, EMA target encoder", " / ".join(f"{100 * r['knn_top1_pretrained']:.2f} %" for r in runs)],
+            ["pretrained, context encoder",
+             " / ".join(f"{100 * r['knn_top1_pretrained_context_encoder']:.2f} %" for r in runs)],
+            ["raw pixels, the same protocol (the bar)", _per_seed([r["knn_top1_raw_pixels"] for r in runs])],
+            ["the same encoder at its random initialisation",
+             " / ".join(f"{100 * r['knn_top1_random_init']:.2f} %" for r in runs)]]
     ref = report.get("reference_model") or {}
-    rows = [["pretrained, EMA target encoder", report["knn_top1_pretrained"]],
-            ["pretrained, context encoder", report["knn_top1_pretrained_context_encoder"]],
-            ["raw pixels, the same protocol (the bar)", report["knn_top1_raw_pixels"]],
-            ["the same encoder at its random initialisation", report["knn_top1_random_init"]]]
     if ref.get("knn_top1") is not None:
-        rows.append([f"the shipped reference model `pretrained:{ref['name']}` (the same config, {ref['step']:,} "
-                     "steps)", ref["knn_top1"]])
+        which = "the same config" if ref["name"] == report["config"] else f"config `{ref['name']}`"
+        rows.append([f"the shipped reference model `pretrained:{ref['name']}` ({which}, {ref['step']:,} steps)",
+                     f"{100 * ref['knn_top1']:.2f} %"])
     k = report["knn"]
+    seeds = "; seed " + " / ".join(str(r["seed"]) for r in runs) if len(runs) > 1 else ""
     header = ["", f"kNN top-1, CIFAR-10 test (k = {k['k']}, bank of {k['bank']:,} train images, {k['test']:,} "
-                  "test images)"]
-    run = [[f"{report['steps']} steps of {report['batch_size']} images",
-            f"{report['first_loss']:.3f} -> {report['final_loss']:.3f}", f"{report['total_seconds'] / 60:.1f}",
-            f"{report['train_seconds'] / 60:.1f}", f"{report['device']}, {report['threads']} threads"]]
-    return "\n".join([*table(header, ([name, f"{100 * v:.2f} %"] for name, v in rows)), "",
+                  f"test images{seeds})"]
+    lines = [[f"{'seed ' + str(r['seed']) + ': ' if len(runs) > 1 else ''}{r['steps']} steps of "
+              f"{r['batch_size']} images of `{report['config']}`",
+              f"{r['first_loss']:.3f} -> {r['final_loss']:.3f}", f"{r['total_seconds'] / 60:.1f}",
+              f"{r['train_seconds'] / 60:.1f}", f"{r['device']}, {report['threads']} threads"] for r in runs]
+    return "\n".join([*table(header, rows), "",
                       *table(["run", "loss", "minutes in all", "minutes training (health checks included)",
-                              "device"], run)]) + "\n"
+                              "device"], lines)]) + "\n"
 
 
 def write_demo_page(report: dict, page: Path, command: str, readme: Path | None = None) -> None:
     """The demo's results page (its JSON beside it) and the README's quote of its table."""
     study = {**report, "device": f"{report['device']}, {report['threads']} threads", "command": command,
              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    n = len(report["runs"])
+    runs = "one run" if n == 1 else f"{n} runs, one per seed"
     lines = ["# The demo, measured", "",
-             "What `iwm demo` (`bash scripts/demo.sh`) printed on one run: the demo's config pretrained for "
-             "800 steps (about two epochs of CIFAR-10), scored by kNN beside the raw pixels, its random "
-             "initialisation and the shipped model of the same config trained long; all measured live by the "
-             "same protocol.", "",
+             f"What `iwm demo` (`bash scripts/demo.sh`) printed on {runs}: the demo's config (`{report['config']}`) "
+             f"pretrained for {report['runs'][0]['steps']} steps, scored by kNN beside the raw pixels, its random "
+             "initialisation and a shipped model trained long; all measured live by the same protocol.", "",
              *provenance(study), RAW_NUMBERS, "", PAGE_TABLE[0], demo_table(report) + PAGE_TABLE[1], ""]
     write_page(page, report, "\n".join(lines))
     if readme is not None:
         refresh_quote(readme, *README_QUOTE, demo_table(report))
 
 
-REFERENCE_MODEL = "cifar10_equi"  # the shipped model trained long with the demo's config
+REFERENCE_MODEL = "cifar10_equi"  # the shipped model trained long: the paper's recipe, one lever from the demo's
 
 
 def _reference_knn(cfg: config_mod.Config, device: torch.device) -> dict | None:
