@@ -295,7 +295,7 @@ def test_demo_on_two_seeds_writes_a_page_that_the_readme_quotes(tmp_path, batche
     trained = " / ".join(f"{100 * r['knn_top1_pretrained']:.2f} %" for r in runs)
     assert f"| pretrained, EMA target encoder | {trained} |" in text
     assert "seed 0 / 1)" in text and "| seed 1: 2 steps of" in text
-    assert f"- command: `iwm demo --steps 2 --seeds 2 --page {page}`" in text
+    assert f"- command: `iwm demo --steps 2 --seeds 2 --page {page} {' '.join(overrides)}`" in text
     assert readme.read_text().startswith("before\n") and readme.read_text().endswith("after\n")
     assert main(["demo", "--seeds", "0"]) == 2
     assert capsys.readouterr().err.strip().endswith("--seeds must be at least 1, got 0")

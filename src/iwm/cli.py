@@ -116,7 +116,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
     command = " ".join(["iwm demo", *(["--steps", str(args.steps)] if args.steps else []),
                         *(["--seeds", str(args.seeds)] if args.seeds != 1 else []),
-                        *(["--page", args.page] if args.page else [])])
+                        *(["--page", args.page] if args.page else []), *args.overrides])
     run_demo(data=args.data, out_dir=args.out, steps=args.steps, overrides=args.overrides,
              page=Path(args.page) if args.page else None, readme=Path(args.readme) if args.readme else None,
              command=command, seeds=args.seeds)
