@@ -271,7 +271,7 @@ def test_demo_on_two_seeds_writes_a_page_that_the_readme_quotes(tmp_path, batche
     from iwm import registry
     from iwm.api import load
     from iwm.cli import main
-    from iwm.demo import PAGE_TABLE, README_QUOTE, demo_table
+    from iwm.demo import PAGE_TABLE, README_QUOTE, demo_table, shortfall
     from iwm.studies.page import marked
 
     tarball = write_standard(tmp_path / TARBALL, batches)
@@ -297,5 +297,17 @@ def test_demo_on_two_seeds_writes_a_page_that_the_readme_quotes(tmp_path, batche
     assert "seed 0 / 1)" in text and "| seed 1: 2 steps of" in text
     assert f"- command: `iwm demo --steps 2 --seeds 2 --page {page} {' '.join(overrides)}`" in text
     assert readme.read_text().startswith("before\n") and readme.read_text().endswith("after\n")
+    assert shortfall(report) in text
     assert main(["demo", "--seeds", "0"]) == 2
     assert capsys.readouterr().err.strip().endswith("--seeds must be at least 1, got 0")
+
+
+def test_the_demo_page_says_how_far_each_seed_is_from_the_pixels():
+    from iwm.demo import shortfall
+
+    def report(*trained):
+        return {"runs": [{"knn_top1_pretrained": t, "knn_top1_raw_pixels": 0.39} for t in trained]}
+
+    assert "under the raw pixels, by 8.00 / 9.00 points" in shortfall(report(0.31, 0.30))
+    assert "beats the raw pixels, by 2.00 points" in shortfall(report(0.41))
+    assert "on some seeds, not on all" in shortfall(report(0.41, 0.30))

@@ -1,6 +1,6 @@
 """The efficiency study: which recipe learns most per CPU minute?
 
-Each recipe is the demo's config (``cifar10_equi``) with one lever moved: SIGReg beside the EMA
+Each recipe is the paper's recipe on CIFAR-10 (``cifar10_equi``) with one lever moved: SIGReg beside the EMA
 target or in place of it, shorter-horizon schedules, the batch size, the network's width and
 depth, the mask scales. Each is trained for ``steps`` steps with a checkpoint every ``every``
 steps, the health checks off (they would cost the budget), and each checkpoint's target encoder
@@ -195,6 +195,6 @@ def render_markdown(study: dict, plot: str) -> str:
         f"![validation kNN against training minutes]({plot})", "",
         *table(["recipe", "seeds", "validation kNN at random init (%)", "validation kNN at the end (%)", "minutes",
                 "minutes to pass the pixels",
-                "MRR", "chance"], rows), "",
+                "MRR (the paper's protocol)", "chance"], rows), "",
         f"Raw pixels on the same validation images: {100 * pixels:.2f} %.", "",
         VERDICT, ""])
