@@ -112,8 +112,6 @@ def _leave_distributed(finished: bool) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
     command = " ".join(["iwm demo", *(["--steps", str(args.steps)] if args.steps else []),
                         *(["--seeds", str(args.seeds)] if args.seeds != 1 else []),
                         *(["--page", args.page] if args.page else []), *args.overrides])

@@ -30,6 +30,8 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
     page (``readme``: whose quote of it to refresh). The report holds one entry per run in ``runs``."""
     from .version import code_version
 
+    if seeds < 1:
+        raise config_mod.ConfigError(f"--seeds must be at least 1, got {seeds}")
     code = code_version()  # the code that trains, before the checkout may change
     per_seed = [[]] if seeds == 1 else [[f"run.seed={s}"] for s in range(seeds)]
     runs, reference = [], None
@@ -38,25 +40,23 @@ def run_demo(data: str | None = None, out_dir: str = "runs/demo", steps: int | N
         cfg = config_mod.load(config_mod.resolve_config(DEMO_CONFIG), [
             *([f"data.path={data}"] if data else []), f"run.out_dir={run_dir}",
             f"optim.max_steps={steps or DEMO_STEPS}", "run.ckpt_every=100", *overrides, *seed_override])
-        run, found = _train_and_score(cfg)
+        run, protocol, found = _train_and_score(cfg)
         if i == 0:  # the shipped model is the same whatever the seed: measured once
             reference = _reference_knn(cfg, resolve_device(cfg.run.device))
-        _print_run(run, reference)
+        _print_run(run, protocol, reference)
         runs.append(run)
-    first = runs[0]
-    report = {"config": DEMO_CONFIG, "runs": runs, "knn": first.pop("knn_protocol"), "device": first["device"],
-              "batch_size": first["batch_size"], "threads": torch.get_num_threads(), "reference_model": reference,
+    report = {"config": DEMO_CONFIG, "runs": runs, "knn": protocol, "device": runs[0]["device"],
+              "batch_size": cfg.data.batch_size, "threads": torch.get_num_threads(), "reference_model": reference,
               "code": code, "data": describe_data(cfg.data.dataset, found)}
-    for run in runs[1:]:
-        run.pop("knn_protocol")
     if page is not None:
         write_demo_page(report, Path(page), command, readme)
     return report
 
 
-def _train_and_score(cfg: config_mod.Config) -> tuple[dict, str]:
+def _train_and_score(cfg: config_mod.Config) -> tuple[dict, dict, str]:
     """Pretrain one run of the demo and score it: its encoders, its random initialisation and the
-    raw pixels, by kNN on the CIFAR-10 test split; also written to the run's ``demo_report.json``."""
+    raw pixels, by kNN on the CIFAR-10 test split; also written to the run's ``demo_report.json``.
+    Returns the run's figures, the kNN protocol (k, temperature, bank, test) and where the data was found."""
     t0 = time.perf_counter()
     source, found = cfg.data.dataset, cfg.data.path
     if cfg.data.dataset == "cifar10":  # found (or downloaded) now, before any training
@@ -85,13 +85,13 @@ def _train_and_score(cfg: config_mod.Config) -> tuple[dict, str]:
         "knn_top1_raw_pixels": knn_trained["pixels_top1"], "train_seconds": t_train,
         "total_seconds": time.perf_counter() - t0, "device": str(device), "batch_size": cfg.data.batch_size,
         "run_dir": str(result.run_dir),
-        "knn_protocol": {k: v for k, v in knn_trained.items() if k not in ("top1", "pixels_top1")},
     }
-    write_text(Path(result.run_dir) / "demo_report.json", json.dumps(run, indent=2))
-    return run, found
+    protocol = {k: v for k, v in knn_trained.items() if k not in ("top1", "pixels_top1")}
+    write_text(Path(result.run_dir) / "demo_report.json", json.dumps({**run, "knn": protocol}, indent=2))
+    return run, protocol, found
 
 
-def _print_run(run: dict, reference: dict | None) -> None:
+def _print_run(run: dict, k: dict, reference: dict | None) -> None:
     best = max(run["knn_top1_pretrained"], run["knn_top1_pretrained_context_encoder"])
     if best > run["knn_top1_raw_pixels"]:
         verdict = "beats the raw pixels: its features hold more than the images they came from"
@@ -99,7 +99,6 @@ def _print_run(run: dict, reference: dict | None) -> None:
         verdict = "beats its random initialisation but NOT the raw pixels yet (train longer: --steps)"
     else:
         verdict = "did NOT beat its random initialisation (train longer: --steps)"
-    k = run["knn_protocol"]
     run_dir = Path(run["run_dir"])
     losses = f"{run['first_loss']:.4f} -> {run['final_loss']:.4f}"
     protocol = f"k={k['k']}, bank {k['bank']} train images, {k['test']} test images"
@@ -137,12 +136,14 @@ def _per_seed(values: list[float]) -> str:
 def demo_table(report: dict) -> str:
     """What the demo measured, as markdown: kNN beside its bars (a figure per seed), then the runs."""
     runs = report["runs"]
-    rows = [["pretrained, EMA target encoder", " / ".join(f"{100 * r['knn_top1_pretrained']:.2f} %" for r in runs)],
-            ["pretrained, context encoder",
-             " / ".join(f"{100 * r['knn_top1_pretrained_context_encoder']:.2f} %" for r in runs)],
+
+    def each(key: str) -> str:
+        return " / ".join(f"{100 * r[key]:.2f} %" for r in runs)
+
+    rows = [["pretrained, EMA target encoder", each("knn_top1_pretrained")],
+            ["pretrained, context encoder", each("knn_top1_pretrained_context_encoder")],
             ["raw pixels, the same protocol (the bar)", _per_seed([r["knn_top1_raw_pixels"] for r in runs])],
-            ["the same encoder at its random initialisation",
-             " / ".join(f"{100 * r['knn_top1_random_init']:.2f} %" for r in runs)]]
+            ["the same encoder at its random initialisation", each("knn_top1_random_init")]]
     ref = report.get("reference_model") or {}
     if ref.get("knn_top1") is not None:
         which = "the same config" if ref["name"] == report["config"] else f"config `{ref['name']}`"
