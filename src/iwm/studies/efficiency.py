@@ -1,8 +1,8 @@
 """The efficiency study: which recipe learns most per CPU minute?
 
-Each recipe is the paper's recipe on CIFAR-10 (``cifar10_equi``) with one lever moved: SIGReg beside the EMA
-target or in place of it, shorter-horizon schedules, the batch size, the network's width and
-depth, the mask scales. Each is trained for ``steps`` steps with a checkpoint every ``every``
+Each recipe is the paper's recipe on CIFAR-10 (``cifar10_equi``) with one lever moved: SIGReg
+beside the EMA target or in place of it, shorter-horizon schedules, the batch size, the network's
+width and depth, the mask scales. Each is trained for ``steps`` steps with a checkpoint every ``every``
 steps, the health checks off (they would cost the budget), and each checkpoint's target encoder
 is scored by kNN on a **validation split carved from the train split**
 (:mod:`iwm.eval.validation`: the demo's protocol, k = 20, cosine, on other images), beside the raw
